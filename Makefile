@@ -1,0 +1,38 @@
+# Set-up and the everyday commands. `make train` and `make test` create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test test-all lint format clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the package with dev extras
+
+train: $(STAMP)  ## train EfficientNet-Lite0 on the built-in knee phantom (ARGS="key=value ...")
+	$(BIN)/osteo-train $(ARGS)
+
+test: $(STAMP)  ## the test suite CI runs (slow tests excluded)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-all: $(STAMP)  ## every test, slow ones included
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(BIN)/ruff check osteolightning tests benchmarks experiments
+	$(BIN)/ruff format --check osteolightning tests benchmarks experiments
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix osteolightning tests benchmarks experiments
+	$(BIN)/ruff format osteolightning tests benchmarks experiments
+
+clean:  ## remove caches (not .venv, not logs)
+	rm -rf .cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Data: sources, the knee phantom, splits, the preprocessed cache, transforms, DataModule."""

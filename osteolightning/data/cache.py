@@ -1,0 +1,128 @@
+"""The preprocessed-image cache: decode and resize each image once per data set and size.
+
+A 2000-pixel JPEG takes far longer to decode than a training step takes to run; decoding it
+every epoch would leave the GPU idle. Each image is therefore decoded once, letterboxed to a
+square, resized, quantised to uint8 and stored as ``.npy`` under a key made of the file's
+content hash and the preprocessing settings. Renaming or moving a file keeps its cache entry;
+editing it invalidates it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from osteolightning.data.io import read_image
+from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, file_sha1
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+#: Bump when the preprocessing below changes, so stale entries are not reused.
+PREPROCESS_VERSION = 1
+
+
+def letterbox_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Pad an image to a square (centred, zero fill) and resize it, keeping its aspect ratio.
+
+    Args:
+        image: ``(H, W)`` float32 in [0, 1].
+        size: side of the output.
+
+    Returns:
+        ``(size, size)`` uint8.
+    """
+    h, w = image.shape
+    side = max(h, w)
+    canvas = np.zeros((side, side), dtype=np.float32)
+    top, left = (side - h) // 2, (side - w) // 2
+    canvas[top : top + h, left : left + w] = image
+    # INTER_AREA averages the source pixels under each target pixel: no aliasing on downscale.
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    resized = cv2.resize(canvas, (size, size), interpolation=interpolation)
+    return np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+
+
+class PreprocessedCache:
+    """Content-addressed store of preprocessed images.
+
+    Args:
+        root: cache folder (created when needed).
+        image_size: side of the stored square images.
+        workers: decoding threads (image decoders release the GIL).
+
+    Example:
+        >>> cache = PreprocessedCache("/tmp/osteo-cache", image_size=224)  # doctest: +SKIP
+        >>> arrays = cache.load([Path("a.png"), Path("b.dcm")])  # (2, 224, 224) uint8
+    """
+
+    def __init__(self, root: str | Path, image_size: int, workers: int | None = None) -> None:
+        self.root = Path(root)
+        self.image_size = int(image_size)
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self._hash_index_path = self.root / "hash_index.json"
+
+    def _entry(self, sha1: str) -> Path:
+        return self.root / f"s{self.image_size}-v{PREPROCESS_VERSION}" / sha1[:2] / f"{sha1}.npy"
+
+    def hashes(self, paths: Sequence[Path]) -> list[str]:
+        """SHA-1 of each file's content, memoised by (path, size, mtime) in the cache folder."""
+        index: dict[str, list] = {}
+        if self._hash_index_path.exists():
+            try:
+                index = json.loads(self._hash_index_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                index = {}  # a corrupt memo is only a memo: rebuild it
+        changed = False
+        result = []
+        for path in paths:
+            stat = path.stat()
+            key = str(path.resolve())
+            memo = index.get(key)
+            if memo and memo[0] == stat.st_size and memo[1] == stat.st_mtime_ns:
+                result.append(memo[2])
+                continue
+            digest = file_sha1(path)
+            index[key] = [stat.st_size, stat.st_mtime_ns, digest]
+            result.append(digest)
+            changed = True
+        if changed:
+            atomic_write_json(self._hash_index_path, index)
+        return result
+
+    def _build(self, path: Path, sha1: str) -> None:
+        array = letterbox_resize(read_image(path), self.image_size)
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        atomic_write_bytes(self._entry(sha1), buffer.getvalue())
+
+    def prepare(self, paths: Sequence[Path]) -> list[str]:
+        """Decode every image not yet cached (in threads); return the content hashes.
+
+        Raises:
+            ImageReadError: naming the first file that cannot be decoded; nothing is trained.
+        """
+        digests = self.hashes(paths)
+        todo = [(p, d) for p, d in zip(paths, digests, strict=True) if not self._entry(d).exists()]
+        if todo:
+            log.info(f"Preprocessing {len(todo)} of {len(paths)} images to {self.image_size}px "
+                     f"(cached in {self.root}).")
+            with ThreadPoolExecutor(self.workers) as pool:
+                # list() re-raises the first decoding error with its file name.
+                list(pool.map(lambda item: self._build(*item), todo))
+        return digests
+
+    def load(self, paths: Sequence[Path]) -> np.ndarray:
+        """Return ``(N, S, S)`` uint8 images, preprocessing any that are missing."""
+        digests = self.prepare(paths)
+        out = np.empty((len(paths), self.image_size, self.image_size), dtype=np.uint8)
+        for i, digest in enumerate(digests):
+            out[i] = np.load(self._entry(digest), allow_pickle=False)
+        return out

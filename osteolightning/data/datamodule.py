@@ -1,0 +1,240 @@
+"""The LightningDataModule: any source → validated samples → cached arrays → leakage-free splits."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from osteolightning.data.cache import PreprocessedCache
+from osteolightning.data.sample import Sample
+from osteolightning.data.splits import SPLIT_NAMES, TEST, assign_splits, group_ids
+from osteolightning.data.transforms import ToNormalizedTensor, compose
+from osteolightning.errors import ConfigError, DataSourceError
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class ArrayDataset(Dataset):
+    """Preprocessed uint8 images with labels.
+
+    Each item is ``{"image": (C, H, W) float32, "label": int64, "index": int64}`` where
+    ``index`` points into the DataModule's ``samples`` (to name the file in predictions).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        to_tensor: ToNormalizedTensor,
+        augment: A.Compose | None = None,
+    ) -> None:
+        self.images, self.labels, self.indices = images, labels, indices
+        self.to_tensor, self.augment = to_tensor, augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = self.images[i]  # (H, W) uint8
+        if self.augment is not None:
+            image = self.augment(image=image)["image"]
+        return {
+            "image": self.to_tensor(image),
+            "label": torch.tensor(self.labels[i], dtype=torch.long),
+            "index": torch.tensor(self.indices[i], dtype=torch.long),
+        }
+
+
+class KneeDataModule(L.LightningDataModule):
+    """Knee radiographs from any source, split without leakage, cached once, augmented on the fly.
+
+    Images of one patient and byte-identical copies of one image always land in the same split
+    (see :mod:`osteolightning.data.splits`).
+
+    Args:
+        source: an object with ``samples(class_names) -> list[Sample]`` (class folders, CSV
+            manifest, phantom; see :mod:`osteolightning.data.sources`).
+        class_names: the classes, in label-index order.
+        image_size: side of the square network input.
+        in_chans: network input channels (grayscale is repeated).
+        mean: normalisation mean per channel (the backbone's).
+        std: normalisation std per channel.
+        batch_size: samples per batch *per device*.
+        num_workers: DataLoader worker processes.
+        val_fraction: share of images for validation.
+        test_fraction: share of images for the test split (hold-out mode).
+        split_seed: seed of the split assignment.
+        num_folds: K for K-fold cross-validation (``None``: single hold-out split).
+        fold: the test fold when ``num_folds`` is set.
+        evaluate_all: put every image in the test split (for ``osteo-eval`` on new data).
+        cache_dir: where preprocessed arrays are kept.
+        train_transforms: albumentations transforms for training images.
+        eval_transforms: albumentations transforms for val/test images (usually none).
+        pin_memory: pin host memory for faster GPU transfer.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        class_names: Sequence[str],
+        image_size: int = 224,
+        in_chans: int = 1,
+        mean: Sequence[float] = (0.449,),
+        std: Sequence[float] = (0.226,),
+        batch_size: int = 32,
+        num_workers: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        num_folds: int | None = None,
+        fold: int = 0,
+        evaluate_all: bool = False,
+        cache_dir: str | Path = ".cache/preprocessed",
+        train_transforms: Sequence[A.BasicTransform] | None = None,
+        eval_transforms: Sequence[A.BasicTransform] | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"Expected argument `batch_size` to be a positive integer, but got {batch_size}.")
+        if image_size < 32:
+            raise ConfigError(f"Expected argument `image_size` to be an integer >= 32, but got {image_size}.")
+        self.source = source
+        self.class_names = [str(c) for c in class_names]
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.split_args = dict(
+            val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed,
+            num_folds=num_folds, fold=fold,
+        )
+        self.evaluate_all = evaluate_all
+        self.cache = PreprocessedCache(cache_dir, image_size)
+        self.to_tensor = ToNormalizedTensor(mean, std, in_chans)
+        self.train_augment = compose(train_transforms)
+        self.eval_augment = compose(eval_transforms)
+        self.samples: list[Sample] = []
+        self.split_codes = np.zeros(0, dtype=np.int64)
+        self.groups = np.zeros(0, dtype=np.int64)
+        self.digests: list[str] = []
+        self.datasets: dict[str, ArrayDataset] = {}
+
+    # -- building ---------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Validate the source and decode every image into the cache (local rank 0 only)."""
+        samples = self.source.samples(self.class_names)
+        self.cache.prepare([s.path for s in samples])
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cached arrays and assign splits (every rank, identically)."""
+        if self.datasets:
+            return
+        self.samples = self.source.samples(self.class_names)
+        if not self.samples:
+            raise DataSourceError(f"The data source {self.source.describe()} yielded no images.")
+        paths = [s.path for s in self.samples]
+        images = self.cache.load(paths)
+        self.digests = self.cache.hashes(paths)
+        labels = np.array([s.label for s in self.samples], dtype=np.int64)
+        unlabelled = [str(s.path) for s in self.samples if s.label < 0]
+        if unlabelled:
+            raise DataSourceError(
+                f"{len(unlabelled)} image(s) have no label, e.g. '{unlabelled[0]}'; every image "
+                f"needs one of {self.class_names} for training and evaluation."
+            )
+        keys = [
+            [f"patient:{s.patient_id}" if s.patient_id else None, f"sha1:{d}"]
+            for s, d in zip(self.samples, self.digests, strict=True)
+        ]
+        self.groups = group_ids(keys)
+        self._warn_duplicates(labels)
+        if self.evaluate_all:
+            self.split_codes = np.full(len(labels), TEST, dtype=np.int64)
+        else:
+            self.split_codes = assign_splits(labels, self.groups, **self.split_args)
+        for code, name in enumerate(SPLIT_NAMES):
+            idx = np.flatnonzero(self.split_codes == code)
+            augment = self.train_augment if name == "train" else self.eval_augment
+            self.datasets[name] = ArrayDataset(images[idx], labels[idx], idx, self.to_tensor, augment)
+        log.info(self.summary())
+
+    def _warn_duplicates(self, labels: np.ndarray) -> None:
+        by_digest: dict[str, list[int]] = {}
+        for i, digest in enumerate(self.digests):
+            by_digest.setdefault(digest, []).append(i)
+        dup_groups = [idx for idx in by_digest.values() if len(idx) > 1]
+        conflicts = [idx for idx in dup_groups if len(set(labels[idx].tolist())) > 1]
+        if dup_groups:
+            log.warning(
+                f"{len(dup_groups)} sets of byte-identical images ({sum(map(len, dup_groups))} files), "
+                f"{len(conflicts)} of them with conflicting labels, e.g. "
+                f"{[str(self.samples[i].path) for i in dup_groups[0]]}. Each set is kept whole "
+                "inside one split, so no copy leaks across splits."
+            )
+
+    # -- facts other layers read -----------------------------------------------------------
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Number of images per class in ``split`` (label-index order)."""
+        counts = Counter(self.datasets[split].labels.tolist())
+        return [counts.get(i, 0) for i in range(len(self.class_names))]
+
+    def split_rows(self) -> list[tuple[str, str, str, str, int, str]]:
+        """One row per image: split, path, label, patient_id, group, sha1 (for the run directory)."""
+        return [
+            (SPLIT_NAMES[c], str(s.path), self.class_names[s.label], s.patient_id or "", int(g), d)
+            for s, c, g, d in zip(self.samples, self.split_codes, self.groups, self.digests, strict=True)
+        ]
+
+    def summary(self) -> str:
+        lines = [f"Data: {self.source.describe()}: {len(self.samples)} images, "
+                 f"{len(np.unique(self.groups))} independent groups."]
+        for name in SPLIT_NAMES:
+            counts = self.class_counts(name)
+            per_class = ", ".join(f"{c}={n}" for c, n in zip(self.class_names, counts, strict=True))
+            lines.append(f"  {name:5s}: {sum(counts):5d} ({per_class})")
+        return "\n".join(lines)
+
+    # -- loaders ---------------------------------------------------------------------------
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        sampler = None
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:
+            rank = self.trainer.global_rank
+            # Training: a shuffled, equal share per rank. Evaluation: every image exactly once
+            # across ranks (no padding duplicates), so synced test metrics equal a 1-device run.
+            sampler_cls = DistributedSampler if train else UnrepeatedDistributedSampler
+            sampler = sampler_cls(dataset, num_replicas=world, rank=rank, shuffle=train,
+                                  seed=int(self.split_args["seed"]))
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            # A last batch of one image breaks BatchNorm in training mode.
+            drop_last=train and len(dataset) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,477 @@
+"""Data sources: where the images and their labels come from.
+
+A source knows how a data set is laid out on disk and turns it into a sorted list of
+:class:`~osteolightning.data.sample.Sample`. It never decodes pixels (that is
+:func:`osteolightning.data.io.read_image`), but it checks everything it can see cheaply, so a
+malformed data set fails before training starts, with a message that names the file and says
+what would be accepted. A source never silently drops data.
+
+Two layouts are supported here:
+
+- :class:`FolderSource`: a class-folder tree ``ROOT/<class>/*.png|jpg|jpeg|tif|dcm``;
+- :class:`ManifestSource`: a CSV ``image,label[,mask][,t_score][,patient_id][,age,sex,bmi]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from osteolightning.data.io import IMAGE_EXTENSIONS, is_dicom
+from osteolightning.data.sample import Sample
+from osteolightning.errors import ConfigError, DataSourceError
+
+__all__ = [
+    "CLASS_ALIASES",
+    "FolderSource",
+    "ManifestSource",
+    "normalize_class_name",
+    "resolve_class",
+]
+
+log = logging.getLogger(__name__)
+
+#: Canonical class name → other names that mean the same class (all normalised).
+CLASS_ALIASES: dict[str, tuple[str, ...]] = {
+    "normal": ("healthy", "control", "normal_bone"),
+    "osteopenia": ("osteopenic", "low_bone_mass", "low_bmd"),
+    "osteoporosis": ("osteoporotic", "porosis"),
+}
+
+FOLDER_LAYOUT = "ROOT/<class>/*.png|jpg|jpeg|tif|dcm"
+#: File names that operating systems leave behind; skipped with a warning.
+SYSTEM_FILES: frozenset[str] = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+SYSTEM_DIRS: frozenset[str] = frozenset({"__macosx"})
+MAX_REPORTED = 10  # bad rows / files listed in one error message
+
+
+def normalize_class_name(name: str) -> str:
+    """Normalise a class name for matching: lower-case, stripped, spaces/hyphens → ``_``.
+
+    Args:
+        name: a folder name, CSV label or configured class name.
+
+    Returns:
+        The normalised name.
+
+    Example:
+        >>> normalize_class_name("  Low-Bone Mass ")
+        'low_bone_mass'
+    """
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+def _class_lookup(class_names: Sequence[str]) -> dict[str, int]:
+    """Map every accepted spelling (names first, then aliases) to its class index."""
+    if not class_names:
+        raise ConfigError("Expected `class_names` to be a non-empty list of names, but got [].")
+    lookup: dict[str, int] = {}
+    for index, name in enumerate(class_names):
+        key = normalize_class_name(name)
+        if key in lookup:
+            raise ConfigError(
+                f"Expected `class_names` to be distinct, but '{name}' and "
+                f"'{class_names[lookup[key]]}' are the same name."
+            )
+        lookup[key] = index
+    for index, name in enumerate(class_names):
+        key = normalize_class_name(name)
+        for canonical, aliases in CLASS_ALIASES.items():
+            if key == canonical or key in aliases:
+                for spelling in (canonical, *aliases):
+                    lookup.setdefault(spelling, index)  # a configured name always wins
+    return lookup
+
+
+def _accepted_classes(class_names: Sequence[str]) -> str:
+    """Describe the accepted names, e.g. ``normal (or healthy, control), osteopenia``."""
+    lookup = _class_lookup(class_names)
+    parts = []
+    for index, name in enumerate(class_names):
+        others = [k for k, i in lookup.items() if i == index and k != normalize_class_name(name)]
+        parts.append(f"{name} (or {', '.join(others)})" if others else str(name))
+    return ", ".join(parts)
+
+
+def resolve_class(name: str, class_names: Sequence[str]) -> int:
+    """Find the index of a class by name, case-insensitively and with the usual aliases.
+
+    Args:
+        name: the name to resolve (a folder name, a CSV label).
+        class_names: the run's classes, in index order.
+
+    Returns:
+        The index of ``name`` in ``class_names``.
+
+    Raises:
+        DataSourceError: ``name`` matches no class; the message suggests the closest
+            names ("did you mean …") and lists the accepted ones.
+        ConfigError: ``class_names`` is empty or holds the same name twice.
+
+    Example:
+        >>> resolve_class("Osteoporotic", ["normal", "osteopenia", "osteoporosis"])
+        2
+    """
+    lookup = _class_lookup(class_names)
+    key = normalize_class_name(name)
+    if key in lookup:
+        return lookup[key]
+    raise DataSourceError(
+        f"{_unknown_class(name, lookup)} Accepted class names (case-insensitive): "
+        f"{_accepted_classes(class_names)}."
+    )
+
+
+def _unknown_class(name: str, lookup: dict[str, int]) -> str:
+    """``Unknown class 'x'; did you mean 'y'?`` with the closest accepted spellings."""
+    close = difflib.get_close_matches(normalize_class_name(name), list(lookup), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+    return f"Unknown class '{name}'{hint}"
+
+
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    """Absolute, normalised path without resolving symlinks (file names stay meaningful)."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def _is_system_file(name: str) -> bool:
+    return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(path)
+
+
+def _listing(paths: Sequence[Path], limit: int = MAX_REPORTED) -> str:
+    shown = ", ".join(f"'{p}'" for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+class FolderSource:
+    """A class-folder tree: ``ROOT/<class>/*.png|jpg|jpeg|tif|dcm``.
+
+    Each folder directly under ``root`` names a class (case-insensitive, aliases allowed, see
+    :data:`CLASS_ALIASES`); every image below it, in sub-folders too, belongs to that class.
+    Image files are those with an extension in
+    :data:`~osteolightning.data.io.IMAGE_EXTENSIONS` or the DICOM magic. System files
+    (``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, dotfiles, ``__MACOSX``) are skipped
+    with a warning; any other file is an error, so no data is dropped silently.
+
+    Args:
+        root: the tree's root folder.
+
+    Example:
+        >>> source = FolderSource("data/knee")  # doctest: +SKIP
+        >>> source.samples(["normal", "osteopenia", "osteoporosis"])[0]  # doctest: +SKIP
+        Sample(path=PosixPath('/abs/data/knee/normal/N1.jpg'), label=0, ...)
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = _absolute(root)
+
+    def describe(self) -> str:
+        """One line saying what this source reads."""
+        return f"class-folder tree {self.root} ({FOLDER_LAYOUT})"
+
+    def _fail(self, problem: str) -> DataSourceError:
+        return DataSourceError(f"{problem}. Expected the layout {FOLDER_LAYOUT}.")
+
+    def samples(self, class_names: Sequence[str]) -> list[Sample]:
+        """List every image of the tree with its class index, sorted by path.
+
+        Args:
+            class_names: the run's classes, in index order.
+
+        Returns:
+            One :class:`Sample` per image, with an absolute ``path`` and a ``label``.
+
+        Raises:
+            DataSourceError: the root is missing or holds no class folders or no images; a
+                class folder names no known class; a file is not an image; a file lies
+                directly in the root.
+        """
+        if not self.root.is_dir():
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise self._fail(f"Image root '{self.root}' {what}")
+        ignored: list[Path] = []
+        class_dirs: list[Path] = []
+        for entry in sorted(self.root.iterdir()):
+            if _is_system_file(entry.name) or entry.name.lower() in SYSTEM_DIRS:
+                ignored.append(entry)
+            elif entry.is_dir():
+                class_dirs.append(entry)
+            else:
+                raise self._fail(
+                    f"File '{entry}' lies directly in the root '{self.root}'; images must sit "
+                    f"in a folder named after their class"
+                )
+        if not class_dirs:
+            raise self._fail(f"Image root '{self.root}' holds no class folders")
+
+        labels = self._resolve_folders(class_dirs, class_names)
+        samples: list[Sample] = []
+        not_images: list[Path] = []
+        per_class = [0] * len(class_names)
+        for folder in class_dirs:
+            images, skipped, others = _scan(folder)
+            ignored.extend(skipped)
+            not_images.extend(others)
+            per_class[labels[folder]] += len(images)
+            samples.extend(Sample(path=p, label=labels[folder]) for p in images)
+        if not_images:
+            raise DataSourceError(
+                f"{len(not_images)} file(s) under '{self.root}' are not images: "
+                f"{_listing(not_images)}. Image files end in "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))} (any case) or are DICOM; remove or "
+                f"move the other files."
+            )
+        if ignored:
+            log.warning(
+                "Ignored %d system file(s)/folder(s) under %s, e.g. %s",
+                len(ignored),
+                self.root,
+                ignored[0],
+            )
+        if not samples:
+            raise self._fail(f"No images found under '{self.root}'")
+        empty = [name for name, n in zip(class_names, per_class, strict=True) if n == 0]
+        if empty:
+            log.warning("No images for class(es) %s under %s", ", ".join(empty), self.root)
+        return sorted(samples, key=lambda s: str(s.path))
+
+    def _resolve_folders(
+        self, class_dirs: Sequence[Path], class_names: Sequence[str]
+    ) -> dict[Path, int]:
+        """Map each class folder to its class index; report all unknown folders at once."""
+        lookup = _class_lookup(class_names)
+        labels: dict[Path, int] = {}
+        unknown: list[str] = []
+        for folder in class_dirs:
+            key = normalize_class_name(folder.name)
+            if key in lookup:
+                labels[folder] = lookup[key]
+            else:
+                unknown.append(f"folder '{folder}': {_unknown_class(folder.name, lookup)}")
+        if unknown:
+            raise self._fail(
+                "Unknown class folder(s) under the root:\n  "
+                + "\n  ".join(unknown)
+                + f"\nAccepted class folder names (case-insensitive): "
+                f"{_accepted_classes(class_names)}"
+            )
+        by_class: dict[int, list[str]] = {}
+        for folder, index in labels.items():
+            by_class.setdefault(index, []).append(folder.name)
+        for index, names in by_class.items():
+            if len(names) > 1:
+                log.warning(
+                    "Folders %s all map to class '%s'; their images are merged",
+                    ", ".join(names),
+                    class_names[index],
+                )
+        return labels
+
+
+def _scan(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """Walk ``folder`` (following symlinks, each real folder once) and sort its files.
+
+    Returns:
+        ``(images, ignored system entries, other files)``, each a list of absolute paths.
+    """
+    images: list[Path] = []
+    ignored: list[Path] = []
+    others: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        seen.add(os.path.realpath(dirpath))
+        keep = []
+        for name in sorted(dirnames):
+            sub = os.path.join(dirpath, name)
+            if _is_system_file(name) or name.lower() in SYSTEM_DIRS:
+                ignored.append(_absolute(sub))
+            elif os.path.realpath(sub) not in seen:
+                keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            path = _absolute(os.path.join(dirpath, name))
+            if _is_system_file(name):
+                ignored.append(path)
+            elif _is_image(path):
+                images.append(path)
+            else:
+                others.append(path)
+    return images, ignored, others
+
+
+class ManifestSource:
+    """A CSV manifest: ``image,label[,mask][,t_score][,patient_id][,age,sex,bmi]``.
+
+    Column names are matched case-insensitively, spaces and hyphens counting as ``_``
+    (``T-Score`` is ``t_score``). ``image`` and ``mask`` are paths relative
+    to the CSV's folder (absolute paths work too). ``label`` is a class name (aliases
+    allowed) or an integer index into ``class_names``. ``t_score`` is a number; an empty cell
+    or ``NA``/``NaN`` means unknown. Every other column (``age``, ``sex``, ``bmi``, ``bmd``,
+    ``side``, ...) goes to :attr:`Sample.extra` as a string (``""`` when empty). Cells are stripped and a UTF-8
+    BOM is tolerated; blank lines are skipped.
+
+    All bad rows (up to ten listed) are reported in one error, each with its line number.
+
+    Args:
+        path: the CSV file.
+
+    Example:
+        >>> source = ManifestSource("data/manifest.csv")  # doctest: +SKIP
+        >>> source.samples(["normal", "osteopenia", "osteoporosis"])[0].t_score  # doctest: +SKIP
+        -1.7
+    """
+
+    REQUIRED = ("image", "label")
+    KNOWN = ("image", "label", "mask", "t_score", "patient_id")
+    MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "none", "null"})
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = _absolute(path)
+
+    def describe(self) -> str:
+        """One line saying what this source reads."""
+        return f"CSV manifest {self.path} ({','.join(self.REQUIRED)}[,mask][,t_score]...)"
+
+    def samples(self, class_names: Sequence[str]) -> list[Sample]:
+        """Read every row of the manifest, sorted by image path.
+
+        Args:
+            class_names: the run's classes, in index order.
+
+        Returns:
+            One :class:`Sample` per row, with absolute ``path`` / ``mask``.
+
+        Raises:
+            DataSourceError: the CSV is missing or empty or lacks a required column; a row
+                names a missing image or mask, an empty or unknown label, or a t_score that
+                is not a number. The message names the CSV and each bad line.
+        """
+        header, rows = self._read()
+        lookup = _class_lookup(class_names)
+        samples: list[Sample] = []
+        errors: list[str] = []
+        for line, row in rows:
+            if len(row) != len(header):
+                errors.append(
+                    f"line {line}: {len(row)} field(s) but the header has {len(header)} "
+                    f"(quote cells that contain commas)"
+                )
+                continue
+            try:
+                samples.append(self._sample(dict(zip(header, row, strict=True)), lookup))
+            except DataSourceError as exc:
+                errors.append(f"line {line}: {exc}")
+        if errors:
+            shown = "\n  ".join(errors[:MAX_REPORTED])
+            extra = len(errors) - MAX_REPORTED
+            more = f"\n  ... and {extra} more" if extra > 0 else ""
+            raise DataSourceError(
+                f"Manifest '{self.path}' has {len(errors)} bad row(s):\n  {shown}{more}\n"
+                f"Paths are relative to '{self.path.parent}'; labels are one of "
+                f"{_accepted_classes(class_names)} or an index 0..{len(class_names) - 1}."
+            )
+        return sorted(samples, key=lambda s: str(s.path))
+
+    def _read(self) -> tuple[list[str], list[tuple[int, list[str]]]]:
+        """Read the header (normalised names) and the non-blank rows with their line numbers."""
+        if not self.path.is_file():
+            what = "is not a file" if self.path.exists() else "does not exist"
+            raise DataSourceError(f"Manifest '{self.path}' {what}.")
+        try:
+            with self.path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.reader(fh)
+                header = [normalize_class_name(c) for c in next(reader, [])]
+                rows = [(reader.line_num, [c.strip() for c in row]) for row in reader]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DataSourceError(
+                f"Manifest '{self.path}' is not a readable UTF-8 CSV file ({exc})."
+            ) from exc
+        rows = [(n, r) for n, r in rows if any(r)]
+        expected = f"Expected a header line {','.join(self.REQUIRED)}[,mask][,t_score][,patient_id]"
+        if not any(header):
+            raise DataSourceError(f"Manifest '{self.path}' is empty (line 1). {expected}.")
+        duplicated = sorted({c for c in header if header.count(c) > 1})
+        missing = [c for c in self.REQUIRED if c not in header]
+        if missing or duplicated:
+            problem = (
+                f"lacks required column(s) {', '.join(missing)}"
+                if missing
+                else f"repeats column(s) {', '.join(duplicated)}"
+            )
+            raise DataSourceError(
+                f"Manifest '{self.path}' {problem} (line 1). Found columns: "
+                f"{', '.join(header)}; required: {', '.join(self.REQUIRED)}. {expected}."
+            )
+        if not rows:
+            raise DataSourceError(f"Manifest '{self.path}' has a header but no rows (line 1).")
+        return header, rows
+
+    def _sample(self, cells: dict[str, str], lookup: dict[str, int]) -> Sample:
+        """Build one sample; raise a DataSourceError listing every problem of the row."""
+        problems: list[str] = []
+        image = self._existing(cells["image"], "image", problems)
+        mask = self._existing(cells.get("mask", ""), "mask", problems, required=False)
+        label = self._label(cells["label"], lookup, problems)
+        t_score = self._number(cells.get("t_score", ""), "t_score", problems)
+        if problems or image is None:
+            raise DataSourceError("; ".join(problems))
+        return Sample(
+            path=image,
+            label=label,
+            mask=mask,
+            t_score=t_score,
+            patient_id=cells.get("patient_id") or None,
+            extra={k: v for k, v in cells.items() if k not in self.KNOWN},
+        )
+
+    def _existing(
+        self, cell: str, column: str, problems: list[str], required: bool = True
+    ) -> Path | None:
+        if not cell:
+            if required:
+                problems.append(f"empty {column} path")
+            return None
+        path = _absolute(self.path.parent / cell)  # an absolute cell replaces the parent
+        if not path.is_file():
+            problems.append(f"{column} '{cell}' does not exist (looked for '{path}')")
+        return path
+
+    def _label(self, cell: str, lookup: dict[str, int], problems: list[str]) -> int:
+        n_classes = max(lookup.values()) + 1
+        if not cell:
+            problems.append("empty label")
+            return -1
+        try:
+            number = float(cell)
+        except ValueError:
+            key = normalize_class_name(cell)
+            if key in lookup:
+                return lookup[key]
+            problems.append(_unknown_class(cell, lookup))
+            return -1
+        if number.is_integer() and 0 <= number < n_classes:
+            return int(number)
+        problems.append(f"label {cell} is not a class index 0..{n_classes - 1}")
+        return -1
+
+    def _number(self, cell: str, column: str, problems: list[str]) -> float | None:
+        if cell.lower() in self.MISSING_VALUES:
+            return None
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            problems.append(f"{column} '{cell}' is not a number (e.g. -2.7; empty if unknown)")
+            return None
+        return value

@@ -1,0 +1,128 @@
+"""Leakage-free, stratified train/val/test assignment.
+
+Images are first merged into *groups*: all images of one patient, and all byte-identical
+copies of one image, belong to one group (union-find over both keys). Groups, never single
+images, are assigned to splits, so no patient and no duplicate ever straddles a split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from osteolightning.errors import ConfigError
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+def group_ids(keys_per_sample: Sequence[Sequence[str | None]]) -> np.ndarray:
+    """Merge samples that share any key into one group.
+
+    Args:
+        keys_per_sample: for each sample, its keys (e.g. ``["patient:P1", "sha1:ab12..."]``);
+            ``None`` entries are ignored.
+
+    Returns:
+        ``(N,)`` int64 group index per sample, numbered by first appearance.
+
+    Example:
+        >>> group_ids([["p:1", "h:a"], ["p:2", "h:a"], ["p:3", "h:b"]]).tolist()
+        [0, 0, 1]
+    """
+    parent = list(range(len(keys_per_sample)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, keys in enumerate(keys_per_sample):
+        for key in keys:
+            if key is None:
+                continue
+            if key in owner:
+                parent[find(i)] = find(owner[key])
+            else:
+                owner[key] = i
+    roots = [find(i) for i in range(len(parent))]
+    numbering: dict[int, int] = {}
+    return np.array([numbering.setdefault(r, len(numbering)) for r in roots], dtype=np.int64)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"Expected argument `{name}` to be a float in the (0, 1) range, but got {value}.")
+
+
+def _one_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, fold: int, seed: int) -> np.ndarray:
+    """Boolean mask of fold ``fold`` of a stratified, grouped ``n_splits``-fold partition."""
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise ConfigError(
+            f"Cannot split {n_groups} independent image groups into {n_splits} folds; "
+            "use more images or smaller split fractions."
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        if k == fold:
+            mask = np.zeros(len(labels), dtype=bool)
+            mask[held_out] = True
+            return mask
+    raise ConfigError(f"Expected argument `fold` to be in [0, {n_splits - 1}], but got {fold}.")
+
+
+def assign_splits(
+    labels: Sequence[int],
+    groups: Sequence[int],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    num_folds: int | None = None,
+    fold: int = 0,
+) -> np.ndarray:
+    """Assign each sample to train (0), val (1) or test (2), stratified by label, grouped.
+
+    Without ``num_folds`` the test split is one fold of ``round(1 / test_fraction)`` folds.
+    With ``num_folds=K`` the test split is fold ``fold`` of a K-fold partition (cross-validation).
+    Validation is then one fold, of about ``val_fraction`` of all images, carved from the rest.
+
+    Args:
+        labels: ``(N,)`` class index per sample.
+        groups: ``(N,)`` group index per sample (see :func:`group_ids`).
+        val_fraction: approximate share of images for validation.
+        test_fraction: approximate share of images for testing (ignored with ``num_folds``).
+        seed: makes the assignment deterministic.
+        num_folds: number of cross-validation folds, or ``None`` for a single hold-out split.
+        fold: which fold is the test split when ``num_folds`` is set.
+
+    Returns:
+        ``(N,)`` int64 split code per sample.
+
+    Raises:
+        ConfigError: on fractions outside (0, 1) or too few groups for the requested folds.
+    """
+    labels_arr = np.asarray(labels)
+    groups_arr = np.asarray(groups)
+    _check_fraction("val_fraction", val_fraction)
+    if num_folds is None:
+        _check_fraction("test_fraction", test_fraction)
+        n_test_splits, test_fold = max(2, round(1.0 / test_fraction)), 0
+        rest_share = 1.0 - test_fraction
+    else:
+        if num_folds < 2:
+            raise ConfigError(f"Expected argument `num_folds` to be an integer >= 2, but got {num_folds}.")
+        n_test_splits, test_fold = num_folds, fold
+        rest_share = 1.0 - 1.0 / num_folds
+    codes = np.full(len(labels_arr), TRAIN, dtype=np.int64)
+    test_mask = _one_fold(labels_arr, groups_arr, n_test_splits, test_fold, seed)
+    codes[test_mask] = TEST
+    rest = np.flatnonzero(~test_mask)
+    n_val_splits = max(2, round(rest_share / val_fraction))
+    val_in_rest = _one_fold(labels_arr[rest], groups_arr[rest], n_val_splits, 0, seed + 1)
+    codes[rest[val_in_rest]] = VAL
+    return codes

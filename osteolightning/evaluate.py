@@ -1,0 +1,83 @@
+"""``osteo-eval``: evaluate a checkpoint on any data source; writes metrics.json, predictions.csv.
+
+Example:
+    osteo-eval ckpt_path=logs/train/runs/2026-11-23_10-00-00/checkpoints/best.ckpt \\
+        data=folder data.root=/data/knees
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, open_dict
+
+from osteolightning.callbacks import EvaluationWriter, RunArtifacts
+from osteolightning.errors import ConfigError
+from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
+from osteolightning.utils.logging import get_logger
+from osteolightning.utils.run import close_loggers, print_metrics_table
+
+log = get_logger(__name__)
+
+#: Facts the checkpoint fixes; the data must be prepared the way the network was trained.
+CHECKPOINT_FACTS = ("class_names", "image_size", "in_chans", "mean", "std")
+
+
+def load_classifier(ckpt_path: str | Path) -> L.LightningModule:
+    """Rebuild a trained classifier from its checkpoint alone (``weights_only`` loading).
+
+    Raises:
+        ConfigError: a missing file, or a checkpoint not written by ``osteo-train``.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"Checkpoint '{path}' does not exist. Pass ckpt_path=<run>/checkpoints/<name>.ckpt.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    run_cfg = checkpoint.get("osteo_config")
+    if not run_cfg or "model" not in run_cfg:
+        raise ConfigError(f"'{path}' holds no osteolightning run config; was it written by osteo-train?")
+    net_cfg = dict(run_cfg["model"]["net"])
+    net_cfg["pretrained"] = False  # the checkpoint's weights replace any initialisation
+    model_cfg = {k: v for k, v in run_cfg["model"].items() if k not in ("net", "optimizer", "scheduler")}
+    model = hydra.utils.instantiate(model_cfg, net=hydra.utils.instantiate(net_cfg))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Test ``cfg.ckpt_path`` on ``cfg.data`` (every image in the test split)."""
+    model = load_classifier(cfg.ckpt_path)
+    with open_dict(cfg):
+        for key in CHECKPOINT_FACTS:
+            trained = model.hparams[key]
+            if key in cfg.data and list(map(str, [cfg.data[key]])) != list(map(str, [trained])):
+                log.info(f"Using the checkpoint's {key}={trained} (config had {cfg.data[key]}).")
+            cfg.data[key] = trained
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    writer = EvaluationWriter(cfg.paths.output_dir, **cfg.evaluation)
+    callbacks = [*instantiate_list(cfg.get("callbacks"), "callbacks"),
+                 RunArtifacts(cfg.paths.output_dir, to_container(cfg)), writer]
+    loggers = instantiate_list(cfg.get("logger"), "logger")
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    for logger in loggers:
+        logger.log_hyperparams(to_container(cfg))
+    try:
+        trainer.test(model, datamodule=datamodule)
+        print_metrics_table(writer.metrics)
+    finally:
+        close_loggers(loggers)
+    return writer.metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Metrics: torchmetrics collections for logging, and the bootstrap evaluation report."""

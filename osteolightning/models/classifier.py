@@ -1,0 +1,148 @@
+"""The classification LightningModule: knee radiograph → normal / osteopenia / osteoporosis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+
+from osteolightning.errors import ConfigError
+from osteolightning.metrics.classification import classification_metrics
+
+Batch = dict[str, torch.Tensor]
+
+
+class KneeClassifier(L.LightningModule):
+    """Transfer-learned classifier with class-weighted cross-entropy and per-split torchmetrics.
+
+    Args:
+        net: backbone mapping ``(B, C, H, W)`` to logits ``(B, K)``.
+        class_names: ``K`` class names in label-index order.
+        optimizer: partial optimiser taking the parameters (``_partial_: true`` in config).
+        scheduler: partial ``(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
+        class_weighting: ``"balanced"`` (inverse training frequency, normalised to mean 1) or
+            ``"none"``.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        monitor: the validation metric the best checkpoint is chosen on (for ``*_best``).
+        image_size: input side the network was trained at (kept in the checkpoint).
+        in_chans: input channels (kept in the checkpoint).
+        mean: normalisation mean (kept in the checkpoint).
+        std: normalisation std (kept in the checkpoint).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        class_names: Sequence[str],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        class_weighting: str = "balanced",
+        label_smoothing: float = 0.0,
+        monitor: str = "val/f1_macro",
+        image_size: int = 224,
+        in_chans: int = 1,
+        mean: Sequence[float] = (0.449,),
+        std: Sequence[float] = (0.226,),
+    ) -> None:
+        super().__init__()
+        if class_weighting not in ("balanced", "none"):
+            raise ConfigError(f"Expected argument `class_weighting` to be one of ['balanced', 'none'], "
+                              f"but got {class_weighting!r}.")
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"Expected argument `label_smoothing` in [0, 1), but got {label_smoothing}.")
+        # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({
+            "class_names": [str(c) for c in class_names], "class_weighting": class_weighting,
+            "label_smoothing": float(label_smoothing), "monitor": str(monitor),
+            "image_size": int(image_size), "in_chans": int(in_chans),
+            "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+        })
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        k = len(class_names)
+        self.register_buffer("class_weights", torch.ones(k))
+        self.train_metrics = classification_metrics(class_names, "train/")
+        self.val_metrics = classification_metrics(class_names, "val/")
+        self.test_metrics = classification_metrics(class_names, "test/")
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` images → ``(B, K)`` logits."""
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.class_weighting == "balanced":
+            counts = torch.tensor(self.trainer.datamodule.class_counts("train"), dtype=torch.float)
+            # Inverse frequency, normalised to mean 1; an absent class gets weight 0 (no target).
+            weights = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0.0)
+            self.class_weights.copy_(weights / weights[counts > 0].mean())
+
+    def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(loss, probs (B, K), targets (B,))``."""
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"], weight=self.class_weights,
+                               label_smoothing=self.hparams.label_smoothing)
+        return loss, logits.softmax(dim=1), batch["label"]
+
+    def on_train_start(self) -> None:
+        self.val_best.reset()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, probs, targets = self.model_step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"The training loss became {loss.item()} at step "
+                                     f"{self.global_step} (batch {batch_idx}).")
+        self.train_loss(loss)
+        self.train_metrics.update(probs, targets)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        loss, probs, targets = self.model_step(batch)
+        self.val_loss(loss)
+        self.val_metrics.update(probs, targets)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict(values)
+        monitored = values.get(self.hparams.monitor)
+        if monitored is not None:
+            self.val_best(monitored)
+            self.log(f"{self.hparams.monitor}_best", self.val_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        loss, probs, targets = self.model_step(batch)
+        self.test_loss(loss)
+        self.test_metrics.update(probs, targets)
+        self.log("test/loss", self.test_loss, on_epoch=True)
+        # Returned for the prediction writer (predictions.csv, bootstrap report).
+        return {"probs": probs.detach(), "labels": targets, "index": batch["index"]}
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"probs": self(batch["image"]).softmax(dim=1), "index": batch["index"]}
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ConfigError("KneeClassifier needs an `optimizer` to train (model.optimizer in config).")
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer,
+                                           total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,1 @@
+"""Plain nn.Modules and the backbone factory."""

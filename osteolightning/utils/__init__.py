@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic files, logging, config resolvers, run metadata."""

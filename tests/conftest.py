@@ -1,0 +1,75 @@
+"""Shared fixtures: real Hydra composition, outputs in tmp_path, one cached tiny phantom."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from osteolightning.utils.config import CONFIG_DIR
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder per test session: the tiny phantom is generated once."""
+    return tmp_path_factory.mktemp("osteo-cache")
+
+
+def compose_config(
+    config_name: str, run_dir: Path, cache_dir: Path, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """Compose a real config as the entry point would, with outputs under ``run_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.runtime.cwd = str(run_dir.parent)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(cache_dir)
+        cfg.paths.log_dir = str(run_dir.parent / "logs")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, cache_dir: Path):
+    """``make_cfg("train", ["debug=tiny"], run="a")`` → a composed config for one run."""
+
+    def _make(config_name: str, overrides: Sequence[str] = (), run: str = "run") -> DictConfig:
+        return compose_config(config_name, tmp_path / run, cache_dir, overrides)
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(cache_dir: Path) -> Path:
+    """The tiny phantom (as data=tiny generates it), for tests that need image files."""
+    from osteolightning.data.phantom import ensure_phantom
+
+    return ensure_phantom(cache_dir / "phantom" / "n60-s0-96px-8bit", n=60, seed=0, size=96).parent
+
+
+@pytest.fixture
+def class_tree(tmp_path: Path, phantom_dir: Path) -> Path:
+    """A class-folder tree (ROOT/<class>/*.png) copied from the tiny phantom."""
+    import csv
+
+    root = tmp_path / "tree"
+    with open(phantom_dir / "manifest.csv") as handle:
+        for row in csv.DictReader(handle):
+            dest = root / row["label"]
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(phantom_dir / row["image"], dest / Path(row["image"]).name)
+    return root

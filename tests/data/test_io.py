@@ -1,0 +1,363 @@
+"""Tests of osteolightning.data.io: every accepted format, and every way a file can be bad."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from osteolightning.data.io import IMAGE_EXTENSIONS, is_dicom, read_image
+from osteolightning.errors import ImageReadError
+
+RNG = np.random.default_rng(0)
+DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+
+
+def check_output(arr: np.ndarray) -> None:
+    """The contract every read shares: finite float32 (H, W) in [0, 1]."""
+    assert arr.dtype == np.float32
+    assert arr.ndim == 2
+    assert arr.flags.c_contiguous
+    assert np.isfinite(arr).all()
+    assert arr.min() >= 0.0 and arr.max() <= 1.0
+
+
+def pil_luminance(path: Path) -> np.ndarray:
+    """Reference: PIL's own RGB → L conversion (ITU-R 601), scaled to [0, 1]."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB").convert("L"), dtype=np.float32) / 255.0
+
+
+def noise(shape: tuple[int, ...], high: int = 256, dtype: type = np.uint8) -> np.ndarray:
+    return RNG.integers(0, high, size=shape).astype(dtype)
+
+
+# --------------------------------------------------------------------------- PIL formats
+
+
+def test_extensions_are_lower_case() -> None:
+    assert {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"} == IMAGE_EXTENSIONS
+
+
+def test_png_8bit(tmp_path: Path) -> None:
+    pixels = noise((12, 20))
+    path = tmp_path / "a.png"
+    Image.fromarray(pixels).save(path)
+    out = read_image(path)
+    check_output(out)
+    np.testing.assert_allclose(out, pixels / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["1", "LA"])
+def test_png_other_gray_modes(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / f"{mode}.png"
+    Image.fromarray(noise((10, 10))).convert(mode).save(path)
+    out = read_image(path)
+    check_output(out)
+    with Image.open(path) as img:
+        np.testing.assert_allclose(out, np.asarray(img.convert("L")) / 255.0, atol=1e-6)
+
+
+def test_png_16bit_divides_by_65535(tmp_path: Path) -> None:
+    pixels = np.array([[0, 1000, 32768], [40000, 65534, 65535]], dtype=np.uint16)
+    path = tmp_path / "b.png"
+    Image.fromarray(pixels).save(path)
+    out = read_image(path)
+    check_output(out)
+    assert out.max() == 1.0
+    np.testing.assert_allclose(out, pixels / 65535.0, atol=1e-7)
+
+
+def test_png_16bit_keeps_dark_12bit_data_dark(tmp_path: Path) -> None:
+    pixels = np.array([[0, 4095]], dtype=np.uint16)  # 12-bit detector data in a 16-bit file
+    path = tmp_path / "c.png"
+    Image.fromarray(pixels).save(path)
+    assert read_image(path)[0, 1] == pytest.approx(4095 / 65535)
+
+
+def test_rgb_jpeg_is_luminance(tmp_path: Path) -> None:
+    path = tmp_path / "rgb.JPG"  # upper-case extension
+    Image.fromarray(noise((32, 24, 3))).save(path, quality=95)
+    out = read_image(path)
+    check_output(out)
+    assert out.shape == (32, 24)
+    np.testing.assert_allclose(out, pil_luminance(path), atol=1 / 255 + 1e-6)
+
+
+def test_palette_png(tmp_path: Path) -> None:
+    path = tmp_path / "p.png"
+    img = Image.fromarray(noise((16, 16, 3))).convert("P", palette=Image.Palette.ADAPTIVE)
+    assert img.mode == "P"
+    img.save(path)
+    out = read_image(path)
+    check_output(out)
+    np.testing.assert_allclose(out, pil_luminance(path), atol=1 / 255 + 1e-6)
+
+
+def test_rgba_png_drops_alpha(tmp_path: Path) -> None:
+    rgba = noise((8, 9, 4))
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    out = read_image(path)
+    check_output(out)
+    expected = rgba[..., :3] @ np.array([0.299, 0.587, 0.114]) / 255.0
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_cmyk_jpeg(tmp_path: Path) -> None:
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(noise((16, 16, 3))).convert("CMYK").save(path, quality=95)
+    with Image.open(path) as img:
+        assert img.mode == "CMYK"
+    out = read_image(path)
+    check_output(out)
+    np.testing.assert_allclose(out, pil_luminance(path), atol=1 / 255 + 1e-6)
+
+
+def test_tiff_16bit(tmp_path: Path) -> None:
+    pixels = noise((10, 7), high=65536, dtype=np.uint16)
+    path = tmp_path / "d.tiff"
+    Image.fromarray(pixels).save(path)
+    out = read_image(path)
+    check_output(out)
+    np.testing.assert_allclose(out, pixels / 65535.0, atol=1e-7)
+
+
+def test_tiff_float_is_min_max_scaled(tmp_path: Path) -> None:
+    pixels = np.array([[-3.0, 0.0], [1.0, 5.0]], dtype=np.float32)
+    path = tmp_path / "f.tif"
+    Image.fromarray(pixels, mode="F").save(path)
+    out = read_image(path)
+    check_output(out)
+    np.testing.assert_allclose(out, [[0.0, 0.375], [0.5, 1.0]], atol=1e-6)
+
+
+def test_tiff_int32_is_min_max_scaled_and_constant_gives_zeros(tmp_path: Path) -> None:
+    path = tmp_path / "i.tif"
+    Image.fromarray(np.array([[10, 20, 30]], dtype=np.int32)).save(path)
+    np.testing.assert_allclose(read_image(path), [[0.0, 0.5, 1.0]])
+    const = tmp_path / "const.tif"
+    Image.fromarray(np.full((3, 3), 7, dtype=np.int32)).save(const)
+    np.testing.assert_array_equal(read_image(const), np.zeros((3, 3)))
+
+
+def test_bmp(tmp_path: Path) -> None:
+    pixels = noise((5, 6))
+    path = tmp_path / "e.bmp"
+    Image.fromarray(pixels).save(path)
+    np.testing.assert_allclose(read_image(path), pixels / 255.0, atol=1e-6)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    raw = np.zeros((16, 32), dtype=np.uint8)  # (H, W): bright left half
+    raw[:, :16] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    path = tmp_path / "rot.jpg"
+    Image.fromarray(raw).save(path, exif=exif, quality=95)
+    out = read_image(path)
+    check_output(out)
+    assert out.shape == (32, 16)
+    np.testing.assert_allclose(out, np.rot90(raw, k=-1) / 255.0, atol=0.1)  # bright top
+
+
+# ------------------------------------------------------------------------------ DICOM
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray | None,
+    photometric: str = "MONOCHROME2",
+    slope: float | None = None,
+    intercept: float | None = None,
+    center: float | None = None,
+    width: float | None = None,
+    frames: int | None = None,
+) -> Path:
+    """Write a minimal, valid DICOM Part 10 file holding uint16 gray or uint8 RGB pixels."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = "anon"
+    if pixels is not None:
+        rgb = photometric == "RGB"
+        ds.Rows, ds.Columns = pixels.shape[-3:-1] if rgb else pixels.shape[-2:]
+        ds.BitsAllocated = ds.BitsStored = 8 if rgb else 16
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 0
+        ds.SamplesPerPixel = 3 if rgb else 1
+        if rgb:
+            ds.PlanarConfiguration = 0
+        ds.PhotometricInterpretation = photometric
+        if frames is not None:
+            ds.NumberOfFrames = frames
+        ds.PixelData = pixels.astype(np.uint8 if rgb else np.uint16).tobytes()
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if center is not None:
+        ds.WindowCenter, ds.WindowWidth = center, width
+    try:
+        ds.save_as(path, enforce_file_format=True)  # pydicom >= 3
+    except TypeError:  # pragma: no cover - pydicom 2.x
+        ds.save_as(path, write_like_original=False)
+    return path
+
+
+def ramp() -> np.ndarray:
+    """(10, 100) uint16 ramp 0..999, each row a tenth of the range."""
+    return np.arange(1000, dtype=np.uint16).reshape(10, 100)
+
+
+def test_dicom_monochrome2(tmp_path: Path) -> None:
+    pixels = ramp()
+    out = read_image(write_dicom(tmp_path / "a.dcm", pixels))
+    check_output(out)
+    np.testing.assert_allclose(out, pixels / 999.0, atol=1e-6)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
+    pixels = noise((12, 14), high=4096, dtype=np.uint16)
+    kwargs = {"slope": 1.0, "intercept": 0.0, "center": 2000.0, "width": 3000.0}
+    mono2 = read_image(write_dicom(tmp_path / "m2.dcm", pixels, "MONOCHROME2", **kwargs))
+    mono1 = read_image(write_dicom(tmp_path / "m1.dcm", pixels, "MONOCHROME1", **kwargs))
+    check_output(mono1)
+    np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
+
+
+def test_dicom_rescale_then_window_clips(tmp_path: Path) -> None:
+    pixels = ramp()
+    # Stored 0..999 → 2 * p - 100 = -100..1898; window 800..1000 in rescaled units,
+    # i.e. stored values 450..550.
+    path = write_dicom(
+        tmp_path / "w.dcm", pixels, slope=2.0, intercept=-100.0, center=900.0, width=200.0
+    )
+    out = read_image(path)
+    check_output(out)
+    assert (out[pixels <= 450] == 0.0).all()
+    assert (out[pixels > 550] == 1.0).all()
+    inside = out[(pixels > 451) & (pixels < 549)]
+    assert ((inside > 0.0) & (inside < 1.0)).all()
+    assert (np.diff(out.ravel()) >= 0).all()  # still monotonic in the stored value
+
+
+def test_dicom_rgb_is_luminance(tmp_path: Path) -> None:
+    rgb = noise((6, 5, 3))
+    out = read_image(write_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
+    check_output(out)
+    lum = rgb @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(out, (lum - lum.min()) / (lum.max() - lum.min()), atol=1e-5)
+
+
+def test_dicom_without_extension(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "IM000001", ramp())
+    assert is_dicom(path)
+    np.testing.assert_allclose(read_image(path), ramp() / 999.0, atol=1e-6)
+
+
+def test_is_dicom(tmp_path: Path) -> None:
+    png = tmp_path / "x.png"
+    Image.fromarray(noise((4, 4))).save(png)
+    assert is_dicom(tmp_path / "anything.DCM")  # by extension, even if it does not exist
+    assert not is_dicom(png)
+    assert not is_dicom(tmp_path / "missing")
+
+
+def test_dicom_without_pixel_data(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "report.dcm", None)
+    with pytest.raises(ImageReadError, match="no pixel data") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_dicom_multi_frame(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "cine.dcm", np.stack([ramp(), ramp()]), frames=2)
+    with pytest.raises(ImageReadError, match="multi-frame") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_dicom_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "bad.dcm"
+    path.write_text("not a dicom file\n")
+    with pytest.raises(ImageReadError, match="DICOM") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def truncated_copy(src: Path, dst: Path) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_truncated_file_raises(tmp_path: Path, suffix: str) -> None:
+    full = tmp_path / f"full{suffix}"
+    Image.fromarray(noise((64, 64, 3))).save(full)
+    read_image(full)  # the intact file reads
+    path = truncated_copy(full, tmp_path / f"cut{suffix}")
+    with pytest.raises(ImageReadError, match="truncated or corrupt") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+    assert "Accepted" in str(info.value)
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.png"
+    path.touch()
+    with pytest.raises(ImageReadError, match="empty") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_text_named_png(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("these are my notes, not an image\n")
+    with pytest.raises(ImageReadError, match="Accepted: PNG, JPEG") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_nan_in_float_tiff(tmp_path: Path) -> None:
+    path = tmp_path / "nan.tif"
+    Image.fromarray(np.array([[0.0, np.nan], [1.0, 2.0]], dtype=np.float32), mode="F").save(path)
+    with pytest.raises(ImageReadError, match="NaN") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_extension(tmp_path: Path) -> None:
+    path = tmp_path / "scan.gif"
+    Image.fromarray(noise((4, 4))).save(path)
+    with pytest.raises(ImageReadError, match="unknown extension '.gif'") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "gone.png"
+    with pytest.raises(ImageReadError, match="does not exist") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_multi_page_tiff(tmp_path: Path) -> None:
+    path = tmp_path / "pages.tif"
+    first, second = Image.fromarray(noise((4, 4))), Image.fromarray(noise((4, 4)))
+    first.save(path, save_all=True, append_images=[second])
+    with pytest.raises(ImageReadError, match="2 frames") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
