@@ -58,7 +58,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 log.info(f"Using the checkpoint's {key}={trained} (config had {cfg.data[key]}).")
             cfg.data[key] = trained
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    writer = EvaluationWriter(cfg.paths.output_dir, **cfg.evaluation)
+    writer = EvaluationWriter(cfg.paths.output_dir, **cfg.evaluation, ckpt_path=str(cfg.ckpt_path))
     callbacks = [*instantiate_list(cfg.get("callbacks"), "callbacks"),
                  RunArtifacts(cfg.paths.output_dir, to_container(cfg)), writer]
     loggers = instantiate_list(cfg.get("logger"), "logger")
@@ -66,7 +66,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     for logger in loggers:
         logger.log_hyperparams(to_container(cfg))
     try:
-        trainer.test(model, datamodule=datamodule)
+        trainer.test(model, datamodule=datamodule, verbose=False)
         print_metrics_table(writer.metrics)
     finally:
         close_loggers(loggers)

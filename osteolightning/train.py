@@ -46,7 +46,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             if not best:
                 log.warning("No best checkpoint was saved; testing the weights of the last step.")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             print_metrics_table(writer.metrics)
             metrics.update(writer.metrics)
     finally:

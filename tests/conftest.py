@@ -36,6 +36,8 @@ def compose_config(
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
+        del cfg["hydra"]  # an app's cfg has no hydra node; ${hydra:...} resolves via HydraConfig
+        cfg.paths.output_dir = str(run_dir)  # resolved now: HydraConfig is global
         cfg.paths.cache_dir = str(cache_dir)
         cfg.paths.log_dir = str(run_dir.parent / "logs")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -73,3 +75,14 @@ def class_tree(tmp_path: Path, phantom_dir: Path) -> Path:
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy(phantom_dir / row["image"], dest / Path(row["image"]).name)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
+    """One tiny fit + test (``osteo-train debug=tiny``) shared by the tests that need a run."""
+    from osteolightning.train import train
+
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    metrics, objects = train(compose_config("train", run_dir, cache_dir, ["debug=tiny"]))
+    GlobalHydra.instance().clear()
+    return run_dir, metrics, objects

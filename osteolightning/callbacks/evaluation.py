@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from osteolightning.metrics.report import evaluation_report
@@ -25,13 +25,22 @@ class EvaluationWriter(L.Callback):
         output_dir: the run directory.
         n_resamples: bootstrap resamples for the 95 % intervals.
         seed: bootstrap seed.
+        ckpt_path: the evaluated checkpoint, recorded when the trainer was given a model object.
     """
 
-    def __init__(self, output_dir: str | Path, n_resamples: int = 1000, seed: int = 0) -> None:
+    def __init__(self, output_dir: str | Path, n_resamples: int = 1000, seed: int = 0,
+                 ckpt_path: str | None = None) -> None:
         self.output_dir = Path(output_dir)
+        self.ckpt_path = ckpt_path
         self.n_resamples, self.seed = n_resamples, seed
         self._rows: list[tuple[int, int, np.ndarray]] = []
-        self.metrics: dict[str, Any] = {}
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The metrics written by the last test run (read from ``metrics.json``, so the values
+        are there in the launching process also when the test ran in spawned DDP workers)."""
+        path = self.output_dir / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows = []
@@ -70,10 +79,7 @@ class EvaluationWriter(L.Callback):
         extra = {k: float(v) for k, v in trainer.callback_metrics.items()
                  if k in ("test/loss",) or k.endswith("_best")}
         ckpt = getattr(trainer, "ckpt_path", None)
-        self.metrics = {**report, **extra, "ckpt_path": str(ckpt) if ckpt else None}
-        atomic_write_json(self.output_dir / "metrics.json", self.metrics)
+        atomic_write_json(self.output_dir / "metrics.json",
+                          {**report, **extra, "ckpt_path": str(ckpt) if ckpt else self.ckpt_path,
+                           "world_size": trainer.world_size})
         log.info(f"Wrote {len(rows)} predictions and metrics to {self.output_dir}")
-
-    @staticmethod
-    def to_numpy(t: torch.Tensor) -> np.ndarray:
-        return t.detach().float().cpu().numpy()

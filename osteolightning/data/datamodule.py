@@ -82,6 +82,8 @@ class KneeDataModule(L.LightningDataModule):
         train_transforms: albumentations transforms for training images.
         eval_transforms: albumentations transforms for val/test images (usually none).
         pin_memory: pin host memory for faster GPU transfer.
+        root: the data location as given on the command line (``data.root=DIR``); the source
+            config interpolates it, so it is only recorded here.
     """
 
     def __init__(
@@ -104,13 +106,14 @@ class KneeDataModule(L.LightningDataModule):
         train_transforms: Sequence[A.BasicTransform] | None = None,
         eval_transforms: Sequence[A.BasicTransform] | None = None,
         pin_memory: bool = False,
+        root: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"Expected argument `batch_size` to be a positive integer, but got {batch_size}.")
         if image_size < 32:
             raise ConfigError(f"Expected argument `image_size` to be an integer >= 32, but got {image_size}.")
-        self.source = source
+        self.source, self.root = source, root
         self.class_names = [str(c) for c in class_names]
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.split_args = dict(

@@ -90,6 +90,11 @@ class KneeClassifier(L.LightningModule):
                                label_smoothing=self.hparams.label_smoothing)
         return loss, logits.softmax(dim=1), batch["label"]
 
+    def _track_loss(self, tracker: MeanMetric, loss: torch.Tensor, targets: torch.Tensor) -> None:
+        # The batch loss is sum(w_i * l_i) / sum(w_i); weighting it by sum(w_i) makes the epoch
+        # value the exact weighted mean over all images, however batches and ranks cut them.
+        tracker.update(loss.detach(), weight=self.class_weights[targets].sum())
+
     def on_train_start(self) -> None:
         self.val_best.reset()
 
@@ -98,9 +103,10 @@ class KneeClassifier(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"The training loss became {loss.item()} at step "
                                      f"{self.global_step} (batch {batch_idx}).")
-        self.train_loss(loss)
+        self._track_loss(self.train_loss, loss, targets)
         self.train_metrics.update(probs, targets)
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -109,7 +115,7 @@ class KneeClassifier(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss, probs, targets = self.model_step(batch)
-        self.val_loss(loss)
+        self._track_loss(self.val_loss, loss, targets)
         self.val_metrics.update(probs, targets)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
 
@@ -124,7 +130,7 @@ class KneeClassifier(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, probs, targets = self.model_step(batch)
-        self.test_loss(loss)
+        self._track_loss(self.test_loss, loss, targets)
         self.test_metrics.update(probs, targets)
         self.log("test/loss", self.test_loss, on_epoch=True)
         # Returned for the prediction writer (predictions.csv, bootstrap report).
