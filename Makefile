@@ -27,12 +27,12 @@ test-all: $(STAMP)  ## every test, slow ones included
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)  ## ruff lint and format check
-	$(BIN)/ruff check osteolightning tests benchmarks experiments
-	$(BIN)/ruff format --check osteolightning tests benchmarks experiments
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)  ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix osteolightning tests benchmarks experiments
-	$(BIN)/ruff format osteolightning tests benchmarks experiments
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:  ## remove caches (not .venv, not logs)
 	rm -rf .cache .pytest_cache .ruff_cache

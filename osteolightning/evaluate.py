@@ -35,14 +35,20 @@ def load_classifier(ckpt_path: str | Path) -> L.LightningModule:
     """
     path = Path(ckpt_path)
     if not path.is_file():
-        raise ConfigError(f"Checkpoint '{path}' does not exist. Pass ckpt_path=<run>/checkpoints/<name>.ckpt.")
+        raise ConfigError(
+            f"Checkpoint '{path}' does not exist. Pass ckpt_path=<run>/checkpoints/<name>.ckpt."
+        )
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     run_cfg = checkpoint.get("osteo_config")
     if not run_cfg or "model" not in run_cfg:
-        raise ConfigError(f"'{path}' holds no osteolightning run config; was it written by osteo-train?")
+        raise ConfigError(
+            f"'{path}' holds no osteolightning run config; was it written by osteo-train?"
+        )
     net_cfg = dict(run_cfg["model"]["net"])
     net_cfg["pretrained"] = False  # the checkpoint's weights replace any initialisation
-    model_cfg = {k: v for k, v in run_cfg["model"].items() if k not in ("net", "optimizer", "scheduler")}
+    model_cfg = {
+        k: v for k, v in run_cfg["model"].items() if k not in ("net", "optimizer", "scheduler")
+    }
     model = hydra.utils.instantiate(model_cfg, net=hydra.utils.instantiate(net_cfg))
     model.load_state_dict(checkpoint["state_dict"])
     return model
@@ -59,8 +65,11 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             cfg.data[key] = trained
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     writer = EvaluationWriter(cfg.paths.output_dir, **cfg.evaluation, ckpt_path=str(cfg.ckpt_path))
-    callbacks = [*instantiate_list(cfg.get("callbacks"), "callbacks"),
-                 RunArtifacts(cfg.paths.output_dir, to_container(cfg)), writer]
+    callbacks = [
+        *instantiate_list(cfg.get("callbacks"), "callbacks"),
+        RunArtifacts(cfg.paths.output_dir, to_container(cfg)),
+        writer,
+    ]
     loggers = instantiate_list(cfg.get("logger"), "logger")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     for logger in loggers:

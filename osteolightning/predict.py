@@ -36,17 +36,24 @@ def iter_images(paths: Sequence[str | Path]) -> Iterator[Path]:
         if path.is_file():
             yield path
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and
-                           (p.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(p)))
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and (p.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(p))
+            )
             if not found:
-                raise DataSourceError(f"No images under '{path}'; accepted: {sorted(IMAGE_EXTENSIONS)}.")
+                raise DataSourceError(
+                    f"No images under '{path}'; accepted: {sorted(IMAGE_EXTENSIONS)}."
+                )
             yield from found
         else:
             raise DataSourceError(f"'{path}' does not exist; pass image files or folders.")
 
 
 @torch.no_grad()
-def predict(ckpt_path: str | Path, paths: Sequence[str | Path], batch_size: int = 16) -> list[list[str]]:
+def predict(
+    ckpt_path: str | Path, paths: Sequence[str | Path], batch_size: int = 16
+) -> list[list[str]]:
     """Rows ``[path, prob_<class>..., prediction]`` for every image under ``paths``."""
     model = load_classifier(ckpt_path).eval()
     hp = model.hparams
@@ -55,10 +62,18 @@ def predict(ckpt_path: str | Path, paths: Sequence[str | Path], batch_size: int 
     rows: list[list[str]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        batch = torch.stack([to_tensor(letterbox_resize(read_image(p), hp.image_size)) for p in chunk])
+        batch = torch.stack(
+            [to_tensor(letterbox_resize(read_image(p), hp.image_size)) for p in chunk]
+        )
         probs = model(batch).softmax(dim=1)
         for path, p in zip(chunk, probs.tolist(), strict=True):
-            rows.append([str(path), *[f"{v:.6f}" for v in p], hp.class_names[max(range(len(p)), key=p.__getitem__)]])
+            rows.append(
+                [
+                    str(path),
+                    *[f"{v:.6f}" for v in p],
+                    hp.class_names[max(range(len(p)), key=p.__getitem__)],
+                ]
+            )
     return rows
 
 

@@ -33,8 +33,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
     writer = EvaluationWriter(cfg.paths.output_dir, **cfg.evaluation)
-    callbacks = [*instantiate_list(cfg.get("callbacks"), "callbacks"),
-                 RunArtifacts(cfg.paths.output_dir, to_container(cfg)), writer]
+    callbacks = [
+        *instantiate_list(cfg.get("callbacks"), "callbacks"),
+        RunArtifacts(cfg.paths.output_dir, to_container(cfg)),
+        writer,
+    ]
     loggers = instantiate_list(cfg.get("logger"), "logger")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     for logger in loggers:
@@ -43,7 +46,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            best = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            )
             if not best:
                 log.warning("No best checkpoint was saved; testing the weights of the last step.")
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)

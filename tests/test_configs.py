@@ -14,7 +14,7 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
-GROUPS = ["common", "data", "model", "trainer", "callbacks", "logger", "debug"]
+GROUPS = ["common", "data", "model", "trainer", "callbacks", "logger", "debug", "experiment"]
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])

@@ -21,13 +21,16 @@ def test_two_process_test_metrics_equal_one_process(make_cfg, trained, phantom_d
     evaluate(one)
     two = make_cfg("eval", [*common, "trainer=ddp_cpu"], run="two")
     evaluate(two)
-    single, double = (json.loads((Path(c.paths.output_dir) / "metrics.json").read_text())
-                      for c in (one, two))
+    single, double = (
+        json.loads((Path(c.paths.output_dir) / "metrics.json").read_text()) for c in (one, two)
+    )
     assert (single["world_size"], double["world_size"]) == (1, 2)
     assert double["test/n"] == single["test/n"] == 59
     assert double["test/confusion_matrix"] == single["test/confusion_matrix"]
     for key in ("test/acc", "test/f1_macro", "test/auroc_macro", "test/acc_ci95", "test/loss"):
         assert double[key] == pytest.approx(single[key], abs=1e-5), key
-    predictions = [sorted((Path(c.paths.output_dir) / "predictions.csv").read_text().splitlines())
-                   for c in (one, two)]
+    predictions = [
+        sorted((Path(c.paths.output_dir) / "predictions.csv").read_text().splitlines())
+        for c in (one, two)
+    ]
     assert predictions[0] == predictions[1]

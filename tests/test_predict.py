@@ -23,14 +23,19 @@ def test_predict_agrees_with_evaluation(trained, class_tree, tmp_path):
     for row in rows:
         name = row["path"].split("/")[-1]
         if name in tested:
-            assert float(row["prob_normal"]) == pytest.approx(float(tested[name]["prob_normal"]), abs=1e-4)
+            assert float(row["prob_normal"]) == pytest.approx(
+                float(tested[name]["prob_normal"]), abs=1e-4
+            )
             assert row["prediction"] == tested[name]["prediction"]
 
 
 def test_predict_cli_reports_missing_paths(trained, tmp_path):
     ckpt = trained[0] / "checkpoints" / "last.ckpt"
-    result = subprocess.run([sys.executable, "-m", "osteolightning.predict", str(ckpt),
-                             str(tmp_path / "nope")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "osteolightning.predict", str(ckpt), str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "nope" in result.stderr and "does not exist" in result.stderr
 

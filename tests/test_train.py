@@ -17,7 +17,13 @@ TINY_EVAL = ["common=tiny", "data=tiny", "callbacks=tiny", "logger=tiny", "train
 
 def test_run_directory_holds_what_produced_it(trained):
     run_dir, _, _ = trained
-    for name in ("metrics.json", "predictions.csv", "splits.csv", "versions.json", "csv/metrics.csv"):
+    for name in (
+        "metrics.json",
+        "predictions.csv",
+        "splits.csv",
+        "versions.json",
+        "csv/metrics.csv",
+    ):
         assert (run_dir / name).is_file(), name
     ckpts = list((run_dir / "checkpoints").glob("*.ckpt"))
     assert any(p.name == "last.ckpt" for p in ckpts) and len(ckpts) >= 2
@@ -59,8 +65,17 @@ def test_predictions_and_splits_cover_the_test_split_exactly(trained):
 def test_eval_on_a_class_folder_tree(trained, make_cfg, class_tree):
     run_dir, _, _ = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    cfg = make_cfg("eval", [*TINY_EVAL, f"ckpt_path={ckpt}", "data=folder",
-                            f"data.root={class_tree}", "data.batch_size=8"], run="eval")
+    cfg = make_cfg(
+        "eval",
+        [
+            *TINY_EVAL,
+            f"ckpt_path={ckpt}",
+            "data=folder",
+            f"data.root={class_tree}",
+            "data.batch_size=8",
+        ],
+        run="eval",
+    )
     metrics, _ = evaluate(cfg)
     out = Path(cfg.paths.output_dir)
     assert metrics["test/n"] == len(list(class_tree.rglob("*.png")))
@@ -69,20 +84,38 @@ def test_eval_on_a_class_folder_tree(trained, make_cfg, class_tree):
         assert len(list(csv.DictReader(handle))) == metrics["test/n"]
 
 
-def test_eval_on_a_manifest_matches_the_same_images_as_folders(trained, make_cfg, phantom_dir, class_tree):
+def test_eval_on_a_manifest_matches_the_same_images_as_folders(
+    trained, make_cfg, phantom_dir, class_tree
+):
     ckpt = trained[0] / "checkpoints" / "last.ckpt"
-    a, _ = evaluate(make_cfg("eval", [*TINY_EVAL, f"ckpt_path={ckpt}", "data=manifest",
-                                      f"data.root={phantom_dir / 'manifest.csv'}"], run="m"))
-    b, _ = evaluate(make_cfg("eval", [*TINY_EVAL, f"ckpt_path={ckpt}", "data=folder",
-                                      f"data.root={class_tree}"], run="f"))
+    a, _ = evaluate(
+        make_cfg(
+            "eval",
+            [
+                *TINY_EVAL,
+                f"ckpt_path={ckpt}",
+                "data=manifest",
+                f"data.root={phantom_dir / 'manifest.csv'}",
+            ],
+            run="m",
+        )
+    )
+    b, _ = evaluate(
+        make_cfg(
+            "eval",
+            [*TINY_EVAL, f"ckpt_path={ckpt}", "data=folder", f"data.root={class_tree}"],
+            run="f",
+        )
+    )
     assert a["test/confusion_matrix"] == b["test/confusion_matrix"]
     for key in ("test/n", "test/acc", "test/auroc_macro"):
         assert a[key] == pytest.approx(b[key])
 
 
 def test_wandb_logs_offline_into_the_run_directory(make_cfg):
-    cfg = make_cfg("train", ["debug=tiny", "logger=default", "trainer.max_epochs=1",
-                             "test=false"], run="wb")
+    cfg = make_cfg(
+        "train", ["debug=tiny", "logger=default", "trainer.max_epochs=1", "test=false"], run="wb"
+    )
     train(cfg)
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1

@@ -14,9 +14,23 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from osteolightning.utils.files import atomic_write_csv, atomic_write_json
 
-PACKAGES = ("osteolightning", "torch", "torchvision", "lightning", "timm", "torchmetrics",
-            "hydra-core", "omegaconf", "albumentations", "monai", "numpy", "scikit-learn",
-            "pillow", "pydicom", "wandb")
+PACKAGES = (
+    "osteolightning",
+    "torch",
+    "torchvision",
+    "lightning",
+    "timm",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "albumentations",
+    "monai",
+    "numpy",
+    "scikit-learn",
+    "pillow",
+    "pydicom",
+    "wandb",
+)
 
 
 def environment_versions() -> dict[str, Any]:
@@ -29,10 +43,20 @@ def environment_versions() -> dict[str, Any]:
             versions[package] = None
     try:
         repo = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=False)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=False)
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         if commit.returncode == 0:
             versions["git_commit"] = commit.stdout.strip()
             versions["git_dirty"] = bool(dirty.stdout.strip())
@@ -58,9 +82,11 @@ class RunArtifacts(L.Callback):
     def _write(self, trainer: L.Trainer) -> None:
         datamodule = trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "split_rows"):
-            atomic_write_csv(self.output_dir / "splits.csv",
-                             ["split", "path", "label", "patient_id", "group", "sha1"],
-                             datamodule.split_rows())
+            atomic_write_csv(
+                self.output_dir / "splits.csv",
+                ["split", "path", "label", "patient_id", "group", "sha1"],
+                datamodule.split_rows(),
+            )
         atomic_write_json(self.output_dir / "versions.json", environment_versions())
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -69,6 +95,7 @@ class RunArtifacts(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer)
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["osteo_config"] = self.config

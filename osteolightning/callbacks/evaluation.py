@@ -28,8 +28,13 @@ class EvaluationWriter(L.Callback):
         ckpt_path: the evaluated checkpoint, recorded when the trainer was given a model object.
     """
 
-    def __init__(self, output_dir: str | Path, n_resamples: int = 1000, seed: int = 0,
-                 ckpt_path: str | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        n_resamples: int = 1000,
+        seed: int = 0,
+        ckpt_path: str | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.ckpt_path = ckpt_path
         self.n_resamples, self.seed = n_resamples, seed
@@ -45,10 +50,19 @@ class EvaluationWriter(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows = []
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         probs = outputs["probs"].float().cpu().numpy()
-        for i, y, p in zip(outputs["index"].tolist(), outputs["labels"].tolist(), probs, strict=True):
+        for i, y, p in zip(
+            outputs["index"].tolist(), outputs["labels"].tolist(), probs, strict=True
+        ):
             self._rows.append((i, y, p))
 
     def _gather(self, trainer: L.Trainer) -> list[tuple[int, int, np.ndarray]]:
@@ -70,16 +84,34 @@ class EvaluationWriter(L.Callback):
         labels = np.array([r[1] for r in rows])
         probs = np.stack([r[2] for r in rows])
         header = ["path", "label", *[f"prob_{c}" for c in class_names], "prediction"]
-        atomic_write_csv(self.output_dir / "predictions.csv", header, [
-            [str(samples[i].path), class_names[y], *[f"{v:.6f}" for v in p], class_names[int(p.argmax())]]
-            for i, y, p in rows
-        ])
-        report = evaluation_report(labels, probs, class_names, prefix="test/",
-                                   n_resamples=self.n_resamples, seed=self.seed)
-        extra = {k: float(v) for k, v in trainer.callback_metrics.items()
-                 if k in ("test/loss",) or k.endswith("_best")}
+        atomic_write_csv(
+            self.output_dir / "predictions.csv",
+            header,
+            [
+                [
+                    str(samples[i].path),
+                    class_names[y],
+                    *[f"{v:.6f}" for v in p],
+                    class_names[int(p.argmax())],
+                ]
+                for i, y, p in rows
+            ],
+        )
+        report = evaluation_report(
+            labels, probs, class_names, prefix="test/", n_resamples=self.n_resamples, seed=self.seed
+        )
+        extra = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "test/loss"}
+        best = trainer.checkpoint_callback
+        if best is not None and best.monitor and best.best_model_score is not None:
+            extra[f"{best.monitor}_best"] = float(best.best_model_score)  # the tested checkpoint's
         ckpt = getattr(trainer, "ckpt_path", None)
-        atomic_write_json(self.output_dir / "metrics.json",
-                          {**report, **extra, "ckpt_path": str(ckpt) if ckpt else self.ckpt_path,
-                           "world_size": trainer.world_size})
+        atomic_write_json(
+            self.output_dir / "metrics.json",
+            {
+                **report,
+                **extra,
+                "ckpt_path": str(ckpt) if ckpt else self.ckpt_path,
+                "world_size": trainer.world_size,
+            },
+        )
         log.info(f"Wrote {len(rows)} predictions and metrics to {self.output_dir}")

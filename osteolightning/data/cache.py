@@ -112,8 +112,10 @@ class PreprocessedCache:
         digests = self.hashes(paths)
         todo = [(p, d) for p, d in zip(paths, digests, strict=True) if not self._entry(d).exists()]
         if todo:
-            log.info(f"Preprocessing {len(todo)} of {len(paths)} images to {self.image_size}px "
-                     f"(cached in {self.root}).")
+            log.info(
+                f"Preprocessing {len(todo)} of {len(paths)} images to {self.image_size}px "
+                f"(cached in {self.root})."
+            )
             with ThreadPoolExecutor(self.workers) as pool:
                 # list() re-raises the first decoding error with its file name.
                 list(pool.map(lambda item: self._build(*item), todo))

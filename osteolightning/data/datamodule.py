@@ -110,15 +110,22 @@ class KneeDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ConfigError(f"Expected argument `batch_size` to be a positive integer, but got {batch_size}.")
+            raise ConfigError(
+                f"Expected argument `batch_size` to be a positive integer, but got {batch_size}."
+            )
         if image_size < 32:
-            raise ConfigError(f"Expected argument `image_size` to be an integer >= 32, but got {image_size}.")
+            raise ConfigError(
+                f"Expected argument `image_size` to be an integer >= 32, but got {image_size}."
+            )
         self.source, self.root = source, root
         self.class_names = [str(c) for c in class_names]
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.split_args = dict(
-            val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed,
-            num_folds=num_folds, fold=fold,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=split_seed,
+            num_folds=num_folds,
+            fold=fold,
         )
         self.evaluate_all = evaluate_all
         self.cache = PreprocessedCache(cache_dir, image_size)
@@ -167,7 +174,9 @@ class KneeDataModule(L.LightningDataModule):
         for code, name in enumerate(SPLIT_NAMES):
             idx = np.flatnonzero(self.split_codes == code)
             augment = self.train_augment if name == "train" else self.eval_augment
-            self.datasets[name] = ArrayDataset(images[idx], labels[idx], idx, self.to_tensor, augment)
+            self.datasets[name] = ArrayDataset(
+                images[idx], labels[idx], idx, self.to_tensor, augment
+            )
         log.info(self.summary())
 
     def _warn_duplicates(self, labels: np.ndarray) -> None:
@@ -194,12 +203,16 @@ class KneeDataModule(L.LightningDataModule):
         """One row per image: split, path, label, patient_id, group, sha1 (for the run directory)."""
         return [
             (SPLIT_NAMES[c], str(s.path), self.class_names[s.label], s.patient_id or "", int(g), d)
-            for s, c, g, d in zip(self.samples, self.split_codes, self.groups, self.digests, strict=True)
+            for s, c, g, d in zip(
+                self.samples, self.split_codes, self.groups, self.digests, strict=True
+            )
         ]
 
     def summary(self) -> str:
-        lines = [f"Data: {self.source.describe()}: {len(self.samples)} images, "
-                 f"{len(np.unique(self.groups))} independent groups."]
+        lines = [
+            f"Data: {self.source.describe()}: {len(self.samples)} images, "
+            f"{len(np.unique(self.groups))} independent groups."
+        ]
         for name in SPLIT_NAMES:
             counts = self.class_counts(name)
             per_class = ", ".join(f"{c}={n}" for c, n in zip(self.class_names, counts, strict=True))
@@ -216,8 +229,13 @@ class KneeDataModule(L.LightningDataModule):
             # Training: a shuffled, equal share per rank. Evaluation: every image exactly once
             # across ranks (no padding duplicates), so synced test metrics equal a 1-device run.
             sampler_cls = DistributedSampler if train else UnrepeatedDistributedSampler
-            sampler = sampler_cls(dataset, num_replicas=world, rank=rank, shuffle=train,
-                                  seed=int(self.split_args["seed"]))
+            sampler = sampler_cls(
+                dataset,
+                num_replicas=world,
+                rank=rank,
+                shuffle=train,
+                seed=int(self.split_args["seed"]),
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -35,12 +35,22 @@ class PhantomSource:
         workers: int | None = None,
     ) -> None:
         self.root = Path(root)
-        self.n, self.seed, self.size, self.bit_depth, self.workers = n, seed, size, bit_depth, workers
+        self.n, self.seed, self.size, self.bit_depth, self.workers = (
+            n,
+            seed,
+            size,
+            bit_depth,
+            workers,
+        )
 
     def samples(self, class_names: Sequence[str]) -> list[Sample]:
         """Generate the set if needed and return its samples."""
         manifest = ensure_phantom(
-            self.root, n=self.n, seed=self.seed, size=self.size, bit_depth=self.bit_depth,
+            self.root,
+            n=self.n,
+            seed=self.seed,
+            size=self.size,
+            bit_depth=self.bit_depth,
             workers=self.workers,
         )
         return ManifestSource(manifest).samples(class_names)

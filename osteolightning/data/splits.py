@@ -56,10 +56,14 @@ def group_ids(keys_per_sample: Sequence[Sequence[str | None]]) -> np.ndarray:
 
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 < value < 1.0:
-        raise ConfigError(f"Expected argument `{name}` to be a float in the (0, 1) range, but got {value}.")
+        raise ConfigError(
+            f"Expected argument `{name}` to be a float in the (0, 1) range, but got {value}."
+        )
 
 
-def _one_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, fold: int, seed: int) -> np.ndarray:
+def _one_fold(
+    labels: np.ndarray, groups: np.ndarray, n_splits: int, fold: int, seed: int
+) -> np.ndarray:
     """Boolean mask of fold ``fold`` of a stratified, grouped ``n_splits``-fold partition."""
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
@@ -115,7 +119,9 @@ def assign_splits(
         rest_share = 1.0 - test_fraction
     else:
         if num_folds < 2:
-            raise ConfigError(f"Expected argument `num_folds` to be an integer >= 2, but got {num_folds}.")
+            raise ConfigError(
+                f"Expected argument `num_folds` to be an integer >= 2, but got {num_folds}."
+            )
         n_test_splits, test_fold = num_folds, fold
         rest_share = 1.0 - 1.0 / num_folds
     codes = np.full(len(labels_arr), TRAIN, dtype=np.int64)

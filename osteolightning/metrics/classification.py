@@ -36,7 +36,9 @@ def classification_metrics(class_names: Sequence[str], prefix: str) -> MetricCol
             "recall_macro": MulticlassRecall(k, average="macro"),
             "f1_macro": MulticlassF1Score(k, average="macro"),
             "auroc_macro": MulticlassAUROC(k, average="macro"),
-            "auroc": ClasswiseWrapper(MulticlassAUROC(k, average=None), labels=names, prefix="auroc_"),
+            "auroc": ClasswiseWrapper(
+                MulticlassAUROC(k, average=None), labels=names, prefix="auroc_"
+            ),
         },
         prefix=prefix,
         compute_groups=False,

@@ -51,7 +51,9 @@ def auroc_ovr(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
         sorted_scores = np.take_along_axis(scores, order, axis=1)
         ranks = np.empty_like(scores, dtype=float)
         for i in range(r):  # average ranks over ties, as the Mann-Whitney U statistic requires
-            _, inverse, counts = np.unique(sorted_scores[i], return_inverse=True, return_counts=True)
+            _, inverse, counts = np.unique(
+                sorted_scores[i], return_inverse=True, return_counts=True
+            )
             ends = np.cumsum(counts)
             avg = ends - (counts - 1) / 2.0
             ranks[i, order[i]] = avg[inverse]
@@ -65,7 +67,9 @@ def auroc_ovr(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def metric_table(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+def metric_table(
+    labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
+) -> dict[str, np.ndarray]:
     """All report metrics for ``R`` (re)samples at once.
 
     Args:
@@ -146,8 +150,10 @@ def evaluation_report(
     y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
     if y.ndim != 1 or p.ndim != 2 or len(y) != len(p) or p.shape[1] != len(class_names):
-        raise ConfigError(f"Expected labels (N,) and probs (N, {len(class_names)}), but got "
-                          f"{y.shape} and {p.shape}.")
+        raise ConfigError(
+            f"Expected labels (N,) and probs (N, {len(class_names)}), but got "
+            f"{y.shape} and {p.shape}."
+        )
     if len(y) == 0:
         raise ConfigError("Cannot compute an evaluation report on zero samples.")
     if not 0 < confidence < 1:
@@ -164,7 +170,8 @@ def evaluation_report(
         samples = boot[name][np.isfinite(boot[name])]
         report[f"{prefix}{name}_{tag}"] = (
             [float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha))]
-            if len(samples) else None
+            if len(samples)
+            else None
         )
     cm = confusion_matrices(y[None], p.argmax(axis=1)[None], len(class_names))[0]
     report[f"{prefix}confusion_matrix"] = cm.tolist()

@@ -51,17 +51,27 @@ class KneeClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         if class_weighting not in ("balanced", "none"):
-            raise ConfigError(f"Expected argument `class_weighting` to be one of ['balanced', 'none'], "
-                              f"but got {class_weighting!r}.")
+            raise ConfigError(
+                f"Expected argument `class_weighting` to be one of ['balanced', 'none'], "
+                f"but got {class_weighting!r}."
+            )
         if not 0 <= label_smoothing < 1:
-            raise ConfigError(f"Expected argument `label_smoothing` in [0, 1), but got {label_smoothing}.")
+            raise ConfigError(
+                f"Expected argument `label_smoothing` in [0, 1), but got {label_smoothing}."
+            )
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters({
-            "class_names": [str(c) for c in class_names], "class_weighting": class_weighting,
-            "label_smoothing": float(label_smoothing), "monitor": str(monitor),
-            "image_size": int(image_size), "in_chans": int(in_chans),
-            "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-        })
+        self.save_hyperparameters(
+            {
+                "class_names": [str(c) for c in class_names],
+                "class_weighting": class_weighting,
+                "label_smoothing": float(label_smoothing),
+                "monitor": str(monitor),
+                "image_size": int(image_size),
+                "in_chans": int(in_chans),
+                "mean": [float(m) for m in mean],
+                "std": [float(s) for s in std],
+            }
+        )
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         k = len(class_names)
@@ -80,14 +90,20 @@ class KneeClassifier(L.LightningModule):
         if stage == "fit" and self.hparams.class_weighting == "balanced":
             counts = torch.tensor(self.trainer.datamodule.class_counts("train"), dtype=torch.float)
             # Inverse frequency, normalised to mean 1; an absent class gets weight 0 (no target).
-            weights = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0.0)
+            weights = torch.where(
+                counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0.0
+            )
             self.class_weights.copy_(weights / weights[counts > 0].mean())
 
     def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, probs (B, K), targets (B,))``."""
         logits = self(batch["image"])
-        loss = F.cross_entropy(logits, batch["label"], weight=self.class_weights,
-                               label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(
+            logits,
+            batch["label"],
+            weight=self.class_weights,
+            label_smoothing=self.hparams.label_smoothing,
+        )
         return loss, logits.softmax(dim=1), batch["label"]
 
     def _track_loss(self, tracker: MeanMetric, loss: torch.Tensor, targets: torch.Tensor) -> None:
@@ -101,8 +117,10 @@ class KneeClassifier(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, probs, targets = self.model_step(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"The training loss became {loss.item()} at step "
-                                     f"{self.global_step} (batch {batch_idx}).")
+            raise FloatingPointError(
+                f"The training loss became {loss.item()} at step "
+                f"{self.global_step} (batch {batch_idx})."
+            )
         self._track_loss(self.train_loss, loss, targets)
         self.train_metrics.update(probs, targets)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
@@ -145,10 +163,16 @@ class KneeClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
-            raise ConfigError("KneeClassifier needs an `optimizer` to train (model.optimizer in config).")
+            raise ConfigError(
+                "KneeClassifier needs an `optimizer` to train (model.optimizer in config)."
+            )
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer,
-                                           total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = self.scheduler_factory(
+            optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

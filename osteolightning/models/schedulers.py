@@ -11,7 +11,10 @@ from osteolightning.errors import ConfigError
 
 
 def cosine_with_warmup(
-    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.01
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_fraction: float = 0.05,
+    min_lr_ratio: float = 0.01,
 ) -> LambdaLR:
     """Linear warm-up to the base LR, then cosine decay to ``min_lr_ratio`` of it.
 
@@ -22,7 +25,9 @@ def cosine_with_warmup(
         min_lr_ratio: final LR as a fraction of the base LR.
     """
     if not 0 <= warmup_fraction < 1:
-        raise ConfigError(f"Expected argument `warmup_fraction` in [0, 1), but got {warmup_fraction}.")
+        raise ConfigError(
+            f"Expected argument `warmup_fraction` in [0, 1), but got {warmup_fraction}."
+        )
     total = max(1, int(total_steps))
     warmup = int(round(warmup_fraction * total))
 

@@ -13,7 +13,9 @@ from osteolightning.errors import ConfigError
 
 #: The configs live in ``conf/`` at the top of the repository (DESIGN.md); OSTEO_CONFIG_DIR
 #: points elsewhere, e.g. at a copy with a lab's own defaults.
-CONFIG_DIR = str(Path(os.environ.get("OSTEO_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf")))
+CONFIG_DIR = str(
+    Path(os.environ.get("OSTEO_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf"))
+)
 
 
 def register_resolvers() -> None:
@@ -34,7 +36,9 @@ def instantiate_list(group: DictConfig | None, kind: str) -> list[Any]:
     if not group:
         return []
     if not isinstance(group, DictConfig):
-        raise ConfigError(f"Expected the `{kind}` config to be a mapping of name → object, but got {group!r}.")
+        raise ConfigError(
+            f"Expected the `{kind}` config to be a mapping of name → object, but got {group!r}."
+        )
     objects = []
     for name, conf in group.items():
         if conf is None:

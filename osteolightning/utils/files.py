@@ -41,7 +41,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+def atomic_write_csv(
+    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> Path:
     """Write a CSV with ``header`` and ``rows`` to ``path`` atomically."""
     import io
 

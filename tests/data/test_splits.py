@@ -54,8 +54,12 @@ def test_kfold_test_splits_partition_the_data():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"val_fraction": 0.0}, "val_fraction"), ({"test_fraction": 1.5}, "test_fraction"),
-     ({"num_folds": 1}, "num_folds"), ({"num_folds": 3, "fold": 3}, "fold")],
+    [
+        ({"val_fraction": 0.0}, "val_fraction"),
+        ({"test_fraction": 1.5}, "test_fraction"),
+        ({"num_folds": 1}, "num_folds"),
+        ({"num_folds": 3, "fold": 3}, "fold"),
+    ],
 )
 def test_bad_split_arguments_raise(kwargs, match):
     labels, groups = _data(60)

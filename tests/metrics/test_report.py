@@ -36,13 +36,16 @@ def test_point_estimates_equal_scikit_learn(quantise):
     assert report["test/f1_macro"] == pytest.approx(f.mean())
     for c, name in enumerate(CLASSES):
         assert report[f"test/f1_{name}"] == pytest.approx(f[c])
-        assert report[f"test/auroc_{name}"] == pytest.approx(roc_auc_score(labels == c, probs[:, c]))
+        assert report[f"test/auroc_{name}"] == pytest.approx(
+            roc_auc_score(labels == c, probs[:, c])
+        )
     # macro one-vs-rest AUROC is the mean of the per-class AUROCs (sklearn's multi_class="ovr")
     per_class = [roc_auc_score(labels == c, probs[:, c]) for c in range(3)]
     assert report["test/auroc_macro"] == pytest.approx(np.mean(per_class))
     if not quantise:
         assert report["test/auroc_macro"] == pytest.approx(
-            roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+            roc_auc_score(labels, probs, multi_class="ovr", average="macro")
+        )
     cm = np.zeros((3, 3), int)
     np.add.at(cm, (labels, preds), 1)
     assert report["test/confusion_matrix"] == cm.tolist()
@@ -59,7 +62,9 @@ def test_intervals_contain_the_point_estimate_and_shrink_with_n():
 
 def test_report_is_deterministic_for_a_seed():
     labels, probs = _predictions()
-    assert evaluation_report(labels, probs, CLASSES, seed=1) == evaluation_report(labels, probs, CLASSES, seed=1)
+    assert evaluation_report(labels, probs, CLASSES, seed=1) == evaluation_report(
+        labels, probs, CLASSES, seed=1
+    )
 
 
 def test_absent_class_has_undefined_auroc():

@@ -43,7 +43,9 @@ def test_local_weights_file_is_loaded_and_changes_outputs(tmp_path):
     torch.manual_seed(0)
     source = create_backbone("resnet10t", num_classes=3, in_chans=1)
     path = tmp_path / "weights.pth"
-    torch.save({f"net.{k}": v for k, v in source.state_dict().items()}, path)  # checkpoint-style keys
+    torch.save(
+        {f"net.{k}": v for k, v in source.state_dict().items()}, path
+    )  # checkpoint-style keys
     x = torch.randn(2, 1, 64, 64)
     torch.manual_seed(1)
     fresh = create_backbone("resnet10t", num_classes=3, in_chans=1).eval()
@@ -60,8 +62,11 @@ def test_rgb_weights_file_adapts_to_grayscale(tmp_path):
     torch.save(source.state_dict(), path)
     gray = create_backbone("resnet10t", num_classes=3, in_chans=1, pretrained=str(path))
     first = source.pretrained_cfg["first_conv"] + ".weight"
-    np.testing.assert_allclose(gray.state_dict()[first].numpy(),
-                               source.state_dict()[first].sum(1, keepdim=True).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        gray.state_dict()[first].numpy(),
+        source.state_dict()[first].sum(1, keepdim=True).numpy(),
+        rtol=1e-6,
+    )
 
 
 def test_weights_that_match_nothing_are_an_error(tmp_path):

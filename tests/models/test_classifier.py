@@ -22,8 +22,11 @@ def test_model_step_returns_loss_probs_targets():
 
 def test_nan_loss_stops_training_naming_the_step():
     module = _module()
-    batch = {"image": torch.full((2, 1, 64, 64), float("nan")), "label": torch.tensor([0, 1]),
-             "index": torch.tensor([0, 1])}
+    batch = {
+        "image": torch.full((2, 1, 64, 64), float("nan")),
+        "label": torch.tensor([0, 1]),
+        "index": torch.tensor([0, 1]),
+    }
     with pytest.raises(FloatingPointError, match="step"):
         module.training_step(batch, 7)
 
@@ -34,8 +37,13 @@ def test_hyperparameters_are_plain_types():
         assert isinstance(value, str | int | float | list)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"class_weighting": "inverse"}, "class_weighting"),
-                                               ({"label_smoothing": 1.0}, "label_smoothing")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"class_weighting": "inverse"}, "class_weighting"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         _module(**kwargs)

