@@ -87,6 +87,15 @@ class RunArtifacts(L.Callback):
                 ["split", "path", "label", "patient_id", "group", "sha1"],
                 datamodule.split_rows(),
             )
+            # What was left out, and why: never silent.
+            atomic_write_csv(
+                self.output_dir / "skipped.csv", ["path", "reason"], datamodule.skipped
+            )
+            atomic_write_csv(
+                self.output_dir / "label_conflicts.csv",
+                ["group", "path", "label", "action"],
+                datamodule.conflicts,
+            )
         atomic_write_json(self.output_dir / "versions.json", environment_versions())
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

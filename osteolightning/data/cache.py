@@ -5,6 +5,10 @@ every epoch would leave the GPU idle. Each image is therefore decoded once, lett
 square, resized, quantised to uint8 and stored as ``.npy`` under a key made of the file's
 content hash and the preprocessing settings. Renaming or moving a file keeps its cache entry;
 editing it invalidates it.
+
+A file that cannot be decoded either stops the run with an error naming it
+(``on_bad_image="error"``) or is left out and listed with its reason (``"skip"``); see
+:meth:`PreprocessedCache.prepare`.
 """
 
 from __future__ import annotations
@@ -14,19 +18,21 @@ import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from osteolightning.data.io import read_image
+from osteolightning.data.io import check_on_bad_image, read_image
+from osteolightning.errors import ImageReadError
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, file_sha1
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 #: Bump when the preprocessing below changes, so stale entries are not reused.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: 8-bit images decoded in float32 (memory); minimum side 32 px
 
 
 def letterbox_resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -48,6 +54,21 @@ def letterbox_resize(image: np.ndarray, size: int) -> np.ndarray:
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     resized = cv2.resize(canvas, (size, size), interpolation=interpolation)
     return np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class PrepareResult:
+    """What :meth:`PreprocessedCache.prepare` did.
+
+    Attributes:
+        digests: one entry per input path, in order: the content hash of a cached image, or
+            ``None`` for a file that was skipped.
+        skipped: ``(path, reason)`` for every skipped file, in input order; the reason is the
+            decoder's message (what is wrong and what is accepted).
+    """
+
+    digests: list[str | None]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 class PreprocessedCache:
@@ -97,33 +118,74 @@ class PreprocessedCache:
             atomic_write_json(self._hash_index_path, index)
         return result
 
-    def _build(self, path: Path, sha1: str) -> None:
-        array = letterbox_resize(read_image(path), self.image_size)
+    def _build(self, path: Path, sha1: str) -> ImageReadError | None:
+        """Decode, resize and store one image; return (not raise) a decoding error."""
+        try:
+            array = letterbox_resize(read_image(path), self.image_size)
+        except ImageReadError as exc:
+            return exc
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         atomic_write_bytes(self._entry(sha1), buffer.getvalue())
+        return None
 
-    def prepare(self, paths: Sequence[Path]) -> list[str]:
-        """Decode every image not yet cached (in threads); return the content hashes.
+    def prepare(self, paths: Sequence[Path], on_bad_image: str = "error") -> PrepareResult:
+        """Decode every image not yet cached (in threads) and say which could not be.
+
+        Files with the same content are decoded once. A bad file is never cached, so it is
+        decoded (and fails) again on the next call.
+
+        Args:
+            paths: the image files.
+            on_bad_image: ``"error"`` raises at the first file (in input order) that cannot be
+                decoded; ``"skip"`` caches the others and lists each bad one.
+
+        Returns:
+            A :class:`PrepareResult`: ``digests[i]`` is ``None`` exactly for the skipped files.
 
         Raises:
-            ImageReadError: naming the first file that cannot be decoded; nothing is trained.
+            ImageReadError: (``"error"``) naming the first file that cannot be decoded
+                (zero-byte, truncated, not an image, too small, NaN/inf, ...).
+            ConfigError: ``on_bad_image`` is not ``"error"`` or ``"skip"``.
         """
+        check_on_bad_image(on_bad_image)
+        paths = [Path(p) for p in paths]
         digests = self.hashes(paths)
-        todo = [(p, d) for p, d in zip(paths, digests, strict=True) if not self._entry(d).exists()]
+        todo: dict[str, Path] = {}  # digest → first path with that content
+        for path, digest in zip(paths, digests, strict=True):
+            if digest not in todo and not self._entry(digest).exists():
+                todo[digest] = path
+        failed: dict[str, ImageReadError] = {}
         if todo:
             log.info(
                 f"Preprocessing {len(todo)} of {len(paths)} images to {self.image_size}px "
                 f"(cached in {self.root})."
             )
             with ThreadPoolExecutor(self.workers) as pool:
-                # list() re-raises the first decoding error with its file name.
-                list(pool.map(lambda item: self._build(*item), todo))
-        return digests
+                errors = pool.map(lambda item: self._build(item[1], item[0]), todo.items())
+                failed = {d: e for d, e in zip(todo, errors, strict=True) if e is not None}
+        result = PrepareResult(digests=list(digests))
+        for i, (path, digest) in enumerate(zip(paths, digests, strict=True)):
+            if digest in failed:
+                exc = failed[digest]
+                if on_bad_image == "error":
+                    raise exc if Path(exc.path) == path else ImageReadError(path, exc.reason)
+                result.digests[i] = None
+                result.skipped.append((path, exc.reason))
+        if result.skipped:
+            log.warning(
+                f"Skipped {len(result.skipped)} of {len(paths)} images that cannot be decoded "
+                f"(on_bad_image=skip), e.g. {result.skipped[0][0]}: {result.skipped[0][1]}"
+            )
+        return result
 
     def load(self, paths: Sequence[Path]) -> np.ndarray:
-        """Return ``(N, S, S)`` uint8 images, preprocessing any that are missing."""
-        digests = self.prepare(paths)
+        """Return ``(N, S, S)`` uint8 images, preprocessing any that are missing.
+
+        Raises:
+            ImageReadError: naming the first file that cannot be decoded.
+        """
+        digests = self.prepare(paths, on_bad_image="error").digests
         out = np.empty((len(paths), self.image_size, self.image_size), dtype=np.uint8)
         for i, digest in enumerate(digests):
             out[i] = np.load(self._entry(digest), allow_pickle=False)

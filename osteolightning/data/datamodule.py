@@ -15,6 +15,15 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from osteolightning.data.cache import PreprocessedCache
+from osteolightning.data.hygiene import (
+    POLICIES,
+    CopyGroups,
+    apply_conflict_policy,
+    conflict_rows,
+    find_copies,
+)
+from osteolightning.data.io import check_on_bad_image
+from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
 from osteolightning.data.sample import Sample
 from osteolightning.data.splits import SPLIT_NAMES, TEST, assign_splits, group_ids
 from osteolightning.data.transforms import ToNormalizedTensor, compose
@@ -27,8 +36,8 @@ log = get_logger(__name__)
 class ArrayDataset(Dataset):
     """Preprocessed uint8 images with labels.
 
-    Each item is ``{"image": (C, H, W) float32, "label": int64, "index": int64}`` where
-    ``index`` points into the DataModule's ``samples`` (to name the file in predictions).
+    Each item is ``{"image": (C, H, W) float32, "label": int64, "index": int64, "path": str}``
+    where ``index`` points into the DataModule's ``samples`` (to name the file in predictions).
     """
 
     def __init__(
@@ -38,8 +47,10 @@ class ArrayDataset(Dataset):
         indices: np.ndarray,
         to_tensor: ToNormalizedTensor,
         augment: A.Compose | None = None,
+        paths: Sequence[str] | None = None,
     ) -> None:
         self.images, self.labels, self.indices = images, labels, indices
+        self.paths = list(paths) if paths is not None else [""] * len(indices)
         self.to_tensor, self.augment = to_tensor, augment
 
     def __len__(self) -> int:
@@ -53,6 +64,7 @@ class ArrayDataset(Dataset):
             "image": self.to_tensor(image),
             "label": torch.tensor(self.labels[i], dtype=torch.long),
             "index": torch.tensor(self.indices[i], dtype=torch.long),
+            "path": self.paths[i],  # names the files of a batch whose loss turns NaN
         }
 
 
@@ -84,6 +96,13 @@ class KneeDataModule(L.LightningDataModule):
         pin_memory: pin host memory for faster GPU transfer.
         root: the data location as given on the command line (``data.root=DIR``); the source
             config interpolates it, so it is only recorded here.
+        on_bad_image: ``error`` (stop, naming the file) or ``skip`` (leave it out, list it in
+            the run directory's ``skipped.csv`` and the summary).
+        on_label_conflict: what to do with copies of one image that carry different labels:
+            ``drop``, ``keep`` or ``error`` (see :mod:`osteolightning.data.hygiene`).
+        near_duplicate_distance: perceptual-hash distance under which two images count as
+            copies for splitting (``None``: exact copies only).
+        near_duplicate_correlation: correlation a near-duplicate candidate must reach.
     """
 
     def __init__(
@@ -107,6 +126,10 @@ class KneeDataModule(L.LightningDataModule):
         eval_transforms: Sequence[A.BasicTransform] | None = None,
         pin_memory: bool = False,
         root: str | None = None,
+        on_bad_image: str = "error",
+        on_label_conflict: str = "drop",
+        near_duplicate_distance: int | None = DEFAULT_MAX_DISTANCE,
+        near_duplicate_correlation: float = DEFAULT_MIN_CORRELATION,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -128,6 +151,18 @@ class KneeDataModule(L.LightningDataModule):
             fold=fold,
         )
         self.evaluate_all = evaluate_all
+        check_on_bad_image(on_bad_image)
+        if on_label_conflict not in POLICIES:
+            raise ConfigError(
+                f"Expected argument `on_label_conflict` to be one of {list(POLICIES)}, "
+                f"but got {on_label_conflict!r}."
+            )
+        self.on_bad_image, self.on_label_conflict = on_bad_image, on_label_conflict
+        self.near_args = dict(
+            max_distance=near_duplicate_distance, min_correlation=near_duplicate_correlation
+        )
+        self.skipped: list[tuple[str, str]] = []
+        self.conflicts: list[tuple[int, str, str, str]] = []
         self.cache = PreprocessedCache(cache_dir, image_size)
         self.to_tensor = ToNormalizedTensor(mean, std, in_chans)
         self.train_augment = compose(train_transforms)
@@ -142,56 +177,85 @@ class KneeDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Validate the source and decode every image into the cache (local rank 0 only)."""
         samples = self.source.samples(self.class_names)
-        self.cache.prepare([s.path for s in samples])
+        self.cache.prepare([s.path for s in samples], on_bad_image=self.on_bad_image)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Load the cached arrays and assign splits (every rank, identically)."""
-        if self.datasets:
-            return
-        self.samples = self.source.samples(self.class_names)
-        if not self.samples:
-            raise DataSourceError(f"The data source {self.source.describe()} yielded no images.")
-        paths = [s.path for s in self.samples]
-        images = self.cache.load(paths)
-        self.digests = self.cache.hashes(paths)
-        labels = np.array([s.label for s in self.samples], dtype=np.int64)
-        unlabelled = [str(s.path) for s in self.samples if s.label < 0]
+    def _readable_samples(self) -> list[Sample]:
+        """The source's samples minus skipped files (listed in ``self.skipped``)."""
+        samples = self.source.samples(self.class_names)
+        prepared = self.cache.prepare([s.path for s in samples], on_bad_image=self.on_bad_image)
+        skipped = [*getattr(self.source, "skipped", []), *prepared.skipped]
+        self.skipped = [(str(path), reason) for path, reason in skipped]
+        self.digests = [d for d in prepared.digests if d is not None]
+        good = [s for s, d in zip(samples, prepared.digests, strict=True) if d is not None]
+        if not good:
+            raise DataSourceError(
+                f"The data source {self.source.describe()} yielded no readable images "
+                f"({len(self.skipped)} skipped)."
+            )
+        unlabelled = [str(s.path) for s in good if s.label < 0]
         if unlabelled:
             raise DataSourceError(
                 f"{len(unlabelled)} image(s) have no label, e.g. '{unlabelled[0]}'; every image "
                 f"needs one of {self.class_names} for training and evaluation."
             )
+        return good
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cached arrays, resolve copies and conflicts, assign splits (every rank)."""
+        if self.datasets:
+            return
+        samples = self._readable_samples()
+        images = self.cache.load([s.path for s in samples])
+        labels = np.array([s.label for s in samples], dtype=np.int64)
+        near = self.near_args["max_distance"] is not None
+        copies = find_copies(self.digests, labels, images if near else None, **self.near_args)
+        paths = [str(s.path) for s in samples]
+        keep = apply_conflict_policy(
+            copies, self.on_label_conflict, paths, self.class_names, labels
+        )
+        self.conflicts = conflict_rows(
+            copies, self.on_label_conflict, paths, self.class_names, labels
+        )
+        self._log_copies(copies)
+        idx = np.flatnonzero(keep)
+        self.samples = [samples[i] for i in idx]
+        self.digests = [self.digests[i] for i in idx]
+        images, labels, component = images[idx], labels[idx], copies.component[idx]
         keys = [
-            [f"patient:{s.patient_id}" if s.patient_id else None, f"sha1:{d}"]
-            for s, d in zip(self.samples, self.digests, strict=True)
+            [f"patient:{s.patient_id}" if s.patient_id else None, f"copy:{c}"]
+            for s, c in zip(self.samples, component.tolist(), strict=True)
         ]
         self.groups = group_ids(keys)
-        self._warn_duplicates(labels)
         if self.evaluate_all:
             self.split_codes = np.full(len(labels), TEST, dtype=np.int64)
         else:
             self.split_codes = assign_splits(labels, self.groups, **self.split_args)
         for code, name in enumerate(SPLIT_NAMES):
-            idx = np.flatnonzero(self.split_codes == code)
+            sel = np.flatnonzero(self.split_codes == code)
             augment = self.train_augment if name == "train" else self.eval_augment
             self.datasets[name] = ArrayDataset(
-                images[idx], labels[idx], idx, self.to_tensor, augment
+                images[sel],
+                labels[sel],
+                sel,
+                self.to_tensor,
+                augment,
+                paths=[str(self.samples[i].path) for i in sel],
             )
         log.info(self.summary())
 
-    def _warn_duplicates(self, labels: np.ndarray) -> None:
-        by_digest: dict[str, list[int]] = {}
-        for i, digest in enumerate(self.digests):
-            by_digest.setdefault(digest, []).append(i)
-        dup_groups = [idx for idx in by_digest.values() if len(idx) > 1]
-        conflicts = [idx for idx in dup_groups if len(set(labels[idx].tolist())) > 1]
-        if dup_groups:
-            log.warning(
-                f"{len(dup_groups)} sets of byte-identical images ({sum(map(len, dup_groups))} files), "
-                f"{len(conflicts)} of them with conflicting labels, e.g. "
-                f"{[str(self.samples[i].path) for i in dup_groups[0]]}. Each set is kept whole "
-                "inside one split, so no copy leaks across splits."
-            )
+    def _log_copies(self, copies: CopyGroups) -> None:
+        if not copies.groups:
+            return
+        n_files = sum(map(len, copies.groups))
+        action = {"drop": "dropped", "keep": "kept, each group inside one split"}.get(
+            self.on_label_conflict, ""
+        )
+        log.warning(
+            f"{len(copies.groups)} groups of identical or near-identical images ({n_files} files; "
+            f"{len(copies.near_pairs)} near-duplicate pairs); {len(copies.conflicts)} groups "
+            f"carry conflicting labels ({action}; listed in label_conflicts.csv). Each group "
+            "stays whole inside one split, so no copy leaks across splits."
+        )
 
     # -- facts other layers read -----------------------------------------------------------
     def class_counts(self, split: str = "train") -> list[int]:
@@ -209,6 +273,7 @@ class KneeDataModule(L.LightningDataModule):
         ]
 
     def summary(self) -> str:
+        dropped = sum(1 for row in self.conflicts if row[3] == "dropped")
         lines = [
             f"Data: {self.source.describe()}: {len(self.samples)} images, "
             f"{len(np.unique(self.groups))} independent groups."
@@ -217,6 +282,11 @@ class KneeDataModule(L.LightningDataModule):
             counts = self.class_counts(name)
             per_class = ", ".join(f"{c}={n}" for c, n in zip(self.class_names, counts, strict=True))
             lines.append(f"  {name:5s}: {sum(counts):5d} ({per_class})")
+        if self.skipped or dropped:
+            lines.append(
+                f"  left out: {len(self.skipped)} unreadable or non-image files (skipped.csv), "
+                f"{dropped} images with conflicting labels (label_conflicts.csv)"
+            )
         return "\n".join(lines)
 
     # -- loaders ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import pydicom
@@ -23,9 +24,18 @@ except ImportError:  # pragma: no cover - pydicom 2.x
         apply_voi_lut,
     )
 
-from osteolightning.errors import ImageReadError
+from osteolightning.errors import ConfigError, ImageReadError
 
-__all__ = ["ACCEPTED", "IMAGE_EXTENSIONS", "is_dicom", "read_image"]
+__all__ = [
+    "ACCEPTED",
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "MIN_IMAGE_SIDE",
+    "ON_BAD_IMAGE",
+    "check_on_bad_image",
+    "is_dicom",
+    "read_image",
+]
 
 #: File extensions (lower-case, with the dot) that are read as images.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -33,14 +43,29 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom"})
 
+#: Smallest accepted height and width, in pixels: below this there is no anatomy to learn.
+MIN_IMAGE_SIDE: Final = 32
+#: Largest accepted image, in pixels (30000 x 30000): a legitimate 8000 x 8000 radiograph
+#: decodes, an absurd header (a decompression bomb) is refused before any pixel is decoded.
+MAX_IMAGE_PIXELS: Final = 30_000 * 30_000
+#: What to do with a file that cannot be used: raise an error naming it, or skip and list it.
+ON_BAD_IMAGE: Final = ("error", "skip")
+
 #: What :func:`read_image` accepts, quoted in every error message.
 ACCEPTED = (
     "Accepted: PNG, JPEG, TIFF, BMP (8/16-bit grayscale, RGB, palette) and DICOM "
-    "(single-frame MONOCHROME1/2, RGB, palette)."
+    f"(single-frame MONOCHROME1/2, RGB, palette), at least {MIN_IMAGE_SIDE} pixels on each "
+    f"side and at most {MAX_IMAGE_PIXELS:,} pixels in all."
 )
 
-# PIL plugins tried on a non-DICOM file; the content decides, not the extension.
-_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # JPEG covers MPO
+# PIL's own bomb check (a warning above MAX_IMAGE_PIXELS, an error above twice that) runs at
+# ``Image.open``; lift it to our limit, never lower it, and refuse anything above ours
+# ourselves with a message that names the file.
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_IMAGE_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+# PIL formats read from a non-DICOM file; the content decides, not the extension.
+_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # and MPO, a JPEG with extra frames
 # 8-bit modes read as one gray channel, and 8-bit colour modes reduced to luminance.
 _GRAY8_MODES = frozenset({"1", "L", "LA", "La"})
 _COLOR8_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
@@ -48,6 +73,41 @@ _COLOR8_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YC
 _LUMA = np.array([0.299, 0.587, 0.114])
 _DICOM_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DICOM_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_*", "PALETTE COLOR")
+
+
+def check_on_bad_image(value: str) -> str:
+    """Validate an ``on_bad_image`` policy (one of :data:`ON_BAD_IMAGE`).
+
+    Args:
+        value: ``"error"`` (stop at the first bad file, naming it) or ``"skip"`` (leave bad
+            files out and list each with its reason).
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        ConfigError: ``value`` is not one of :data:`ON_BAD_IMAGE`.
+
+    Example:
+        >>> check_on_bad_image("skip")
+        'skip'
+    """
+    if value not in ON_BAD_IMAGE:
+        raise ConfigError(
+            f"Expected argument `on_bad_image` to be one of {list(ON_BAD_IMAGE)}, but got "
+            f"{value!r}."
+        )
+    return value
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    """``DICM`` at byte 128: the Part 10 preamble, whatever the file is called."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
 
 
 def is_dicom(path: str | os.PathLike[str]) -> bool:
@@ -68,25 +128,24 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
         True
     """
     path = Path(path)
-    if path.suffix.lower() in DICOM_EXTENSIONS:
-        return True
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"
+    return path.suffix.lower() in DICOM_EXTENSIONS or _has_dicom_magic(path)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a radiograph as a normalised 2-D grayscale array.
 
+    The content decides the decoder, never the name: a file with the DICOM ``DICM`` magic is
+    read as DICOM, a file PIL identifies as PNG, JPEG, TIFF or BMP is read with PIL (a PNG
+    named ``.jpg``, a DICOM named ``.png`` and a PNG with no or an unknown extension all
+    read), and only a file that is neither falls back to pydicom when it is named
+    ``.dcm`` / ``.dicom`` (DICOM without the 128-byte preamble). Anything else (GIF, WebP,
+    text, ``.DS_Store``) raises, naming the format found when PIL knows it.
+
     Rules, by format:
 
-    - **PNG, JPEG, TIFF, BMP** (read with PIL, the file content deciding the decoder). The
-      EXIF orientation is applied (``ImageOps.exif_transpose``), so a rotated camera JPEG
-      comes out upright. A truncated or corrupt file raises; truncated files are never
-      padded. Modes:
+    - **PNG, JPEG, TIFF, BMP** (read with PIL). The EXIF orientation is applied
+      (``ImageOps.exif_transpose``), so a rotated camera JPEG comes out upright. A truncated
+      or corrupt file raises; truncated files are never padded. Modes:
 
       - ``1``, ``L``, ``LA`` (alpha dropped): 8-bit gray, divided by 255;
       - ``P`` (palette), ``RGB``, ``RGBA`` (alpha dropped), ``CMYK``, ``YCbCr``: converted
@@ -96,14 +155,17 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         gray): divided by 65535, so 65535 maps to 1.0 and a 12-bit image stays dark;
       - ``I`` (32-bit integer) and ``F`` (float): min-max scaled to ``[0, 1]``.
 
-      Multi-page TIFF and animated PNG are rejected.
-    - **DICOM** (read with pydicom; by extension or by the ``DICM`` magic): the modality LUT
-      (Rescale Slope / Intercept) and then the VOI LUT or window (Window Center / Width) are
-      applied; MONOCHROME1 is inverted so bone is bright as in MONOCHROME2; RGB, YBR and
-      PALETTE COLOR are reduced to luminance; the result is min-max scaled to ``[0, 1]``.
-      Files without pixel data and multi-frame files (NumberOfFrames > 1) are rejected.
+      Multi-page TIFF and animated PNG are rejected. Images of more than
+      :data:`MAX_IMAGE_PIXELS` pixels are refused from their header, before decoding.
+    - **DICOM** (read with pydicom): the modality LUT (Rescale Slope / Intercept) and then
+      the VOI LUT or window (Window Center / Width) are applied; MONOCHROME1 is inverted so
+      bone is bright as in MONOCHROME2; RGB, YBR and PALETTE COLOR are reduced to luminance;
+      the result is min-max scaled to ``[0, 1]``. Files without pixel data and multi-frame
+      files (NumberOfFrames > 1) are rejected.
 
-    In every case a constant image comes out as zeros, and any NaN or infinity raises.
+    In every case a constant image comes out as zeros, any NaN or infinity raises, and an
+    image less than :data:`MIN_IMAGE_SIDE` pixels high or wide raises. Arrays are kept in
+    ``float32`` for 8-bit images, so an 8000 x 8000 radiograph needs about 0.5 GB at peak.
 
     Args:
         path: the image file.
@@ -112,9 +174,10 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         ``float32`` array of shape ``(H, W)``, C-contiguous, values in ``[0, 1]``, finite.
 
     Raises:
-        ImageReadError: the file is missing, empty, of an unknown extension, truncated,
-            corrupt, of an unsupported mode or photometric interpretation, multi-frame, or
-            holds non-finite values. The message names the file and what is accepted.
+        ImageReadError: the file is missing, empty, not of an accepted format, truncated,
+            corrupt, of an unsupported mode or photometric interpretation, multi-frame, too
+            small, too large, or holds non-finite values. The message names the file and what
+            is accepted.
 
     Example:
         >>> img = read_image("knee.png")  # doctest: +SKIP
@@ -127,21 +190,31 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageReadError(path, f"the path {what}. {ACCEPTED}")
     if path.stat().st_size == 0:
         raise ImageReadError(path, f"the file is empty (0 bytes). {ACCEPTED}")
-    if is_dicom(path):
+    if _has_dicom_magic(path):
         arr = _read_dicom(path)
-    elif path.suffix.lower() in IMAGE_EXTENSIONS:
-        arr = _read_pil(path)
     else:
-        raise ImageReadError(
-            path,
-            f"unknown extension '{path.suffix}' and no DICOM 'DICM' magic; expected one of "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))}. {ACCEPTED}",
-        )
+        try:
+            arr = _read_pil(path)
+        except _NotAnImageError as exc:
+            if path.suffix.lower() not in DICOM_EXTENSIONS:
+                raise ImageReadError(path, f"{exc} {ACCEPTED}") from None
+            arr = _read_dicom(path)  # DICOM without the Part 10 preamble
     if not np.isfinite(arr).all():
         raise ImageReadError(
             path, f"the image holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s). {ACCEPTED}"
         )
+    height, width = arr.shape
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise ImageReadError(
+            path,
+            f"the image is too small ({height}x{width} pixels, height x width); the minimum is "
+            f"{MIN_IMAGE_SIDE} pixels on each side. {ACCEPTED}",
+        )
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class _NotAnImageError(Exception):
+    """PIL found no accepted image format in the file (the message says what it found)."""
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
@@ -163,10 +236,50 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3].astype(np.float64) @ _LUMA
 
 
-def _read_pil(path: Path) -> np.ndarray:
-    """Decode a PNG / JPEG / TIFF / BMP into ``(H, W)`` float64 in ``[0, 1]``."""
+def _luminance8(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB → ``(H, W)`` float32 luminance in ``[0, 1]``, one channel at a
+    time, so a large image never holds a float copy of all three channels."""
+    out = rgb[..., 0] * np.float32(_LUMA[0] / 255.0)  # (H, W) float32
+    out += rgb[..., 1] * np.float32(_LUMA[1] / 255.0)
+    out += rgb[..., 2] * np.float32(_LUMA[2] / 255.0)
+    return out
+
+
+def _open_pil(path: Path) -> Image.Image:
+    """Open (header only) an accepted PIL image, or raise :class:`_NotAnImageError`."""
     try:
-        with Image.open(path, formats=_PIL_FORMATS) as img:
+        img = Image.open(path)  # every plugin, so the message can name what the file is
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            path,
+            f"the image is absurdly large, refused as a decompression bomb ({exc}). {ACCEPTED}",
+        ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
+        raise _NotAnImageError(
+            f"the content is not an image of an accepted format (extension '{path.suffix}', "
+            f"{type(exc).__name__})."
+        ) from None
+    if img.format not in _PIL_FORMATS and img.format != "MPO":
+        img.close()
+        raise _NotAnImageError(
+            f"the content is a {img.format} image (extension '{path.suffix}'), which is not an "
+            f"accepted format."
+        )
+    return img
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    """Decode a PNG / JPEG / TIFF / BMP into ``(H, W)`` float in ``[0, 1]``."""
+    with _open_pil(path) as img:
+        width, height = img.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageReadError(
+                path,
+                f"the image is too large ({height}x{width} = {width * height:,} pixels); the "
+                f"limit is {MAX_IMAGE_PIXELS:,} pixels, so it is refused before decoding. "
+                f"{ACCEPTED}",
+            )
+        try:
             if img.format not in ("JPEG", "MPO") and getattr(img, "n_frames", 1) > 1:
                 raise ImageReadError(
                     path,
@@ -174,25 +287,27 @@ def _read_pil(path: Path) -> np.ndarray:
                     f"images are read. {ACCEPTED}",
                 )
             img.load()  # decode now, so a truncated file raises here
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of a large image
             return _pil_to_array(path, img)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ...
-        raise ImageReadError(
-            path,
-            f"the file is truncated or corrupt, or not an image "
-            f"({type(exc).__name__}: {exc}). {ACCEPTED}",
-        ) from exc
+        except ImageReadError:
+            raise
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ...
+            raise ImageReadError(
+                path,
+                f"the {img.format} file is truncated or corrupt "
+                f"({type(exc).__name__}: {exc}). {ACCEPTED}",
+            ) from exc
 
 
 def _pil_to_array(path: Path, img: Image.Image) -> np.ndarray:
     """Apply the mode rules of :func:`read_image` to a loaded PIL image."""
     mode = img.mode
     if mode in _GRAY8_MODES:
-        return np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+        gray = img if mode == "L" else img.convert("L")  # convert() always copies
+        arr = np.asarray(gray, dtype=np.float32)  # (H, W)
+        return np.divide(arr, np.float32(255.0), out=arr)
     if mode in _COLOR8_MODES:
-        return _luminance(np.asarray(img.convert("RGB"))) / 255.0
+        return _luminance8(np.asarray(img if mode == "RGB" else img.convert("RGB")))
     if mode.startswith("I;16"):
         arr = np.asarray(img)
         return arr / 65535.0 if arr.dtype.kind == "u" else _minmax(arr)

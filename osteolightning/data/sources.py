@@ -4,7 +4,10 @@ A source knows how a data set is laid out on disk and turns it into a sorted lis
 :class:`~osteolightning.data.sample.Sample`. It never decodes pixels (that is
 :func:`osteolightning.data.io.read_image`), but it checks everything it can see cheaply, so a
 malformed data set fails before training starts, with a message that names the file and says
-what would be accepted. A source never silently drops data.
+what would be accepted. A source never silently drops data: with ``on_bad_image="skip"`` a
+file it cannot use is left out and listed in :attr:`skipped` with its reason, and system files
+(``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, dotfiles, ``__MACOSX``) are always left out and
+always listed there.
 
 Two layouts are supported here:
 
@@ -23,7 +26,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from osteolightning.data.io import IMAGE_EXTENSIONS, is_dicom
+from osteolightning.data.io import IMAGE_EXTENSIONS, check_on_bad_image, is_dicom
 from osteolightning.data.sample import Sample
 from osteolightning.errors import ConfigError, DataSourceError
 
@@ -45,9 +48,11 @@ CLASS_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 FOLDER_LAYOUT = "ROOT/<class>/*.png|jpg|jpeg|tif|dcm"
-#: File names that operating systems leave behind; skipped with a warning.
+#: File names that operating systems leave behind; always skipped, listed and warned about.
 SYSTEM_FILES: frozenset[str] = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 SYSTEM_DIRS: frozenset[str] = frozenset({"__macosx"})
+SYSTEM_FILE = "system file"  # the reason recorded for a skipped system file
+SYSTEM_FOLDER = "system folder"
 MAX_REPORTED = 10  # bad rows / files listed in one error message
 
 
@@ -159,12 +164,23 @@ class FolderSource:
     Each folder directly under ``root`` names a class (case-insensitive, aliases allowed, see
     :data:`CLASS_ALIASES`); every image below it, in sub-folders too, belongs to that class.
     Image files are those with an extension in
-    :data:`~osteolightning.data.io.IMAGE_EXTENSIONS` or the DICOM magic. System files
-    (``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, dotfiles, ``__MACOSX``) are skipped
-    with a warning; any other file is an error, so no data is dropped silently.
+    :data:`~osteolightning.data.io.IMAGE_EXTENSIONS` or the DICOM magic (pixels are not
+    decoded here). System files (``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, dotfiles,
+    ``__MACOSX``) are always skipped with a warning and listed in :attr:`skipped` with the
+    reason ``"system file"`` (``"system folder"``). Any other file that is not an image, or
+    lies directly in the root, is an error with ``on_bad_image="error"``; with ``"skip"`` it is
+    left out and listed in :attr:`skipped`. Nothing is dropped silently.
 
     Args:
         root: the tree's root folder.
+        on_bad_image: ``"error"`` (default) or ``"skip"``.
+
+    Attributes:
+        skipped: after :meth:`samples`, ``(path, reason)`` of every file or folder left out,
+            sorted by path.
+
+    Raises:
+        ConfigError: ``on_bad_image`` is not ``"error"`` or ``"skip"``.
 
     Example:
         >>> source = FolderSource("data/knee")  # doctest: +SKIP
@@ -172,8 +188,10 @@ class FolderSource:
         Sample(path=PosixPath('/abs/data/knee/normal/N1.jpg'), label=0, ...)
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], on_bad_image: str = "error") -> None:
         self.root = _absolute(root)
+        self.on_bad_image = check_on_bad_image(on_bad_image)
+        self.skipped: list[tuple[Path, str]] = []
 
     def describe(self) -> str:
         """One line saying what this source reads."""
@@ -193,19 +211,22 @@ class FolderSource:
 
         Raises:
             DataSourceError: the root is missing or holds no class folders or no images; a
-                class folder names no known class; a file is not an image; a file lies
-                directly in the root.
+                class folder names no known class; (``"error"`` only) a file is not an image
+                or lies directly in the root.
         """
+        self.skipped = []
         if not self.root.is_dir():
             what = "is not a folder" if self.root.exists() else "does not exist"
             raise self._fail(f"Image root '{self.root}' {what}")
-        ignored: list[Path] = []
+        ignored: list[tuple[Path, str]] = []
         class_dirs: list[Path] = []
         for entry in sorted(self.root.iterdir()):
             if _is_system_file(entry.name) or entry.name.lower() in SYSTEM_DIRS:
-                ignored.append(entry)
+                ignored.append((entry, SYSTEM_FOLDER if entry.is_dir() else SYSTEM_FILE))
             elif entry.is_dir():
                 class_dirs.append(entry)
+            elif self.on_bad_image == "skip":
+                ignored.append((entry, "not in a class folder (lies directly in the root)"))
             else:
                 raise self._fail(
                     f"File '{entry}' lies directly in the root '{self.root}'; images must sit "
@@ -224,22 +245,26 @@ class FolderSource:
             not_images.extend(others)
             per_class[labels[folder]] += len(images)
             samples.extend(Sample(path=p, label=labels[folder]) for p in images)
-        if not_images:
+        if not_images and self.on_bad_image == "skip":
+            ignored.extend((p, _not_an_image(p)) for p in not_images)
+        elif not_images:
             raise DataSourceError(
                 f"{len(not_images)} file(s) under '{self.root}' are not images: "
                 f"{_listing(not_images)}. Image files end in "
                 f"{', '.join(sorted(IMAGE_EXTENSIONS))} (any case) or are DICOM; remove or "
                 f"move the other files."
             )
-        if ignored:
+        self.skipped = sorted(ignored, key=lambda item: str(item[0]))
+        if self.skipped:
             log.warning(
-                "Ignored %d system file(s)/folder(s) under %s, e.g. %s",
-                len(ignored),
+                "Skipped %d file(s)/folder(s) under %s, e.g. %s (%s)",
+                len(self.skipped),
                 self.root,
-                ignored[0],
+                *self.skipped[0],
             )
         if not samples:
-            raise self._fail(f"No images found under '{self.root}'")
+            also = f" ({len(self.skipped)} file(s) skipped)" if self.skipped else ""
+            raise self._fail(f"No images found under '{self.root}'{also}")
         empty = [name for name, n in zip(class_names, per_class, strict=True) if n == 0]
         if empty:
             log.warning("No images for class(es) %s under %s", ", ".join(empty), self.root)
@@ -278,14 +303,22 @@ class FolderSource:
         return labels
 
 
-def _scan(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+def _not_an_image(path: Path) -> str:
+    """The reason recorded for a file that is neither an image nor a system file."""
+    return (
+        f"not an image: extension '{path.suffix}' is not one of "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))} and the file has no DICOM magic"
+    )
+
+
+def _scan(folder: Path) -> tuple[list[Path], list[tuple[Path, str]], list[Path]]:
     """Walk ``folder`` (following symlinks, each real folder once) and sort its files.
 
     Returns:
-        ``(images, ignored system entries, other files)``, each a list of absolute paths.
+        ``(images, ignored system entries with their reason, other files)``, absolute paths.
     """
     images: list[Path] = []
-    ignored: list[Path] = []
+    ignored: list[tuple[Path, str]] = []
     others: list[Path] = []
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -294,14 +327,14 @@ def _scan(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
         for name in sorted(dirnames):
             sub = os.path.join(dirpath, name)
             if _is_system_file(name) or name.lower() in SYSTEM_DIRS:
-                ignored.append(_absolute(sub))
+                ignored.append((_absolute(sub), SYSTEM_FOLDER))
             elif os.path.realpath(sub) not in seen:
                 keep.append(name)
         dirnames[:] = keep
         for name in sorted(filenames):
             path = _absolute(os.path.join(dirpath, name))
             if _is_system_file(name):
-                ignored.append(path)
+                ignored.append((path, SYSTEM_FILE))
             elif _is_image(path):
                 images.append(path)
             else:
@@ -321,9 +354,20 @@ class ManifestSource:
     BOM is tolerated; blank lines are skipped.
 
     All bad rows (up to ten listed) are reported in one error, each with its line number.
+    With ``on_bad_image="skip"``, a row whose only problem is that its image or mask file is
+    missing is left out instead and listed in :attr:`skipped` (the row's image path and
+    ``"line N: ..."``); every other problem (label, t_score, field count) is still an error.
 
     Args:
         path: the CSV file.
+        on_bad_image: ``"error"`` (default) or ``"skip"``.
+
+    Attributes:
+        skipped: after :meth:`samples`, ``(image path, reason)`` of every row left out,
+            sorted by path.
+
+    Raises:
+        ConfigError: ``on_bad_image`` is not ``"error"`` or ``"skip"``.
 
     Example:
         >>> source = ManifestSource("data/manifest.csv")  # doctest: +SKIP
@@ -335,8 +379,10 @@ class ManifestSource:
     KNOWN = ("image", "label", "mask", "t_score", "patient_id")
     MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "none", "null"})
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], on_bad_image: str = "error") -> None:
         self.path = _absolute(path)
+        self.on_bad_image = check_on_bad_image(on_bad_image)
+        self.skipped: list[tuple[Path, str]] = []
 
     def describe(self) -> str:
         """One line saying what this source reads."""
@@ -353,9 +399,11 @@ class ManifestSource:
 
         Raises:
             DataSourceError: the CSV is missing or empty or lacks a required column; a row
-                names a missing image or mask, an empty or unknown label, or a t_score that
-                is not a number. The message names the CSV and each bad line.
+                names a missing image or mask (``"error"`` only), an empty or unknown label,
+                or a t_score that is not a number; (``"skip"``) every row was skipped. The
+                message names the CSV and each bad line.
         """
+        self.skipped = []
         header, rows = self._read()
         lookup = _class_lookup(class_names)
         samples: list[Sample] = []
@@ -369,6 +417,11 @@ class ManifestSource:
                 continue
             try:
                 samples.append(self._sample(dict(zip(header, row, strict=True)), lookup))
+            except _MissingFileError as exc:
+                if self.on_bad_image == "skip":
+                    self.skipped.append((exc.path, f"line {line}: {exc}"))
+                else:
+                    errors.append(f"line {line}: {exc}")
             except DataSourceError as exc:
                 errors.append(f"line {line}: {exc}")
         if errors:
@@ -379,6 +432,19 @@ class ManifestSource:
                 f"Manifest '{self.path}' has {len(errors)} bad row(s):\n  {shown}{more}\n"
                 f"Paths are relative to '{self.path.parent}'; labels are one of "
                 f"{_accepted_classes(class_names)} or an index 0..{len(class_names) - 1}."
+            )
+        self.skipped.sort(key=lambda item: str(item[0]))
+        if self.skipped:
+            log.warning(
+                "Skipped %d row(s) of %s whose file is missing, e.g. %s (%s)",
+                len(self.skipped),
+                self.path,
+                *self.skipped[0],
+            )
+        if not samples:
+            raise DataSourceError(
+                f"Manifest '{self.path}': all {len(self.skipped)} row(s) were skipped because "
+                f"their files are missing, e.g. {self.skipped[0][1]}."
             )
         return sorted(samples, key=lambda s: str(s.path))
 
@@ -419,10 +485,13 @@ class ManifestSource:
     def _sample(self, cells: dict[str, str], lookup: dict[str, int]) -> Sample:
         """Build one sample; raise a DataSourceError listing every problem of the row."""
         problems: list[str] = []
-        image = self._existing(cells["image"], "image", problems)
-        mask = self._existing(cells.get("mask", ""), "mask", problems, required=False)
+        missing: list[Path] = []
+        image = self._existing(cells["image"], "image", problems, missing)
+        mask = self._existing(cells.get("mask", ""), "mask", problems, missing, required=False)
         label = self._label(cells["label"], lookup, problems)
         t_score = self._number(cells.get("t_score", ""), "t_score", problems)
+        if image is not None and missing and len(missing) == len(problems):
+            raise _MissingFileError(image, "; ".join(problems))  # only files are missing
         if problems or image is None:
             raise DataSourceError("; ".join(problems))
         return Sample(
@@ -435,7 +504,12 @@ class ManifestSource:
         )
 
     def _existing(
-        self, cell: str, column: str, problems: list[str], required: bool = True
+        self,
+        cell: str,
+        column: str,
+        problems: list[str],
+        missing: list[Path],
+        required: bool = True,
     ) -> Path | None:
         if not cell:
             if required:
@@ -444,6 +518,7 @@ class ManifestSource:
         path = _absolute(self.path.parent / cell)  # an absolute cell replaces the parent
         if not path.is_file():
             problems.append(f"{column} '{cell}' does not exist (looked for '{path}')")
+            missing.append(path)
         return path
 
     def _label(self, cell: str, lookup: dict[str, int], problems: list[str]) -> int:
@@ -475,3 +550,11 @@ class ManifestSource:
             problems.append(f"{column} '{cell}' is not a number (e.g. -2.7; empty if unknown)")
             return None
         return value
+
+
+class _MissingFileError(DataSourceError):
+    """A manifest row whose only problem is a missing image or mask file."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path

@@ -117,9 +117,11 @@ class KneeClassifier(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, probs, targets = self.model_step(batch)
         if not torch.isfinite(loss):
+            files = batch.get("path") or []
             raise FloatingPointError(
-                f"The training loss became {loss.item()} at step "
-                f"{self.global_step} (batch {batch_idx})."
+                f"The training loss became {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}; files: {list(files)[:8]}). "
+                "Check those images, or lower the learning rate."
             )
         self._track_loss(self.train_loss, loss, targets)
         self.train_metrics.update(probs, targets)

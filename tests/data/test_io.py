@@ -10,7 +10,7 @@ from PIL import Image, ImageFile
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from osteolightning.data.io import IMAGE_EXTENSIONS, is_dicom, read_image
+from osteolightning.data.io import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, is_dicom, read_image
 from osteolightning.errors import ImageReadError
 
 RNG = np.random.default_rng(0)
@@ -36,6 +36,14 @@ def noise(shape: tuple[int, ...], high: int = 256, dtype: type = np.uint8) -> np
     return RNG.integers(0, high, size=shape).astype(dtype)
 
 
+def grow(pixels: np.ndarray | list) -> np.ndarray:
+    """Tile a small (H, W[, C]) pattern until both sides reach MIN_IMAGE_SIDE."""
+    pixels = np.asarray(pixels)
+    h, w = pixels.shape[:2]
+    reps = (-(-MIN_IMAGE_SIDE // h), -(-MIN_IMAGE_SIDE // w)) + (1,) * (pixels.ndim - 2)
+    return np.tile(pixels, reps)
+
+
 # --------------------------------------------------------------------------- PIL formats
 
 
@@ -44,7 +52,7 @@ def test_extensions_are_lower_case() -> None:
 
 
 def test_png_8bit(tmp_path: Path) -> None:
-    pixels = noise((12, 20))
+    pixels = noise((40, 48))
     path = tmp_path / "a.png"
     Image.fromarray(pixels).save(path)
     out = read_image(path)
@@ -55,7 +63,7 @@ def test_png_8bit(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", ["1", "LA"])
 def test_png_other_gray_modes(tmp_path: Path, mode: str) -> None:
     path = tmp_path / f"{mode}.png"
-    Image.fromarray(noise((10, 10))).convert(mode).save(path)
+    Image.fromarray(noise((40, 40))).convert(mode).save(path)
     out = read_image(path)
     check_output(out)
     with Image.open(path) as img:
@@ -63,7 +71,7 @@ def test_png_other_gray_modes(tmp_path: Path, mode: str) -> None:
 
 
 def test_png_16bit_divides_by_65535(tmp_path: Path) -> None:
-    pixels = np.array([[0, 1000, 32768], [40000, 65534, 65535]], dtype=np.uint16)
+    pixels = grow(np.array([[0, 1000, 32768], [40000, 65534, 65535]], dtype=np.uint16))
     path = tmp_path / "b.png"
     Image.fromarray(pixels).save(path)
     out = read_image(path)
@@ -73,7 +81,7 @@ def test_png_16bit_divides_by_65535(tmp_path: Path) -> None:
 
 
 def test_png_16bit_keeps_dark_12bit_data_dark(tmp_path: Path) -> None:
-    pixels = np.array([[0, 4095]], dtype=np.uint16)  # 12-bit detector data in a 16-bit file
+    pixels = grow(np.array([[0, 4095]], dtype=np.uint16))  # 12-bit detector data in a 16-bit file
     path = tmp_path / "c.png"
     Image.fromarray(pixels).save(path)
     assert read_image(path)[0, 1] == pytest.approx(4095 / 65535)
@@ -81,16 +89,16 @@ def test_png_16bit_keeps_dark_12bit_data_dark(tmp_path: Path) -> None:
 
 def test_rgb_jpeg_is_luminance(tmp_path: Path) -> None:
     path = tmp_path / "rgb.JPG"  # upper-case extension
-    Image.fromarray(noise((32, 24, 3))).save(path, quality=95)
+    Image.fromarray(noise((40, 36, 3))).save(path, quality=95)
     out = read_image(path)
     check_output(out)
-    assert out.shape == (32, 24)
+    assert out.shape == (40, 36)
     np.testing.assert_allclose(out, pil_luminance(path), atol=1 / 255 + 1e-6)
 
 
 def test_palette_png(tmp_path: Path) -> None:
     path = tmp_path / "p.png"
-    img = Image.fromarray(noise((16, 16, 3))).convert("P", palette=Image.Palette.ADAPTIVE)
+    img = Image.fromarray(noise((40, 40, 3))).convert("P", palette=Image.Palette.ADAPTIVE)
     assert img.mode == "P"
     img.save(path)
     out = read_image(path)
@@ -99,7 +107,7 @@ def test_palette_png(tmp_path: Path) -> None:
 
 
 def test_rgba_png_drops_alpha(tmp_path: Path) -> None:
-    rgba = noise((8, 9, 4))
+    rgba = noise((40, 41, 4))
     path = tmp_path / "rgba.png"
     Image.fromarray(rgba, mode="RGBA").save(path)
     out = read_image(path)
@@ -110,7 +118,7 @@ def test_rgba_png_drops_alpha(tmp_path: Path) -> None:
 
 def test_cmyk_jpeg(tmp_path: Path) -> None:
     path = tmp_path / "cmyk.jpg"
-    Image.fromarray(noise((16, 16, 3))).convert("CMYK").save(path, quality=95)
+    Image.fromarray(noise((40, 40, 3))).convert("CMYK").save(path, quality=95)
     with Image.open(path) as img:
         assert img.mode == "CMYK"
     out = read_image(path)
@@ -119,7 +127,7 @@ def test_cmyk_jpeg(tmp_path: Path) -> None:
 
 
 def test_tiff_16bit(tmp_path: Path) -> None:
-    pixels = noise((10, 7), high=65536, dtype=np.uint16)
+    pixels = noise((40, 37), high=65536, dtype=np.uint16)
     path = tmp_path / "d.tiff"
     Image.fromarray(pixels).save(path)
     out = read_image(path)
@@ -128,40 +136,40 @@ def test_tiff_16bit(tmp_path: Path) -> None:
 
 
 def test_tiff_float_is_min_max_scaled(tmp_path: Path) -> None:
-    pixels = np.array([[-3.0, 0.0], [1.0, 5.0]], dtype=np.float32)
+    pixels = grow(np.array([[-3.0, 0.0], [1.0, 5.0]], dtype=np.float32))
     path = tmp_path / "f.tif"
     Image.fromarray(pixels, mode="F").save(path)
     out = read_image(path)
     check_output(out)
-    np.testing.assert_allclose(out, [[0.0, 0.375], [0.5, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(out, grow([[0.0, 0.375], [0.5, 1.0]]), atol=1e-6)
 
 
 def test_tiff_int32_is_min_max_scaled_and_constant_gives_zeros(tmp_path: Path) -> None:
     path = tmp_path / "i.tif"
-    Image.fromarray(np.array([[10, 20, 30]], dtype=np.int32)).save(path)
-    np.testing.assert_allclose(read_image(path), [[0.0, 0.5, 1.0]])
+    Image.fromarray(grow(np.array([[10, 20, 30]], dtype=np.int32))).save(path)
+    np.testing.assert_allclose(read_image(path), grow([[0.0, 0.5, 1.0]]))
     const = tmp_path / "const.tif"
-    Image.fromarray(np.full((3, 3), 7, dtype=np.int32)).save(const)
-    np.testing.assert_array_equal(read_image(const), np.zeros((3, 3)))
+    Image.fromarray(np.full((32, 32), 7, dtype=np.int32)).save(const)
+    np.testing.assert_array_equal(read_image(const), np.zeros((32, 32)))
 
 
 def test_bmp(tmp_path: Path) -> None:
-    pixels = noise((5, 6))
+    pixels = noise((40, 42))
     path = tmp_path / "e.bmp"
     Image.fromarray(pixels).save(path)
     np.testing.assert_allclose(read_image(path), pixels / 255.0, atol=1e-6)
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
-    raw = np.zeros((16, 32), dtype=np.uint8)  # (H, W): bright left half
-    raw[:, :16] = 255
+    raw = np.zeros((32, 64), dtype=np.uint8)  # (H, W): bright left half
+    raw[:, :32] = 255
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     path = tmp_path / "rot.jpg"
     Image.fromarray(raw).save(path, exif=exif, quality=95)
     out = read_image(path)
     check_output(out)
-    assert out.shape == (32, 16)
+    assert out.shape == (64, 32)
     np.testing.assert_allclose(out, np.rot90(raw, k=-1) / 255.0, atol=0.1)  # bright top
 
 
@@ -213,19 +221,19 @@ def write_dicom(
 
 
 def ramp() -> np.ndarray:
-    """(10, 100) uint16 ramp 0..999, each row a tenth of the range."""
-    return np.arange(1000, dtype=np.uint16).reshape(10, 100)
+    """(40, 100) uint16 ramp 0..3999, each row a fortieth of the range."""
+    return np.arange(4000, dtype=np.uint16).reshape(40, 100)
 
 
 def test_dicom_monochrome2(tmp_path: Path) -> None:
     pixels = ramp()
     out = read_image(write_dicom(tmp_path / "a.dcm", pixels))
     check_output(out)
-    np.testing.assert_allclose(out, pixels / 999.0, atol=1e-6)
+    np.testing.assert_allclose(out, pixels / 3999.0, atol=1e-6)
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
-    pixels = noise((12, 14), high=4096, dtype=np.uint16)
+    pixels = noise((40, 42), high=4096, dtype=np.uint16)
     kwargs = {"slope": 1.0, "intercept": 0.0, "center": 2000.0, "width": 3000.0}
     mono2 = read_image(write_dicom(tmp_path / "m2.dcm", pixels, "MONOCHROME2", **kwargs))
     mono1 = read_image(write_dicom(tmp_path / "m1.dcm", pixels, "MONOCHROME1", **kwargs))
@@ -235,7 +243,7 @@ def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
 
 def test_dicom_rescale_then_window_clips(tmp_path: Path) -> None:
     pixels = ramp()
-    # Stored 0..999 → 2 * p - 100 = -100..1898; window 800..1000 in rescaled units,
+    # Stored 0..3999 → 2 * p - 100 = -100..7898; window 800..1000 in rescaled units,
     # i.e. stored values 450..550.
     path = write_dicom(
         tmp_path / "w.dcm", pixels, slope=2.0, intercept=-100.0, center=900.0, width=200.0
@@ -250,7 +258,7 @@ def test_dicom_rescale_then_window_clips(tmp_path: Path) -> None:
 
 
 def test_dicom_rgb_is_luminance(tmp_path: Path) -> None:
-    rgb = noise((6, 5, 3))
+    rgb = noise((40, 36, 3))
     out = read_image(write_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
     check_output(out)
     lum = rgb @ np.array([0.299, 0.587, 0.114])
@@ -260,7 +268,7 @@ def test_dicom_rgb_is_luminance(tmp_path: Path) -> None:
 def test_dicom_without_extension(tmp_path: Path) -> None:
     path = write_dicom(tmp_path / "IM000001", ramp())
     assert is_dicom(path)
-    np.testing.assert_allclose(read_image(path), ramp() / 999.0, atol=1e-6)
+    np.testing.assert_allclose(read_image(path), ramp() / 3999.0, atol=1e-6)
 
 
 def test_is_dicom(tmp_path: Path) -> None:
@@ -340,9 +348,9 @@ def test_nan_in_float_tiff(tmp_path: Path) -> None:
 
 
 def test_unknown_extension(tmp_path: Path) -> None:
-    path = tmp_path / "scan.gif"
-    Image.fromarray(noise((4, 4))).save(path)
-    with pytest.raises(ImageReadError, match="unknown extension '.gif'") as info:
+    path = tmp_path / "scan.gif"  # the content decides: GIF is not an accepted format
+    Image.fromarray(noise((40, 40))).save(path)
+    with pytest.raises(ImageReadError, match="content is a GIF image") as info:
         read_image(path)
     assert str(path) in str(info.value)
 

@@ -93,8 +93,9 @@ def test_folder_tree_with_aliases_case_nesting_and_system_files(
     (root / "OSTEOPENIA" / "._op1.tif").write_bytes(b"\0")
     write_png(root / "OSTEOPENIA" / ".hidden" / "skip.png")
 
+    source = FolderSource(root)
     with caplog.at_level(logging.WARNING, logger="osteolightning.data.sources"):
-        samples = FolderSource(root).samples(CLASSES)
+        samples = source.samples(CLASSES)
 
     assert [s.path for s in samples] == sorted([a, b, c, d, e], key=str)
     assert {s.path.name: s.label for s in samples} == {
@@ -105,7 +106,13 @@ def test_folder_tree_with_aliases_case_nesting_and_system_files(
         "os1.jpeg": 2,
     }
     assert all(s.path.is_absolute() and s.mask is None for s in samples)
-    assert "Ignored 4 system file" in caplog.text
+    assert "Skipped 4 file(s)/folder(s)" in caplog.text
+    assert source.skipped == [  # nothing is dropped silently: system entries are listed
+        (root / ".DS_Store", "system file"),
+        (root / "Normal" / "Thumbs.db", "system file"),
+        (root / "OSTEOPENIA" / "._op1.tif", "system file"),
+        (root / "OSTEOPENIA" / ".hidden", "system folder"),
+    ]
 
 
 def test_folder_source_is_deterministic(tmp_path: Path) -> None:

@@ -1,0 +1,485 @@
+"""Data-set audit: what a data set holds and what in it would make the numbers untrustworthy.
+
+:func:`audit` reads a source (class folders or a CSV manifest) and reports
+
+- counts per class, image sizes, modes and formats (from the file headers only, so it is fast);
+- exact duplicates (same bytes, by SHA-1) and near duplicates (same picture re-saved:
+  perceptual hash, then a pixel correlation check, see :mod:`.near_duplicates`);
+- label conflicts: duplicate groups whose copies carry different labels;
+- files that cannot be decoded, each with the reason;
+- with a run's ``splits.csv``: leakage, i.e. a duplicate group or a patient found in more
+  than one split.
+
+Pixels come from the :class:`~osteolightning.data.cache.PreprocessedCache`, so an audit
+decodes each image once and a training run on the same data reuses the work (and vice versa).
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import os
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pydicom
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from osteolightning.data.io import is_dicom
+from osteolightning.data.near_duplicates import (
+    DEFAULT_MAX_DISTANCE,
+    DEFAULT_MIN_CORRELATION,
+    near_duplicate_pairs,
+    perceptual_hash,
+)
+from osteolightning.data.sample import Sample
+from osteolightning.data.splits import SPLIT_NAMES, group_ids
+from osteolightning.errors import DataSourceError, ImageReadError
+
+if TYPE_CHECKING:  # the cache module pulls in Lightning (slow to import); only its type is needed
+    from osteolightning.data.cache import PreprocessedCache
+
+__all__ = ["AuditReport", "DuplicateGroup", "LeakageGroup", "audit", "read_splits_csv"]
+
+MAX_FILES_SHOWN = 4  # files listed per row of the rendered table
+MAX_ROWS_SHOWN = 40  # rows of the rendered problems table
+
+
+class Source(Protocol):
+    """Anything that lists samples: FolderSource, ManifestSource."""
+
+    def samples(self, class_names: Sequence[str]) -> list[Sample]: ...
+
+
+@dataclass
+class DuplicateGroup:
+    """Copies of one image.
+
+    Attributes:
+        kind: ``"exact"`` (same bytes) or ``"near"`` (same picture, different bytes).
+        key: the shared SHA-1 (exact), or ``near-<n>``.
+        files: absolute paths, sorted.
+        labels: class name of each file (``"unlabelled"`` for label -1).
+        distance: largest pHash distance among the confirmed pairs (0 for exact).
+    """
+
+    kind: str
+    key: str
+    files: list[str]
+    labels: list[str]
+    distance: int = 0
+
+    @property
+    def conflict(self) -> bool:
+        """The copies carry different labels."""
+        return len(set(self.labels)) > 1
+
+
+@dataclass
+class LeakageGroup:
+    """A duplicate group or a patient whose images sit in more than one split.
+
+    Attributes:
+        kind: ``"exact"``, ``"near"`` or ``"patient"``.
+        key: SHA-1, near-group key or patient id.
+        splits: the splits involved, in train/val/test order.
+        files: the files, and ``file_splits`` the split of each (``"?"`` when not in splits.csv).
+    """
+
+    kind: str
+    key: str
+    splits: list[str]
+    files: list[str]
+    file_splits: list[str]
+
+
+@dataclass
+class AuditReport:
+    """What :func:`audit` found; ``to_dict()`` is JSON-serialisable, ``render()`` prints it."""
+
+    root: str
+    class_names: list[str]
+    n_images: int
+    class_counts: dict[str, int]
+    sizes: dict[str, dict[str, float]]
+    modes: dict[str, int]
+    formats: dict[str, int]
+    exact_duplicates: list[DuplicateGroup] = field(default_factory=list)
+    near_duplicates: list[DuplicateGroup] | None = None  # None: not searched
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    leakage: list[LeakageGroup] | None = None  # None: no splits given
+    splits_file: str | None = None
+    not_in_splits: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label_conflicts(self) -> list[DuplicateGroup]:
+        """Exact and near duplicate groups whose copies carry different labels."""
+        return [g for g in self.exact_duplicates + (self.near_duplicates or []) if g.conflict]
+
+    def problems(self, strict: bool = True) -> list[str]:
+        """One sentence per kind of problem; ``strict`` also counts unreadable files."""
+        found = []
+        if self.label_conflicts:
+            found.append(f"{len(self.label_conflicts)} label-conflict group(s)")
+        if self.leakage:
+            found.append(f"{len(self.leakage)} group(s) leak across splits")
+        if strict and self.unreadable:
+            found.append(f"{len(self.unreadable)} unreadable file(s)")
+        return found
+
+    def has_problems(self, strict: bool = True) -> bool:
+        """True when there are label conflicts or leakage (and, if ``strict``, unreadable files)."""
+        return bool(self.problems(strict))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of lists, strings and numbers, ready for ``json.dump``."""
+        out = asdict(self)
+        out["label_conflicts"] = [asdict(g) for g in self.label_conflicts]
+        out["problems"] = self.problems(strict=True)
+        return out
+
+    def render(self, console: Console) -> None:
+        """Print a summary table and a table of duplicates, conflicts, leakage, bad files."""
+        console.print(self._summary_table())
+        problems = self._problem_table()
+        if problems.row_count:
+            console.print(problems)
+
+    # -- rendering -------------------------------------------------------------------------
+    def _summary_table(self) -> Table:
+        table = Table(title=f"Data-set audit: {self.root}")
+        table.add_column("item")
+        table.add_column("value")
+        n_exact_files = sum(len(g.files) for g in self.exact_duplicates)
+        conflicts = self.label_conflicts
+        rows = [
+            ("images", str(self.n_images)),
+            ("classes", _counts(self.class_counts)),
+            ("height (min / median / max)", _range(self.sizes.get("height"))),
+            ("width (min / median / max)", _range(self.sizes.get("width"))),
+            ("modes", _counts(self.modes)),
+            ("formats", _counts(self.formats)),
+            ("exact-duplicate groups", f"{len(self.exact_duplicates)} ({n_exact_files} files)"),
+            (
+                "near-duplicate groups",
+                "not searched"
+                if self.near_duplicates is None
+                else f"{len(self.near_duplicates)} (pHash <= {self.settings.get('max_distance')}"
+                f" bits, r >= {self.settings.get('min_correlation')})",
+            ),
+            (
+                "label conflicts",
+                f"{len(conflicts)} ({sum(g.kind == 'exact' for g in conflicts)} exact, "
+                f"{sum(g.kind == 'near' for g in conflicts)} near)",
+            ),
+            ("unreadable files", str(len(self.unreadable))),
+            (
+                "leakage across splits",
+                "not checked (no splits given)"
+                if self.leakage is None
+                else f"{len(self.leakage)} group(s) in {self.splits_file}"
+                + (f"; {self.not_in_splits} image(s) not in it" if self.not_in_splits else ""),
+            ),
+        ]
+        for item, value in rows:
+            table.add_row(item, value)
+        return table
+
+    def _problem_table(self) -> Table:
+        table = Table(title="Duplicates, label conflicts, leakage, unreadable files")
+        for column in ("kind", "files", "labels / splits", "note"):
+            table.add_column(column)
+        base = self.root if os.path.isdir(self.root) else os.path.dirname(self.root)
+        rows: list[tuple[str, str, str, str]] = []
+        groups = sorted(
+            self.exact_duplicates + (self.near_duplicates or []), key=lambda g: not g.conflict
+        )
+        for g in groups:
+            note = "LABEL CONFLICT" if g.conflict else ""
+            if g.kind == "near":
+                note = ", ".join(filter(None, [note, f"pHash distance <= {g.distance}"]))
+            rows.append((g.kind, _files(g.files, base), _short(g.labels), note))
+        for leak in self.leakage or []:
+            pairs = [f"{s}: {f}" for s, f in zip(leak.file_splits, leak.files, strict=True)]
+            rows.append(
+                (f"leak ({leak.kind})", _files(pairs, base), ", ".join(leak.splits), leak.key)
+            )
+        for bad in self.unreadable:
+            rows.append(("unreadable", _files([bad["path"]], base), "", bad["reason"]))
+        for row in rows[:MAX_ROWS_SHOWN]:
+            table.add_row(*row)
+        if len(rows) > MAX_ROWS_SHOWN:
+            table.add_row(f"… and {len(rows) - MAX_ROWS_SHOWN} more", "", "", "")
+        return table
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items()) or "-"
+
+
+def _range(stats: dict[str, float] | None) -> str:
+    return f"{stats['min']:g} / {stats['median']:g} / {stats['max']:g}" if stats else "-"
+
+
+def _short(items: Sequence[str], limit: int = MAX_FILES_SHOWN) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" … and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _files(files: Sequence[str], base: str) -> str:
+    shown = [f.replace(base + os.sep, "", 1) if base else f for f in files]
+    return _short(shown).replace(", ", "\n")
+
+
+# -- reading -------------------------------------------------------------------------------
+def _header(path: Path) -> tuple[int, int, str, str] | None:
+    """``(height, width, mode, format)`` from the file header, or None if it is unreadable."""
+    try:
+        if is_dicom(path):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(ds.Rows), int(ds.Columns), "DICOM", "DICOM"
+        with Image.open(path) as img:  # parses the header only; pixels are not decoded
+            return img.height, img.width, img.mode, str(img.format)
+    except Exception:  # reported as unreadable by the decoding step
+        return None
+
+
+def _decode_all(cache: PreprocessedCache, paths: Sequence[Path]) -> dict[str, str]:
+    """Fill the cache for every decodable file; return ``{path: reason}`` for the others."""
+    if "on_bad_image" in inspect.signature(cache.prepare).parameters:
+        skipped = cache.prepare(paths, on_bad_image="skip").skipped
+        return {str(path): reason for path, reason in skipped}
+    # A cache without a skip mode raises for the first bad file once all others are built,
+    # so each retry only re-decodes the files still failing.
+    remaining = list(paths)
+    bad: dict[str, str] = {}
+    while remaining:
+        try:
+            cache.prepare(remaining)
+            break
+        except ImageReadError as err:
+            if err.path not in {str(p) for p in remaining}:
+                raise
+            bad[err.path] = err.reason
+            remaining = [p for p in remaining if str(p) != err.path]
+    return bad
+
+
+def read_splits_csv(splits: str | Path) -> tuple[Path, list[dict[str, str]]]:
+    """Read a run's ``splits.csv`` (or the one in a run directory); paths made absolute.
+
+    Raises:
+        DataSourceError: the file is missing or lacks the ``split`` / ``path`` columns.
+    """
+    path = Path(splits)
+    if path.is_dir():
+        path = path / "splits.csv"
+    if not path.is_file():
+        raise DataSourceError(
+            f"Expected `splits` to be a run directory holding splits.csv or a splits.csv file, "
+            f"but '{splits}' is neither."
+        )
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("split", "path") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataSourceError(
+                f"'{path}' lacks column(s) {', '.join(missing)}; expected the header "
+                f"split,path,label,patient_id,group,sha1 written by a run."
+            )
+        rows = list(reader)
+    for row in rows:
+        row["path"] = os.path.abspath(os.path.join(path.parent, row["path"]))
+    return path, rows
+
+
+def _leakage(
+    groups: Sequence[DuplicateGroup], sha_of: dict[str, str], rows: list[dict[str, str]]
+) -> tuple[list[LeakageGroup], int]:
+    """Groups and patients spread over splits, and how many audited files splits.csv lacks."""
+    split_of = {r["path"]: r["split"] for r in rows}
+    by_sha: dict[str, set[str]] = defaultdict(set)
+    files_by_sha: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in rows:
+        if r.get("sha1"):
+            by_sha[r["sha1"]].add(r["split"])
+            files_by_sha[r["sha1"]][r["path"]] = r["split"]
+
+    def where(path: str) -> str:
+        if path in split_of:
+            return split_of[path]
+        found = sorted(by_sha.get(sha_of.get(path, ""), ()))
+        return "/".join(found) or "?"
+
+    def order(splits: set[str]) -> list[str]:
+        known = [s for s in SPLIT_NAMES if s in splits]
+        return known + sorted(splits - set(known) - {"?"})
+
+    leaks: list[LeakageGroup] = []
+    for g in groups:
+        files = {f: where(f) for f in g.files}
+        if g.kind == "exact":  # copies that only splits.csv knows of count too
+            files.update({f: s for f, s in files_by_sha.get(g.key, {}).items() if f not in files})
+        splits = {part for s in files.values() for part in s.split("/")}
+        if len(order(splits)) > 1:
+            leaks.append(
+                LeakageGroup(g.kind, g.key, order(splits), list(files), list(files.values()))
+            )
+    known = {g.key for g in groups}
+    for sha, splits in by_sha.items():  # duplicates in splits.csv beyond the audited source
+        if sha not in known and len(splits) > 1:
+            files = files_by_sha[sha]
+            leaks.append(
+                LeakageGroup("exact", sha, order(splits), list(files), list(files.values()))
+            )
+    patients: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in rows:
+        if r.get("patient_id"):
+            patients[r["patient_id"]][r["path"]] = r["split"]
+    for pid, files in sorted(patients.items()):
+        if len(set(files.values())) > 1:
+            leaks.append(
+                LeakageGroup(
+                    "patient", pid, order(set(files.values())), list(files), list(files.values())
+                )
+            )
+    not_in = sum(where(p) == "?" for p in sha_of)
+    return leaks, not_in
+
+
+# -- the audit -----------------------------------------------------------------------------
+def audit(
+    source: Source,
+    class_names: Sequence[str],
+    cache: PreprocessedCache,
+    near_duplicates: bool = True,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    min_correlation: float = DEFAULT_MIN_CORRELATION,
+    splits: str | Path | None = None,
+) -> AuditReport:
+    """Audit a data set for duplicates, label conflicts, unreadable files and split leakage.
+
+    Args:
+        source: a :class:`~osteolightning.data.sources.FolderSource` or
+            :class:`~osteolightning.data.sources.ManifestSource` (anything with ``samples``).
+        class_names: the run's classes, in index order.
+        cache: where decoded, letterboxed images are kept; its ``image_size`` is the
+            resolution the near-duplicate search works at (128 is plenty).
+        near_duplicates: search for near duplicates (needs every image decoded once).
+        max_distance: pHash bits two near duplicates may differ in, in ``[0, 64]``.
+        min_correlation: Pearson r (at 32x32) a pHash candidate needs, in ``[-1, 1]``.
+        splits: a run directory holding ``splits.csv``, or that file; checks leakage.
+
+    Returns:
+        The :class:`AuditReport`.
+
+    Raises:
+        DataSourceError: the source is malformed, or ``splits`` is not a splits.csv.
+        ConfigError: ``max_distance`` or ``min_correlation`` is out of range.
+
+    Example:
+        >>> report = audit(FolderSource("data/knee"), CLASS_NAMES, cache)  # doctest: +SKIP
+        >>> report.has_problems()  # doctest: +SKIP
+        True
+    """
+    near_duplicate_pairs([], max_distance, min_correlation=min_correlation)  # validates both
+    splits_rows = read_splits_csv(splits) if splits is not None else None
+    samples = source.samples(class_names)
+    paths = [s.path for s in samples]
+    names = {i: n for i, n in enumerate(class_names)}
+    label_of = {str(s.path): names.get(s.label, "unlabelled") for s in samples}
+    digests = cache.hashes(paths)
+    sha_of = {str(p): d for p, d in zip(paths, digests, strict=True)}
+
+    headers = [h for h in map(_header, paths) if h is not None]
+    heights, widths = [h[0] for h in headers], [h[1] for h in headers]
+    sizes = {
+        axis: {"min": min(v), "median": float(statistics.median(v)), "max": max(v)}
+        for axis, v in (("height", heights), ("width", widths))
+        if v
+    }
+    counts = Counter(label_of.values())
+
+    by_sha: dict[str, list[str]] = defaultdict(list)
+    for p, d in sha_of.items():
+        by_sha[d].append(p)
+    exact = [
+        DuplicateGroup("exact", d, sorted(fs), [label_of[f] for f in sorted(fs)])
+        for d, fs in sorted(by_sha.items(), key=lambda kv: sorted(kv[1])[0])
+        if len(fs) > 1
+    ]
+
+    bad = _decode_all(cache, paths)  # always: finding unreadable files is part of the audit
+    near = None
+    if near_duplicates:
+        near = _near_groups(cache, by_sha, bad, label_of, max_distance, min_correlation)
+    class_counts = {n: counts.get(n, 0) for n in class_names}
+    if counts.get("unlabelled"):
+        class_counts["unlabelled"] = counts["unlabelled"]
+
+    report = AuditReport(
+        root=str(getattr(source, "root", getattr(source, "path", ""))),
+        class_names=list(class_names),
+        n_images=len(samples),
+        class_counts=class_counts,
+        sizes=sizes,
+        modes=dict(Counter(h[2] for h in headers).most_common()),
+        formats=dict(Counter(h[3] for h in headers).most_common()),
+        exact_duplicates=exact,
+        near_duplicates=near,
+        unreadable=[{"path": p, "reason": r} for p, r in sorted(bad.items())],
+        settings={
+            "near_duplicates": near_duplicates,
+            "max_distance": max_distance,
+            "min_correlation": min_correlation,
+            "image_size": cache.image_size,
+        },
+    )
+    if splits_rows is not None:
+        report.splits_file = str(splits_rows[0])
+        report.leakage, report.not_in_splits = _leakage(
+            exact + (near or []), sha_of, splits_rows[1]
+        )
+    return report
+
+
+def _near_groups(
+    cache: PreprocessedCache,
+    by_sha: dict[str, list[str]],
+    bad: dict[str, str],
+    label_of: dict[str, str],
+    max_distance: int,
+    min_correlation: float,
+) -> list[DuplicateGroup]:
+    """Near-duplicate groups over distinct contents (a pure exact-copy group is never one)."""
+    contents = [d for d, fs in by_sha.items() if not any(f in bad for f in fs)]
+    arrays = cache.load([Path(by_sha[d][0]) for d in contents])  # (U, S, S) uint8
+    hashes = [perceptual_hash(a) for a in arrays]
+    pairs = near_duplicate_pairs(hashes, max_distance, list(arrays), min_correlation)
+    keys: list[list[str | None]] = [[f"c{i}"] for i in range(len(contents))]
+    for i, j, _ in pairs:
+        keys[j].append(f"c{i}")
+    component = group_ids(keys)
+    distance: dict[int, int] = defaultdict(int)
+    for i, _, d in pairs:
+        distance[int(component[i])] = max(distance[int(component[i])], d)
+    members: dict[int, list[str]] = defaultdict(list)
+    for index, comp in enumerate(component):
+        if int(comp) in distance:
+            members[int(comp)].extend(by_sha[contents[index]])
+    groups = []
+    for n, (comp, files) in enumerate(sorted(members.items(), key=lambda kv: sorted(kv[1])[0])):
+        files = sorted(files)
+        groups.append(
+            DuplicateGroup(
+                "near", f"near-{n + 1}", files, [label_of[f] for f in files], distance[comp]
+            )
+        )
+    return groups

@@ -1,0 +1,144 @@
+"""Duplicate groups and label conflicts: the rules that keep splits leakage-free.
+
+Two images are *copies* when their files are byte-identical (same SHA-1) or, when enabled,
+near-identical (perceptual hash within ``max_distance`` bits, confirmed by correlation on the
+downsampled images). Copies form groups (connected components). A group whose copies carry
+different labels is a *label conflict*; the policy decides what happens to it:
+
+* ``error``: stop before training, listing the conflicting groups;
+* ``drop``: remove every image of a conflicting group (no label can be trusted);
+* ``keep``: keep them; like every copy group they stay whole on one side of every split.
+
+Whatever the policy, copies never straddle a split: the split assigns groups, not images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from osteolightning.data.near_duplicates import (
+    DEFAULT_MIN_CORRELATION,
+    near_duplicate_pairs,
+    perceptual_hash,
+)
+from osteolightning.data.splits import group_ids
+from osteolightning.errors import ConfigError, DataSourceError
+
+POLICIES = ("error", "drop", "keep")
+
+
+@dataclass
+class CopyGroups:
+    """Copy groups among ``N`` images.
+
+    Attributes:
+        component: ``(N,)`` copy-group index per image (singletons have their own).
+        groups: index lists of the groups with more than one image.
+        conflicts: the subset of ``groups`` whose labels disagree.
+        near_pairs: confirmed near-duplicate pairs ``(i, j, distance)``.
+    """
+
+    component: np.ndarray
+    groups: list[list[int]] = field(default_factory=list)
+    conflicts: list[list[int]] = field(default_factory=list)
+    near_pairs: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def find_copies(
+    digests: Sequence[str],
+    labels: np.ndarray,
+    images: np.ndarray | None = None,
+    max_distance: int | None = None,
+    min_correlation: float = DEFAULT_MIN_CORRELATION,
+) -> CopyGroups:
+    """Group exact copies (same digest) and, given ``images`` and ``max_distance``, near copies.
+
+    Args:
+        digests: ``N`` content hashes.
+        labels: ``(N,)`` class indices.
+        images: ``(N, S, S)`` uint8 preprocessed images (for near-duplicate search), or None.
+        max_distance: perceptual-hash Hamming distance for near copies (None: exact only).
+        min_correlation: correlation a pHash candidate must reach to count as a near copy.
+    """
+    keys: list[list[str | None]] = [[f"sha1:{d}"] for d in digests]
+    near_pairs: list[tuple[int, int, int]] = []
+    if images is not None and max_distance is not None and len(digests) > 1:
+        hashes = [perceptual_hash(image) for image in images]
+        near_pairs = near_duplicate_pairs(
+            hashes, max_distance, images=images, min_correlation=min_correlation
+        )
+        for i, j, _ in near_pairs:
+            keys[j].append(f"near:{i}")
+            keys[i].append(f"near:{i}")
+    component = group_ids(keys)
+    members: dict[int, list[int]] = {}
+    for i, c in enumerate(component.tolist()):
+        members.setdefault(c, []).append(i)
+    groups = [m for m in members.values() if len(m) > 1]
+    conflicts = [m for m in groups if len(set(labels[m].tolist())) > 1]
+    return CopyGroups(component, groups, conflicts, near_pairs)
+
+
+def apply_conflict_policy(
+    copies: CopyGroups,
+    policy: str,
+    describe: Sequence[str],
+    class_names: Sequence[str],
+    labels: np.ndarray,
+) -> np.ndarray:
+    """Boolean keep-mask over the images after applying ``policy`` to label conflicts.
+
+    Args:
+        copies: from :func:`find_copies`.
+        policy: ``error`` | ``drop`` | ``keep``.
+        describe: a name per image (its path) for the error message.
+        class_names: for the error message.
+        labels: ``(N,)`` class indices.
+
+    Raises:
+        ConfigError: unknown policy.
+        DataSourceError: ``error`` policy and at least one conflict; names the files.
+    """
+    if policy not in POLICIES:
+        raise ConfigError(
+            f"Expected argument `on_label_conflict` to be one of {list(POLICIES)}, but got {policy!r}."
+        )
+    keep = np.ones(len(copies.component), dtype=bool)
+    if not copies.conflicts:
+        return keep
+    if policy == "error":
+        shown = [
+            ", ".join(f"'{describe[i]}' ({class_names[labels[i]]})" for i in group)
+            for group in copies.conflicts[:5]
+        ]
+        more = f" … and {len(copies.conflicts) - 5} more" if len(copies.conflicts) > 5 else ""
+        raise DataSourceError(
+            f"{len(copies.conflicts)} groups of identical images carry different labels: "
+            + "; ".join(shown)
+            + more
+            + ". Fix the labels, or choose data.on_label_conflict=drop (remove them) or "
+            "data.on_label_conflict=keep (keep them, each group whole inside one split)."
+        )
+    if policy == "drop":
+        for group in copies.conflicts:
+            keep[group] = False
+    return keep
+
+
+def conflict_rows(
+    copies: CopyGroups,
+    policy: str,
+    describe: Sequence[str],
+    class_names: Sequence[str],
+    labels: np.ndarray,
+) -> list[tuple[int, str, str, str]]:
+    """Rows ``(group, path, label, action)`` for ``label_conflicts.csv``."""
+    action = "dropped" if policy == "drop" else "kept"
+    return [
+        (g, describe[i], class_names[labels[i]], action)
+        for g, group in enumerate(copies.conflicts)
+        for i in group
+    ]
