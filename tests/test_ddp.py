@@ -38,4 +38,6 @@ def test_two_process_test_metrics_equal_one_process(make_cfg, trained, phantom_d
     for a, b in zip(one_rows, two_rows, strict=True):
         assert a[1] == b[1] and a[-1] == b[-1]  # label and prediction
         if a[0] != "path":  # batch composition changes the float summation order (~1e-6)
-            assert [float(x) for x in a[2:-1]] == pytest.approx([float(x) for x in b[2:-1]], abs=1e-5)
+            assert [float(x) for x in a[2:-1]] == pytest.approx(
+                [float(x) for x in b[2:-1]], abs=1e-5
+            )
