@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from osteolightning.data.hygiene import (
 )
 from osteolightning.data.io import check_on_bad_image
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
+from osteolightning.data.privacy import dicom_patient_id, load_salt, pseudonym
 from osteolightning.data.sample import Sample
 from osteolightning.data.splits import SPLIT_NAMES, TEST, assign_splits, group_ids
 from osteolightning.data.transforms import ToNormalizedTensor, compose
@@ -198,7 +200,17 @@ class KneeDataModule(L.LightningDataModule):
                 f"{len(unlabelled)} image(s) have no label, e.g. '{unlabelled[0]}'; every image "
                 f"needs one of {self.class_names} for training and evaluation."
             )
-        return good
+        return self._pseudonymise(good)
+
+    def _pseudonymise(self, samples: list[Sample]) -> list[Sample]:
+        """Replace patient IDs (manifest column, else DICOM PatientID) by salted hashes."""
+        salt = load_salt(self.cache.root)
+        out = []
+        for s in samples:
+            raw = s.patient_id or dicom_patient_id(s.path)
+            patient = pseudonym(raw, salt) if raw else None
+            out.append(dataclasses.replace(s, patient_id=patient))
+        return out
 
     def setup(self, stage: str | None = None) -> None:
         """Load the cached arrays, resolve copies and conflicts, assign splits (every rank)."""
