@@ -26,8 +26,9 @@ def test_nan_loss_stops_training_naming_the_step():
         "image": torch.full((2, 1, 64, 64), float("nan")),
         "label": torch.tensor([0, 1]),
         "index": torch.tensor([0, 1]),
+        "path": ["/data/normal/a.png", "/data/osteopenia/b.png"],
     }
-    with pytest.raises(FloatingPointError, match="step"):
+    with pytest.raises(FloatingPointError, match=r"step 0 .*batch 7.*/data/normal/a\.png"):
         module.training_step(batch, 7)
 
 
