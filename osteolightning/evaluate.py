@@ -12,11 +12,11 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, open_dict
 
 from osteolightning.callbacks import EvaluationWriter, RunArtifacts
 from osteolightning.errors import ConfigError
+from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
 from osteolightning.utils.logging import get_logger
 from osteolightning.utils.run import close_loggers, print_metrics_table
@@ -27,18 +27,19 @@ log = get_logger(__name__)
 CHECKPOINT_FACTS = ("class_names", "image_size", "in_chans", "mean", "std")
 
 
-def load_classifier(ckpt_path: str | Path) -> L.LightningModule:
+def load_classifier(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) -> L.LightningModule:
     """Rebuild a trained classifier from its checkpoint alone (``weights_only`` loading).
 
     Raises:
-        ConfigError: a missing file, or a checkpoint not written by ``osteo-train``.
+        ConfigError: a missing file, a checkpoint not written by ``osteo-train``, or one that
+            needs arbitrary unpickling while ``allow_unsafe_pickle`` is false.
     """
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(
             f"Checkpoint '{path}' does not exist. Pass ckpt_path=<run>/checkpoints/<name>.ckpt."
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = runs.torch_load(path, allow_unsafe_pickle)
     run_cfg = checkpoint.get("osteo_config")
     if not run_cfg or "model" not in run_cfg:
         raise ConfigError(
@@ -56,7 +57,8 @@ def load_classifier(ckpt_path: str | Path) -> L.LightningModule:
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test ``cfg.ckpt_path`` on ``cfg.data`` (every image in the test split)."""
-    model = load_classifier(cfg.ckpt_path)
+    run_dir = runs.start_run(cfg)
+    model = load_classifier(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
     with open_dict(cfg):
         for key in CHECKPOINT_FACTS:
             trained = model.hparams[key]
@@ -77,6 +79,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         trainer.test(model, datamodule=datamodule, verbose=False)
         print_metrics_table(writer.metrics)
+        runs.finish_run(run_dir)
     finally:
         close_loggers(loggers)
     return writer.metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}

@@ -4,6 +4,7 @@ Example:
     osteo-train                                     # EfficientNet-Lite0 on the knee phantom
     osteo-train data=folder data.root=/data/knees trainer=gpu
     osteo-train -m model.net.name=resnet18,densenet121 seed=0,1,2
+    osteo-train resume=auto                         # continue the killed run of this config
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from osteolightning.callbacks import EvaluationWriter, RunArtifacts
+from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
 from osteolightning.utils.logging import get_logger
 from osteolightning.utils.run import close_loggers, print_metrics_table
@@ -28,7 +30,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Returns:
         ``(metrics, objects)``: the final metrics (also in ``metrics.json``) and the
         instantiated datamodule, model and trainer.
+
+    Raises:
+        ConfigError: the output directory holds another run's results, or ``resume`` names a
+            run that cannot be continued (see :func:`osteolightning.utils.runs.start_run`).
     """
+    run_dir = runs.start_run(cfg)  # may redirect paths.output_dir: before anything else
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
@@ -40,10 +47,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ]
     loggers = instantiate_list(cfg.get("logger"), "logger")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    runs.restore_csv_history(loggers, cfg.get("ckpt_path"))
     for logger in loggers:
         logger.log_hyperparams(to_container(cfg))
+    runs.record_loggers(run_dir, loggers)
+    weights_only = not cfg.get("allow_unsafe_pickle", False)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with runs.explain_unpickling():
+            trainer.fit(
+                model,
+                datamodule=datamodule,
+                ckpt_path=cfg.get("ckpt_path"),
+                weights_only=weights_only,
+            )
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
             best = (
@@ -51,9 +67,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             )
             if not best:
                 log.warning("No best checkpoint was saved; testing the weights of the last step.")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            trainer.test(
+                model,
+                datamodule=datamodule,
+                ckpt_path=best or None,
+                verbose=False,
+                weights_only=True,  # our own checkpoint: plain types only
+            )
             print_metrics_table(writer.metrics)
             metrics.update(writer.metrics)
+        runs.finish_run(run_dir)
     finally:
         close_loggers(loggers)
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}

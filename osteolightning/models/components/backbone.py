@@ -27,6 +27,7 @@ from torch import nn
 
 from osteolightning.errors import ConfigError
 from osteolightning.utils.logging import get_logger
+from osteolightning.utils.runs import torch_load
 
 log = get_logger(__name__)
 
@@ -106,8 +107,13 @@ def package_state_dict(name: str) -> dict[str, torch.Tensor]:
     return mapped
 
 
-def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local file: a plain state dict or this project's Lightning checkpoint."""
+def file_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from a local file: a plain state dict or this project's Lightning checkpoint.
+
+    The file loads with ``torch.load(weights_only=True)``. A file that needs arbitrary
+    unpickling (e.g. a whole module saved with ``torch.save(model)``) is refused unless
+    ``allow_unsafe_pickle`` (``model.net.allow_unsafe_pickle=true``) is set.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
@@ -115,9 +121,13 @@ def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "(.pt/.pth) or a Lightning checkpoint (.ckpt)."
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path, allow_unsafe_pickle, flag="model.net.allow_unsafe_pickle")
+    except ConfigError:
+        raise
     except Exception as err:  # torch raises several unrelated types for a bad file
         raise ConfigError(f"Cannot load weights from '{path}': {err}") from err
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -170,6 +180,7 @@ def create_backbone(
     in_chans: int = 1,
     pretrained: bool | str = False,
     drop_rate: float = 0.0,
+    allow_unsafe_pickle: bool = False,
 ) -> nn.Module:
     """Create a classification network by its timm name.
 
@@ -179,6 +190,8 @@ def create_backbone(
         in_chans: input channels (1 for radiographs).
         pretrained: ``false`` | ``true`` | ``"package"`` | path to a weights file.
         drop_rate: dropout before the classifier head.
+        allow_unsafe_pickle: let a weights file that needs arbitrary unpickling load (with
+            ``weights_only=False`` and a warning); only for files you trust.
 
     Returns:
         A module mapping ``(B, in_chans, H, W)`` to logits ``(B, num_classes)``.
@@ -217,6 +230,7 @@ def create_backbone(
     if pretrained == "package":
         state, source = package_state_dict(name), f"the `{name}` weights package"
     else:
-        state, source = file_state_dict(pretrained), f"'{pretrained}'"
+        state = file_state_dict(pretrained, allow_unsafe_pickle)
+        source = f"'{pretrained}'"
     load_into(model, state, source)
     return model

@@ -1,0 +1,373 @@
+"""Runs that survive kills and never destroy results.
+
+Every run directory gets a marker file, ``.osteo_run.json``, written when the run starts:
+the task name, a hash of the resolved config (volatile keys left out: ``resume``,
+``ckpt_path``, the ``paths`` group, anything stamped with ``${now:...}``), the W&B run id and a
+state, ``running`` until the run completes, then ``finished``. From it:
+
+* ``resume=auto`` finds the newest unfinished run of the same config that has a
+  ``checkpoints/last.ckpt`` and continues *in that directory* (same CSV log, same W&B run);
+* ``resume=<run dir>`` continues that run, refusing a different config (the keys are named);
+* a run never writes into a directory holding results it did not make.
+
+Checkpoints and weight files load with ``torch.load(weights_only=True)``; a file that needs
+arbitrary unpickling is refused unless an explicit ``allow_unsafe_pickle`` flag is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import hashlib
+import json
+import logging
+import os
+import pickle
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.experimental.callback import Callback as HydraCallback
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from osteolightning.errors import ConfigError
+from osteolightning.utils.files import atomic_write_json
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+MARKER = ".osteo_run.json"
+LAST_CKPT = Path("checkpoints") / "last.ckpt"
+#: Top-level keys that may differ between a run and its continuation.
+VOLATILE_KEYS = ("resume", "ckpt_path", "paths", "allow_unsafe_pickle")
+#: Keys under ``logger.wandb`` set by resuming (the run name carries a timestamp).
+VOLATILE_WANDB_KEYS = ("id", "resume", "name")
+#: Files and folders that are a run's results: their presence means the directory is taken.
+RESULTS = ("metrics.json", "predictions.csv", "checkpoints", "csv/metrics.csv", "wandb", MARKER)
+
+
+# --------------------------------------------------------------------------- config hash
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: obj}
+
+
+def hashed_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as flat ``dotted.key: value`` pairs, volatile keys left out."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        for key in VOLATILE_KEYS:
+            if key in cfg and key != "paths":
+                del cfg[key]
+        # Paths become placeholders, so values built from them (checkpoint dir, log dirs)
+        # compare equal between the run directory and a continuation started elsewhere.
+        for key in list(cfg.get("paths") or {}):
+            cfg.paths[key] = f"<paths.{key}>"
+        wandb = (cfg.get("logger") or {}).get("wandb")
+        if wandb is not None:
+            for key in VOLATILE_WANDB_KEYS:
+                wandb.pop(key, None)
+    raw = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {k: v for k, v in flat.items() if "${now:" not in str(raw.get(k, ""))}
+
+
+def config_hash(flat: dict[str, Any]) -> str:
+    """SHA-1 of the flat config (sorted JSON); equal configs give equal hashes."""
+    text = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys whose values differ (or exist on one side only), sorted."""
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+# --------------------------------------------------------------------------- marker
+
+
+def read_marker(run_dir: str | Path) -> dict[str, Any] | None:
+    """The marker of ``run_dir``, or ``None`` where there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@rank_zero_only
+def update_marker(run_dir: str | Path, **fields: Any) -> None:
+    """Merge ``fields`` into the marker of ``run_dir`` (atomic write, rank zero only)."""
+    marker = read_marker(run_dir) or {}
+    marker.update(fields, updated=_now())
+    atomic_write_json(Path(run_dir) / MARKER, marker)
+
+
+def _alive_elsewhere(marker: dict[str, Any]) -> bool:
+    """Whether the process that owns ``marker`` is still running on this host."""
+    pid = marker.get("pid")
+    if marker.get("host") != socket.gethostname() or not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def find_resumable(log_dir: str | Path, task_name: str, digest: str) -> Path | None:
+    """The newest run (or multirun job) of ``task_name`` under ``log_dir`` that is
+    ``running``, has config hash ``digest``, a ``last.ckpt``, and no live process."""
+    base = Path(log_dir) / task_name
+    candidates = [*base.glob(f"runs/*/{MARKER}"), *base.glob(f"multiruns/*/*/{MARKER}")]
+    found = []
+    for path in candidates:
+        marker = read_marker(path.parent) or {}
+        ckpt = path.parent / LAST_CKPT
+        if marker.get("state") != "running" or marker.get("config_hash") != digest:
+            continue
+        if not ckpt.is_file():
+            continue
+        if rank_zero_only.rank == 0 and _alive_elsewhere(marker):
+            log.info(f"Not resuming {path.parent}: its process {marker['pid']} is still running.")
+            continue
+        found.append((ckpt.stat().st_mtime, path.parent))
+    return max(found)[1] if found else None
+
+
+def check_resumable(run_dir: Path, flat: dict[str, Any]) -> None:
+    """Raise unless ``run_dir`` is an unfinished run of the same config with a checkpoint."""
+    marker = read_marker(run_dir)
+    if marker is None:
+        raise ConfigError(
+            f"Cannot resume '{run_dir}': it has no {MARKER} (not an osteolightning run "
+            "directory, or one from before resumable runs). Pass ckpt_path=<file.ckpt> to "
+            "start a new run from a checkpoint."
+        )
+    if marker.get("state") == "finished":
+        raise ConfigError(f"Cannot resume '{run_dir}': that run has finished.")
+    if marker.get("config_hash") != config_hash(flat):
+        keys = config_diff(marker.get("config", {}), flat)
+        shown = ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else "")
+        raise ConfigError(
+            f"Cannot resume '{run_dir}': its config differs from this one in {shown}. "
+            "Use the same overrides as the run had, or start a new run."
+        )
+    if not (run_dir / LAST_CKPT).is_file():
+        raise ConfigError(
+            f"Cannot resume '{run_dir}': it has no {LAST_CKPT} (killed before its first "
+            "checkpoint). Start a new run."
+        )
+
+
+def check_fresh(output_dir: str | Path) -> None:
+    """Raise if ``output_dir`` already holds results (of another run) this run would overwrite."""
+    output_dir = Path(output_dir)
+    taken = [name for name in RESULTS if (output_dir / name).exists()]
+    if taken:
+        raise ConfigError(
+            f"The output directory '{output_dir}' already holds results of another run "
+            f"({', '.join(taken)}); refusing to write into it. Start a run in a new "
+            "directory (leave hydra.run.dir unset, or pick a new one), or continue that run "
+            f"with resume={output_dir}."
+        )
+
+
+def _redirect(cfg: DictConfig, run_dir: Path, marker: dict[str, Any]) -> None:
+    """Point this invocation at ``run_dir`` before anything is instantiated."""
+    fresh = Path(cfg.paths.output_dir)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        cfg.ckpt_path = str(run_dir / LAST_CKPT)
+        wandb = (cfg.get("logger") or {}).get("wandb")
+        if wandb is not None and marker.get("wandb_id"):
+            wandb.id, wandb.resume = marker["wandb_id"], "allow"
+            wandb.name = marker.get("wandb_name") or wandb.get("name")
+    if rank_zero_only.rank != 0:
+        return
+    if fresh.resolve() != run_dir.resolve():
+        update_marker(fresh, state="redirected", resumed_in=str(run_dir), pid=os.getpid())
+        # This invocation's log also goes to the resumed run's log file.
+        handler = logging.FileHandler(run_dir / f"{cfg.task_name}.log")
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
+        )
+        logging.getLogger().addHandler(handler)
+    log.info(f"Resuming the run in {run_dir} from {cfg.ckpt_path} (this invocation: {fresh}).")
+
+
+def start_run(cfg: DictConfig) -> Path:
+    """Decide where this run writes, then claim that directory with a marker.
+
+    ``cfg.resume``: ``null`` (a fresh run in the Hydra directory), ``auto`` (continue the
+    newest unfinished run of the same config, or start fresh) or a run directory (continue it).
+    On resuming, ``paths.output_dir``, ``ckpt_path`` and the W&B id/resume are set in ``cfg``.
+
+    Returns:
+        The run directory this run writes into.
+
+    Raises:
+        ConfigError: the directory holds another run's results, or the run to resume does not
+            fit (finished, other config, no checkpoint).
+    """
+    flat = hashed_config(cfg)
+    digest = config_hash(flat)
+    resume = cfg.get("resume")
+    target: Path | None = None
+    if resume and cfg.get("ckpt_path"):
+        raise ConfigError("Pass either resume=... or ckpt_path=..., not both.")
+    if resume == "auto":
+        target = find_resumable(cfg.paths.log_dir, cfg.task_name, digest)
+        if target is None:
+            log.info(f"resume=auto: no unfinished `{cfg.task_name}` run of this config; new run.")
+    elif resume:
+        target = Path(str(resume)).expanduser().resolve()
+        check_resumable(target, flat)
+    if target is not None:
+        marker = read_marker(target) or {}
+        _redirect(cfg, target, marker)
+        update_marker(
+            target,
+            state="running",
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            resumes=int(marker.get("resumes", 0)) + 1,
+        )
+        _keep_csv_history(cfg)
+        return target
+    output_dir = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0:
+        check_fresh(output_dir)
+    update_marker(
+        output_dir,
+        task_name=cfg.task_name,
+        config_hash=digest,
+        state="running",
+        started=_now(),
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        config=flat,
+    )
+    return output_dir
+
+
+def record_loggers(run_dir: str | Path, loggers: Sequence[Any]) -> None:
+    """Store the W&B run id and name in the marker, so a continuation logs into the same run."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and rank_zero_only.rank == 0:
+            update_marker(run_dir, wandb_id=logger.experiment.id, wandb_name=logger.experiment.name)
+
+
+def finish_run(run_dir: str | Path) -> None:
+    """Mark the run ``finished`` (``resume=auto`` will not pick it again)."""
+    update_marker(run_dir, state="finished", finished=_now())
+
+
+# --------------------------------------------------------------------------- CSV history
+
+
+def _keep_csv_history(cfg: DictConfig) -> None:
+    """Lightning's CSVLogger deletes an existing ``metrics.csv``; move it aside so the rows
+    logged before the checkpoint can be put back (:func:`restore_csv_history`)."""
+    csv_cfg = (cfg.get("logger") or {}).get("csv")
+    if csv_cfg is None or rank_zero_only.rank != 0:
+        return
+    path = Path(csv_cfg.save_dir) / str(csv_cfg.name or "") / str(csv_cfg.version or "")
+    path = path / "metrics.csv"
+    if path.is_file():
+        os.replace(path, path.with_name("metrics.before-resume.csv"))
+
+
+def restore_csv_history(loggers: Sequence[Any], ckpt_path: str | None) -> None:
+    """Give a resumed run's CSVLogger the rows logged before its checkpoint's step."""
+    if not ckpt_path or rank_zero_only.rank != 0:
+        return
+    for logger in loggers:
+        if type(logger).__name__ != "CSVLogger":
+            continue
+        old = Path(logger.log_dir) / "metrics.before-resume.csv"
+        if not old.is_file():
+            continue
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        step = int(ckpt["global_step"])
+        with open(old, newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r.get("step") and int(r["step"]) < step]
+        writer = logger.experiment  # creating the writer removes any metrics.csv
+        writer.metrics = [{k: v for k, v in r.items() if v != ""} for r in rows] + writer.metrics
+        logger.save()
+        old.unlink()
+
+
+# --------------------------------------------------------------------------- safe loading
+
+
+def torch_load(
+    path: str | Path, allow_unsafe_pickle: bool = False, flag: str = "allow_unsafe_pickle"
+) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that needs arbitrary unpickling is
+    refused with a ConfigError naming ``flag``, or (with the flag) loaded with a warning.
+
+    Raises:
+        ConfigError: the file holds pickled Python objects and ``allow_unsafe_pickle`` is false.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not allow_unsafe_pickle:
+            reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else ""
+            raise ConfigError(
+                f"'{path}' holds pickled Python objects beyond tensors and plain types, so it "
+                f"cannot be loaded with weights_only=True ({reason}). Unpickling runs arbitrary "
+                "code stored in the file: only for a file you trust, pass "
+                f"{flag}=true to load it anyway."
+            ) from err
+    log.warning(f"Loading '{path}' with weights_only=False ({flag}=true): it may run code.")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@contextlib.contextmanager
+def explain_unpickling(flag: str = "allow_unsafe_pickle") -> Iterator[None]:
+    """Turn Lightning's weights_only failure on ``ckpt_path`` into a ConfigError naming ``flag``."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        raise ConfigError(
+            "The checkpoint holds pickled Python objects beyond tensors and plain types and "
+            "cannot be loaded with weights_only=True. Unpickling runs arbitrary code: only for "
+            f"a checkpoint you trust, pass {flag}=true."
+        ) from err
+
+
+class RunDirGuard(HydraCallback):
+    """Hydra callback: keep Hydra from writing into a ``hydra.run.dir`` that holds another run's
+    results. Hydra runs it before ``run_job`` writes ``.hydra/`` and opens the log file, but turns
+    its exceptions into warnings; so it switches both off for that directory, and the job's own
+    :func:`start_run` then refuses the directory with a ConfigError."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Lightning's DDP launcher restarts the script for ranks > 0 in rank 0's directory.
+        if rank_zero_only.rank != 0:
+            return
+        try:
+            check_fresh(config.hydra.run.dir)
+        except ConfigError:
+            with open_dict(config):
+                config.hydra.output_subdir = None
+                config.hydra.job_logging.handlers.file.filename = os.devnull

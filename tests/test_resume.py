@@ -1,0 +1,104 @@
+"""A run killed mid-training continues with ``resume=auto`` in its own directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from osteolightning.errors import ConfigError
+from osteolightning.utils import runs
+
+TRAIN = [sys.executable, "-m", "osteolightning.train", "debug=tiny", "trainer.max_epochs=4"]
+
+
+def _csv_epochs(run_dir: Path, key: str = "train/loss") -> list[int]:
+    """The epoch of every CSV row that logged ``key`` (test rows carry epoch = max_epochs)."""
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle) if row.get(key)]
+
+
+def _run_dirs(cwd: Path) -> list[Path]:
+    return sorted((cwd / "logs" / "train" / "runs").glob("*"))
+
+
+def test_killed_run_resumes_in_its_directory_and_ends_at_max_epochs(
+    tmp_path: Path, cache_dir: Path, phantom_dir: Path
+) -> None:
+    # phantom_dir: the tiny phantom is generated once per session, not in the subprocess
+    start = time.monotonic()
+    env = {**os.environ, "OSTEO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
+    first = subprocess.Popen(
+        TRAIN, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.poll() is None:
+            dirs = _run_dirs(tmp_path)
+            if (
+                dirs
+                and (dirs[0] / runs.LAST_CKPT).is_file()
+                and max(_csv_epochs(dirs[0]) or [0]) >= 1
+            ):
+                break
+            time.sleep(0.1)
+        assert first.poll() is None, "the run ended before it could be killed"
+        killed_at = time.monotonic() - start
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    (run_dir,) = _run_dirs(tmp_path)
+    assert not (run_dir / "metrics.json").exists()
+    assert runs.read_marker(run_dir)["state"] == "running"
+
+    second = subprocess.run(
+        [*TRAIN, "resume=auto"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    print(
+        f"killed after {killed_at:.1f} s; resumed run took {time.monotonic() - start - killed_at:.1f} s"
+    )
+    assert "Resuming the run in" in second.stdout + second.stderr
+    fresh = [d for d in _run_dirs(tmp_path) if d != run_dir]
+    assert len(fresh) == 1 and runs.read_marker(fresh[0])["resumed_in"] == str(run_dir)
+    assert not (fresh[0] / "metrics.json").exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["test/n"] > 0
+    # history kept across the kill, each epoch validated once, max_epochs - 1 at the end
+    assert _csv_epochs(run_dir, "val/loss") == [0, 1, 2, 3]
+    assert _csv_epochs(run_dir)[0] == 0 and max(_csv_epochs(run_dir)) == 3
+    marker = runs.read_marker(run_dir)
+    assert marker["state"] == "finished" and marker["resumes"] == 1
+
+
+def test_config_hash_ignores_volatile_keys_and_names_changed_ones(make_cfg) -> None:
+    a = runs.hashed_config(make_cfg("train", ["debug=tiny"], run="a"))
+    b = runs.hashed_config(make_cfg("train", ["debug=tiny", "resume=auto"], run="b"))
+    assert runs.config_hash(a) == runs.config_hash(b)
+    cfg = make_cfg("train", ["debug=tiny", "model.optimizer.lr=0.5"], run="c")
+    c = runs.hashed_config(cfg)
+    assert runs.config_hash(a) != runs.config_hash(c)
+    assert runs.config_diff(a, c) == ["model.optimizer.lr"]
+
+    runs.update_marker(cfg.paths.output_dir, state="running", config_hash="x", config=a)
+    (Path(cfg.paths.output_dir) / runs.LAST_CKPT).parent.mkdir()
+    (Path(cfg.paths.output_dir) / runs.LAST_CKPT).touch()
+    with pytest.raises(ConfigError, match=r"model\.optimizer\.lr"):
+        runs.check_resumable(Path(cfg.paths.output_dir), c)
+
+
+def test_resume_auto_without_a_candidate_starts_fresh(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("train", ["debug=tiny", "resume=auto"], run="fresh")
+    assert runs.start_run(cfg) == Path(cfg.paths.output_dir)
+    assert runs.read_marker(cfg.paths.output_dir)["state"] == "running"
