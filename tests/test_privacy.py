@@ -20,8 +20,12 @@ BIRTH_DATE = "19511231"
 
 
 def _identifying(patient: str) -> dict[str, str]:
-    return {"PatientName": f"DOE^{patient}", "PatientID": f"MRN-{patient}-7731",
-            "AccessionNumber": f"ACC{patient}", "ReferringPhysicianName": "HOUSE^GREGORY"}
+    return {
+        "PatientName": f"DOE^{patient}",
+        "PatientID": f"MRN-{patient}-7731",
+        "AccessionNumber": f"ACC{patient}",
+        "ReferringPhysicianName": "HOUSE^GREGORY",
+    }
 
 
 def _write_dicom(path: Path, pixels: np.ndarray, patient: str) -> None:
@@ -33,7 +37,10 @@ def _write_dicom(path: Path, pixels: np.ndarray, patient: str) -> None:
     for key, value in _identifying(patient).items():
         setattr(ds, key, value)
     ds.PatientBirthDate, ds.InstitutionName, ds.StudyDate = BIRTH_DATE, INSTITUTION, "20240102"
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
     ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "DX", "MONOCHROME2", 1
     ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -50,13 +57,32 @@ def test_no_patient_tag_in_any_output(make_cfg, phantom_dir, tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.asarray(Image.open(phantom_dir / row["image"]))
         _write_dicom(folder / f"{Path(row['image']).stem}.dcm", pixels, row["patient_id"])
-    cfg = make_cfg("train", ["debug=tiny", "logger=default", "data=folder", f"data.root={root}",
-                             "trainer.max_epochs=1"], run="phi-train")
+    cfg = make_cfg(
+        "train",
+        [
+            "debug=tiny",
+            "logger=default",
+            "data=folder",
+            f"data.root={root}",
+            "trainer.max_epochs=1",
+        ],
+        run="phi-train",
+    )
     train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    eval_cfg = make_cfg("eval", ["common=tiny", "callbacks=tiny", "trainer=tiny", "data=folder",
-                                 f"data.root={root}", f"ckpt_path={ckpt}"], run="phi-eval")
+    eval_cfg = make_cfg(
+        "eval",
+        [
+            "common=tiny",
+            "callbacks=tiny",
+            "trainer=tiny",
+            "data=folder",
+            f"data.root={root}",
+            f"ckpt_path={ckpt}",
+        ],
+        run="phi-eval",
+    )
     evaluate(eval_cfg)
     predict_main([str(ckpt), str(root), "--out", str(tmp_path / "phi-eval" / "pred.csv")])
 

@@ -38,7 +38,7 @@ class CopyGroups:
         component: ``(N,)`` copy-group index per image (singletons have their own).
         groups: index lists of the groups with more than one image.
         conflicts: the subset of ``groups`` whose labels disagree.
-        near_pairs: confirmed near-duplicate pairs ``(i, j, distance)``.
+        near_pairs: confirmed near-duplicate pairs ``(i, j, distance)`` of non-identical files.
     """
 
     component: np.ndarray
@@ -67,9 +67,11 @@ def find_copies(
     near_pairs: list[tuple[int, int, int]] = []
     if images is not None and max_distance is not None and len(digests) > 1:
         hashes = [perceptual_hash(image) for image in images]
-        near_pairs = near_duplicate_pairs(
+        candidates = near_duplicate_pairs(
             hashes, max_distance, images=images, min_correlation=min_correlation
         )
+        # pairs of byte-identical files are exact copies already; keep the truly near ones
+        near_pairs = [(i, j, d) for i, j, d in candidates if digests[i] != digests[j]]
         for i, j, _ in near_pairs:
             keys[j].append(f"near:{i}")
             keys[i].append(f"near:{i}")
