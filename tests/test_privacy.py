@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from osteolightning.evaluate import evaluate
 from osteolightning.predict import main as predict_main
 from osteolightning.train import train
+from tests.helpers import write_dicom
 
 INSTITUTION = "Saint Example Hospital"
 BIRTH_DATE = "19511231"
@@ -28,26 +27,6 @@ def _identifying(patient: str) -> dict[str, str]:
     }
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, patient: str) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    for key, value in _identifying(patient).items():
-        setattr(ds, key, value)
-    ds.PatientBirthDate, ds.InstitutionName, ds.StudyDate = BIRTH_DATE, INSTITUTION, "20240102"
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "DX", "MONOCHROME2", 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (pixels.astype(np.uint16) * 16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_no_patient_tag_in_any_output(make_cfg, phantom_dir, tmp_path):
     root = tmp_path / "dicoms"
     with open(phantom_dir / "manifest.csv") as handle:
@@ -56,7 +35,15 @@ def test_no_patient_tag_in_any_output(make_cfg, phantom_dir, tmp_path):
         folder = root / row["label"]
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.asarray(Image.open(phantom_dir / row["image"]))
-        _write_dicom(folder / f"{Path(row['image']).stem}.dcm", pixels, row["patient_id"])
+        tags = {
+            **_identifying(row["patient_id"]),
+            "PatientBirthDate": BIRTH_DATE,
+            "InstitutionName": INSTITUTION,
+            "StudyDate": "20240102",
+        }
+        write_dicom(
+            folder / f"{Path(row['image']).stem}.dcm", pixels.astype(np.uint16) * 16, tags=tags
+        )
     cfg = make_cfg(
         "train",
         [

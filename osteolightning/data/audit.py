@@ -17,7 +17,6 @@ decodes each image once and a training run on the same data reuses the work (and
 from __future__ import annotations
 
 import csv
-import inspect
 import os
 import statistics
 from collections import Counter, defaultdict
@@ -40,7 +39,7 @@ from osteolightning.data.near_duplicates import (
 )
 from osteolightning.data.sample import Sample
 from osteolightning.data.splits import SPLIT_NAMES, group_ids
-from osteolightning.errors import DataSourceError, ImageReadError
+from osteolightning.errors import DataSourceError
 
 if TYPE_CHECKING:  # the cache module pulls in Lightning (slow to import); only its type is needed
     from osteolightning.data.cache import PreprocessedCache
@@ -253,23 +252,8 @@ def _header(path: Path) -> tuple[int, int, str, str] | None:
 
 def _decode_all(cache: PreprocessedCache, paths: Sequence[Path]) -> dict[str, str]:
     """Fill the cache for every decodable file; return ``{path: reason}`` for the others."""
-    if "on_bad_image" in inspect.signature(cache.prepare).parameters:
-        skipped = cache.prepare(paths, on_bad_image="skip").skipped
-        return {str(path): reason for path, reason in skipped}
-    # A cache without a skip mode raises for the first bad file once all others are built,
-    # so each retry only re-decodes the files still failing.
-    remaining = list(paths)
-    bad: dict[str, str] = {}
-    while remaining:
-        try:
-            cache.prepare(remaining)
-            break
-        except ImageReadError as err:
-            if err.path not in {str(p) for p in remaining}:
-                raise
-            bad[err.path] = err.reason
-            remaining = [p for p in remaining if str(p) != err.path]
-    return bad
+    skipped = cache.prepare(paths, on_bad_image="skip").skipped
+    return {str(path): reason for path, reason in skipped}
 
 
 def read_splits_csv(splits: str | Path) -> tuple[Path, list[dict[str, str]]]:

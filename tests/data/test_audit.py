@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from rich.console import Console
 
 from osteolightning.data.audit import audit
@@ -17,6 +15,7 @@ from osteolightning.data.cache import PreprocessedCache
 from osteolightning.data.phantom import CLASS_NAMES, generate_knee
 from osteolightning.data.sources import FolderSource, ManifestSource
 from osteolightning.errors import ConfigError, DataSourceError
+from tests.helpers import write_dicom
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
 KNEE_SET = SHARED_DATASETS / "knee-osteoporosis"
@@ -127,37 +126,13 @@ def test_bad_arguments(tree, cache, tmp_path):
         audit(FolderSource(tree), CLASS_NAMES, cache, splits=tmp_path / "nowhere")
 
 
-def write_dicom(path: Path, pixels: np.ndarray) -> Path:
-    """A minimal DICOM Part 10 file holding uint16 MONOCHROME2 pixels."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 15, 0, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-class ErrorOnlyCache(PreprocessedCache):
-    """A cache whose ``prepare`` only raises on the first bad file (no skip mode)."""
-
-    def prepare(self, paths):
-        return super().prepare(paths, on_bad_image="error")
-
-
-def test_dicom_headers_and_a_cache_without_skip_mode(tmp_path):
+def test_dicom_headers_and_unreadable_files(tmp_path):
     tree = make_tree(tmp_path / "knees")
     knee = generate_knee(seed=0, index=7, size=96).image
     write_dicom(tree / "normal" / "k7.dcm", np.rint(knee[:80] * 4095))
     data = (tree / "normal" / "k0.png").read_bytes()
     (tree / "osteopenia" / "broken2.png").write_bytes(data[:100])
-    cache = ErrorOnlyCache(tmp_path / "cache", image_size=64, workers=1)
+    cache = PreprocessedCache(tmp_path / "cache", image_size=64, workers=1)
     report = audit(FolderSource(tree), CLASS_NAMES, cache, near_duplicates=False)
     assert report.formats["DICOM"] == 1 and report.modes["DICOM"] == 1
     assert report.sizes["height"]["min"] == 80

@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from osteolightning.data.cache import PrepareResult, PreprocessedCache
 from osteolightning.data.io import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, read_image
 from osteolightning.data.sources import FolderSource, ManifestSource
 from osteolightning.errors import ConfigError, DataSourceError, ImageReadError
+from tests.helpers import write_dicom
 
 CLASSES = ["normal", "osteopenia", "osteoporosis"]
 RNG = np.random.default_rng(0)
@@ -38,28 +37,6 @@ def noise(shape: tuple[int, ...], high: int = 256, dtype: type = np.uint8) -> np
 
 # ------------------------------------------------------------------------------ writers
 # Each writes one hard input into `folder` and returns its path.
-
-
-def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2") -> Path:
-    """A minimal DICOM Part 10 file holding uint16 gray pixels (or none)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def png_header_only(path: Path, width: int, height: int) -> Path:

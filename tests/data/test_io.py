@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from osteolightning.data.io import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, is_dicom, read_image
 from osteolightning.errors import ImageReadError
+from tests.helpers import write_dicom
 
 RNG = np.random.default_rng(0)
-DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
 def check_output(arr: np.ndarray) -> None:
@@ -174,50 +172,6 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ DICOM
-
-
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray | None,
-    photometric: str = "MONOCHROME2",
-    slope: float | None = None,
-    intercept: float | None = None,
-    center: float | None = None,
-    width: float | None = None,
-    frames: int | None = None,
-) -> Path:
-    """Write a minimal, valid DICOM Part 10 file holding uint16 gray or uint8 RGB pixels."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PatientID = "anon"
-    if pixels is not None:
-        rgb = photometric == "RGB"
-        ds.Rows, ds.Columns = pixels.shape[-3:-1] if rgb else pixels.shape[-2:]
-        ds.BitsAllocated = ds.BitsStored = 8 if rgb else 16
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
-        ds.SamplesPerPixel = 3 if rgb else 1
-        if rgb:
-            ds.PlanarConfiguration = 0
-        ds.PhotometricInterpretation = photometric
-        if frames is not None:
-            ds.NumberOfFrames = frames
-        ds.PixelData = pixels.astype(np.uint8 if rgb else np.uint16).tobytes()
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if center is not None:
-        ds.WindowCenter, ds.WindowWidth = center, width
-    try:
-        ds.save_as(path, enforce_file_format=True)  # pydicom >= 3
-    except TypeError:  # pragma: no cover - pydicom 2.x
-        ds.save_as(path, write_like_original=False)
-    return path
 
 
 def ramp() -> np.ndarray:

@@ -1,0 +1,62 @@
+"""Test helpers shared by several test modules (file writers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray | None,
+    photometric: str = "MONOCHROME2",
+    slope: float | None = None,
+    intercept: float | None = None,
+    center: float | None = None,
+    width: float | None = None,
+    frames: int | None = None,
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write a minimal, valid DICOM Part 10 file holding uint16 gray or uint8 RGB pixels.
+
+    ``pixels=None`` writes a file without pixel data; ``tags`` sets further header elements
+    (e.g. identifying ones, ``{"PatientName": "DOE^JANE"}``).
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = "anon"
+    for key, value in (tags or {}).items():
+        setattr(ds, key, value)
+    if pixels is not None:
+        rgb = photometric == "RGB"
+        ds.Rows, ds.Columns = pixels.shape[-3:-1] if rgb else pixels.shape[-2:]
+        ds.BitsAllocated = ds.BitsStored = 8 if rgb else 16
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 0
+        ds.SamplesPerPixel = 3 if rgb else 1
+        if rgb:
+            ds.PlanarConfiguration = 0
+        ds.PhotometricInterpretation = photometric
+        if frames is not None:
+            ds.NumberOfFrames = frames
+        ds.PixelData = pixels.astype(np.uint8 if rgb else np.uint16).tobytes()
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if center is not None:
+        ds.WindowCenter, ds.WindowWidth = center, width
+    try:
+        ds.save_as(path, enforce_file_format=True)  # pydicom >= 3
+    except TypeError:  # pragma: no cover - pydicom 2.x
+        ds.save_as(path, write_like_original=False)
+    return path
