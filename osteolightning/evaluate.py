@@ -72,6 +72,11 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         RunArtifacts(cfg.paths.output_dir, to_container(cfg)),
         writer,
     ]
+    if writer.temperature_scaling:
+        log.warning(
+            "evaluation.temperature_scaling is ignored by osteo-eval (no validation "
+            "split): set evaluation.temperature or let it come from the run's metrics.json."
+        )
     loggers = instantiate_list(cfg.get("logger"), "logger")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     for logger in loggers:

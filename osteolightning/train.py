@@ -16,6 +16,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from osteolightning.callbacks import EvaluationWriter, RunArtifacts
+from osteolightning.callbacks.evaluation import fit_validation_temperature
 from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
 from osteolightning.utils.logging import get_logger
@@ -67,6 +68,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             )
             if not best:
                 log.warning("No best checkpoint was saved; testing the weights of the last step.")
+            if writer.temperature_scaling:  # Guo et al. 2017, fitted on the validation split
+                writer.temperature = fit_validation_temperature(
+                    trainer, model, datamodule, best or None
+                )
             trainer.test(
                 model,
                 datamodule=datamodule,

@@ -2,5 +2,6 @@
 
 from osteolightning.callbacks.artifacts import RunArtifacts
 from osteolightning.callbacks.evaluation import EvaluationWriter
+from osteolightning.callbacks.finetune import FreezeBackbone
 
-__all__ = ["EvaluationWriter", "RunArtifacts"]
+__all__ = ["EvaluationWriter", "FreezeBackbone", "RunArtifacts"]

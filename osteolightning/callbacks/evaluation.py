@@ -1,4 +1,5 @@
-"""Collects test predictions on every rank and writes ``predictions.csv`` and ``metrics.json``."""
+"""Collects test predictions on every rank and writes ``predictions.csv``, ``metrics.json``,
+``csv/test_metrics.csv``, ``figures/*.png`` and (with a W&B logger) the W&B report."""
 
 from __future__ import annotations
 
@@ -9,8 +10,19 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch.distributed as dist
+from lightning.pytorch.loggers import CSVLogger
 
-from osteolightning.metrics.report import evaluation_report
+from osteolightning.errors import ConfigError
+from osteolightning.metrics.calibration import (
+    T_MAX,
+    T_MIN,
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    probs_to_logits,
+)
+from osteolightning.metrics.figures import write_figures
+from osteolightning.metrics.report import ECE_BINS, evaluation_report
 from osteolightning.utils.files import atomic_write_csv, atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -26,6 +38,12 @@ class EvaluationWriter(L.Callback):
         n_resamples: bootstrap resamples for the 95 % intervals.
         seed: bootstrap seed.
         ckpt_path: the evaluated checkpoint, recorded when the trainer was given a model object.
+        temperature_scaling: fit a temperature on the validation split before testing
+            (``osteo-train``, which sets :attr:`temperature` via
+            :func:`fit_validation_temperature`).
+        temperature: a fixed temperature to apply to the test probabilities. ``None``: the one
+            recorded in the ``metrics.json`` of the run that wrote ``ckpt_path``, when that run
+            fitted one on this very checkpoint (see :func:`recorded_temperature`).
     """
 
     def __init__(
@@ -34,10 +52,21 @@ class EvaluationWriter(L.Callback):
         n_resamples: int = 1000,
         seed: int = 0,
         ckpt_path: str | None = None,
+        temperature_scaling: bool = False,
+        temperature: float | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.ckpt_path = ckpt_path
         self.n_resamples, self.seed = n_resamples, seed
+        self.temperature_scaling = temperature_scaling
+        if temperature is not None and not T_MIN <= float(temperature) <= T_MAX:
+            raise ConfigError(
+                f"Expected argument `evaluation.temperature` in [{T_MIN}, {T_MAX}], "
+                f"but got {temperature}."
+            )
+        if temperature is None and ckpt_path is not None:
+            temperature = recorded_temperature(ckpt_path)
+        self.temperature = None if temperature is None else float(temperature)
         self._rows: list[tuple[int, int, np.ndarray]] = []
 
     @property
@@ -79,10 +108,60 @@ class EvaluationWriter(L.Callback):
         rows = self._gather(trainer)
         if trainer.global_rank != 0 or not rows:
             return
-        class_names = pl_module.hparams.class_names
-        samples = trainer.datamodule.samples
+        class_names = list(pl_module.hparams.class_names)
         labels = np.array([r[1] for r in rows])
-        probs = np.stack([r[2] for r in rows])
+        raw = np.stack([r[2] for r in rows])
+        calibration: dict[str, float] = {}
+        probs = raw
+        if self.temperature is not None:
+            probs = apply_temperature(probs_to_logits(raw), self.temperature)
+            calibration = {
+                "temperature": self.temperature,
+                "test/ece_uncalibrated": expected_calibration_error(labels, raw, ECE_BINS),
+            }
+        self._write_predictions(trainer, rows, probs, class_names)
+        report = evaluation_report(
+            labels, probs, class_names, prefix="test/", n_resamples=self.n_resamples, seed=self.seed
+        )
+        extra = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "test/loss"}
+        best = trainer.checkpoint_callback
+        if best is not None and best.monitor and best.best_model_score is not None:
+            extra[f"{best.monitor}_best"] = float(best.best_model_score)  # the tested checkpoint's
+        ckpt = getattr(trainer, "ckpt_path", None)
+        metrics = {
+            **report,
+            **calibration,
+            **extra,
+            "ckpt_path": str(ckpt) if ckpt else self.ckpt_path,
+            "world_size": trainer.world_size,
+        }
+        atomic_write_json(self.output_dir / "metrics.json", metrics)
+        log.info(f"Wrote {len(rows)} predictions and metrics to {self.output_dir}")
+        # Everything below derives from metrics.json, which is safely on disk already.
+        csv_dir = next(
+            (Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)),
+            self.output_dir / "csv",
+        )
+        atomic_write_csv(csv_dir / "test_metrics.csv", METRIC_COLUMNS, metric_rows(metrics))
+        figures = write_figures(labels, probs, class_names, self.output_dir / "figures")
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                try:
+                    log_to_wandb(logger.experiment, metrics, labels, probs, class_names, figures)
+                except Exception as err:  # noqa: BLE001 - any W&B failure (network, disk, API)
+                    log.warning(
+                        f"Could not log the test report to W&B ({err!r}); "
+                        f"metrics.json and figures/ are complete."
+                    )
+
+    def _write_predictions(
+        self,
+        trainer: L.Trainer,
+        rows: list[tuple[int, int, np.ndarray]],
+        probs: np.ndarray,
+        class_names: list[str],
+    ) -> None:
+        samples = trainer.datamodule.samples
         header = ["path", "label", *[f"prob_{c}" for c in class_names], "prediction"]
         atomic_write_csv(
             self.output_dir / "predictions.csv",
@@ -94,24 +173,125 @@ class EvaluationWriter(L.Callback):
                     *[f"{v:.6f}" for v in p],
                     class_names[int(p.argmax())],
                 ]
-                for i, y, p in rows
+                for (i, y, _), p in zip(rows, probs, strict=True)
             ],
         )
-        report = evaluation_report(
-            labels, probs, class_names, prefix="test/", n_resamples=self.n_resamples, seed=self.seed
+
+
+#: Columns of ``test_metrics.csv`` and of the W&B metrics table.
+METRIC_COLUMNS = ["metric", "value", "ci_low", "ci_high"]
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    """Scalar metrics as ``[metric, value, ci_low, ci_high]`` rows; ``None`` (an empty CSV cell)
+    where a value or interval is undefined."""
+    rows = []
+    for key, value in metrics.items():
+        if key.endswith("_ci95") or isinstance(value, bool | str | list | dict):
+            continue
+        ci = metrics.get(f"{key}_ci95") or [None, None]
+        rows.append([key, value, *ci])
+    return rows
+
+
+def log_to_wandb(
+    run: Any,
+    metrics: dict[str, Any],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    figures: dict[str, Path],
+) -> None:
+    """Log the metrics table, the figures and W&B's interactive confusion matrix and ROC."""
+    import wandb
+
+    run.log(
+        {
+            "test/metrics_table": wandb.Table(columns=METRIC_COLUMNS, data=metric_rows(metrics)),
+            **{f"test/figures/{name}": wandb.Image(str(path)) for name, path in figures.items()},
+            "test/plots/confusion_matrix": wandb.plot.confusion_matrix(
+                y_true=labels.tolist(), preds=probs.argmax(axis=1).tolist(), class_names=class_names
+            ),
+            "test/plots/roc": _wandb_roc(labels, probs, class_names),
+        }
+    )
+
+
+def _wandb_roc(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> Any:
+    """W&B's one-vs-rest ROC chart (the ``wandb.plot.roc_curve`` preset, whose own function
+    needs pandas and mislabels classes when one is absent from ``labels``)."""
+    import wandb
+    from sklearn.metrics import roc_curve
+
+    rows = []
+    for c, name in enumerate(class_names):
+        positive = labels == c
+        if positive.any() and not positive.all():
+            fpr, tpr, _ = roc_curve(positive, probs[:, c])
+            rows += [[name, float(f), float(t)] for f, t in zip(fpr, tpr, strict=True)]
+    return wandb.plot_table(
+        "wandb/area-under-curve/v0",
+        wandb.Table(columns=["class", "fpr", "tpr"], data=rows),
+        {"x": "fpr", "y": "tpr", "class": "class"},
+        {
+            "title": "ROC, one vs rest",
+            "x-axis-title": "False positive rate",
+            "y-axis-title": "True positive rate",
+        },
+    )
+
+
+def recorded_temperature(ckpt_path: str | Path) -> float | None:
+    """The temperature that ``osteo-train`` fitted for this checkpoint, if any.
+
+    Read from ``<run>/metrics.json`` for ``<run>/checkpoints/<name>.ckpt``, and only when that
+    file's ``ckpt_path`` is this same checkpoint: a temperature fitted for ``best.ckpt`` says
+    nothing about ``last.ckpt``.
+    """
+    path = Path(ckpt_path).resolve()
+    metrics_file = path.parent.parent / "metrics.json"
+    if not metrics_file.is_file():
+        return None
+    recorded = json.loads(metrics_file.read_text())
+    temperature, tested = recorded.get("temperature"), recorded.get("ckpt_path")
+    if temperature is None:
+        return None
+    if not tested or Path(tested).resolve() != path:
+        log.warning(
+            f"{metrics_file} records temperature {temperature} for '{tested}', not for "
+            f"'{path}'; evaluating uncalibrated (set evaluation.temperature to apply one)."
         )
-        extra = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "test/loss"}
-        best = trainer.checkpoint_callback
-        if best is not None and best.monitor and best.best_model_score is not None:
-            extra[f"{best.monitor}_best"] = float(best.best_model_score)  # the tested checkpoint's
-        ckpt = getattr(trainer, "ckpt_path", None)
-        atomic_write_json(
-            self.output_dir / "metrics.json",
-            {
-                **report,
-                **extra,
-                "ckpt_path": str(ckpt) if ckpt else self.ckpt_path,
-                "world_size": trainer.world_size,
-            },
-        )
-        log.info(f"Wrote {len(rows)} predictions and metrics to {self.output_dir}")
+        return None
+    log.info(f"Applying the temperature T={temperature:.4f} recorded in {metrics_file}.")
+    return float(temperature)
+
+
+def fit_validation_temperature(
+    trainer: L.Trainer, model: L.LightningModule, datamodule: Any, ckpt_path: str | None
+) -> float:
+    """Fit a temperature on the validation split's predictions of ``ckpt_path``.
+
+    ``predict_step`` returns softmax probabilities; ``log(probs)`` equals the logits up to a
+    per-sample constant, which softmax ignores (:func:`probs_to_logits`), so fitting on it is
+    fitting on the logits. Under DDP each rank predicts its share and the shares are gathered.
+    """
+    outputs = trainer.predict(
+        model, dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path, weights_only=True
+    )
+    rows = [
+        (i, p)
+        for batch in outputs or []
+        for i, p in zip(batch["index"].tolist(), batch["probs"].float().cpu().numpy(), strict=True)
+    ]
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        buckets: list[Any] = [None] * trainer.world_size
+        dist.all_gather_object(buckets, rows)
+        rows = [row for bucket in buckets for row in bucket]
+    rows = sorted(dict(rows).items())
+    if not rows:
+        raise ConfigError("Temperature scaling needs a non-empty validation split.")
+    labels = np.array([datamodule.samples[i].label for i, _ in rows])
+    probs = np.stack([p for _, p in rows])
+    temperature = fit_temperature(probs_to_logits(probs), labels)
+    log.info(f"Temperature scaling: T={temperature:.4f} fitted on {len(rows)} validation images.")
+    return temperature

@@ -12,8 +12,9 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 
 from osteolightning.data.cache import PreprocessedCache
 from osteolightning.data.hygiene import (
@@ -33,6 +34,9 @@ from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+#: training samplers by ``sampler`` name (``None``: shuffle).
+SAMPLERS = (None, "balanced")
 
 
 class ArrayDataset(Dataset):
@@ -105,6 +109,12 @@ class KneeDataModule(L.LightningDataModule):
         near_duplicate_distance: perceptual-hash distance under which two images count as
             copies for splitting (``None``: exact copies only).
         near_duplicate_correlation: correlation a near-duplicate candidate must reach.
+        sampler: the training sampler: ``None`` (shuffle) or ``"balanced"`` (a
+            ``WeightedRandomSampler`` drawing ``len(train)`` images per epoch with replacement,
+            each with weight 1 / its class count, so classes come equally often; under DDP
+            wrapped in Lightning's ``DistributedSamplerWrapper``, each rank taking its share).
+            With ``model.class_weighting=balanced`` too the imbalance is corrected twice (the
+            classifier warns).
     """
 
     def __init__(
@@ -132,6 +142,7 @@ class KneeDataModule(L.LightningDataModule):
         on_label_conflict: str = "drop",
         near_duplicate_distance: int | None = DEFAULT_MAX_DISTANCE,
         near_duplicate_correlation: float = DEFAULT_MIN_CORRELATION,
+        sampler: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -160,6 +171,11 @@ class KneeDataModule(L.LightningDataModule):
                 f"but got {on_label_conflict!r}."
             )
         self.on_bad_image, self.on_label_conflict = on_bad_image, on_label_conflict
+        if sampler not in SAMPLERS:
+            raise ConfigError(
+                f"Expected argument `sampler` to be one of {list(SAMPLERS)}, but got {sampler!r}."
+            )
+        self.sampler = sampler
         self.near_args = dict(
             max_distance=near_duplicate_distance, min_correlation=near_duplicate_correlation
         )
@@ -302,11 +318,29 @@ class KneeDataModule(L.LightningDataModule):
         return "\n".join(lines)
 
     # -- loaders ---------------------------------------------------------------------------
+    def _balanced_sampler(self, world: int) -> Sampler:
+        """Inverse-class-frequency draws with replacement, ``len(train)`` per epoch."""
+        labels = torch.as_tensor(self.datasets["train"].labels)
+        counts = torch.bincount(labels, minlength=len(self.class_names)).double()
+        # Every rank must draw the same list for the wrapper to hand out disjoint shares: one
+        # generator seeded alike on every rank (seed_everything), advanced once per epoch.
+        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        sampler = WeightedRandomSampler(
+            (1.0 / counts)[labels], len(labels), replacement=True, generator=generator
+        )
+        if world == 1:
+            return sampler
+        return DistributedSamplerWrapper(
+            sampler, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
+        )
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
         sampler = None
         world = self.trainer.world_size if self.trainer is not None else 1
-        if world > 1:
+        if train and self.sampler == "balanced":
+            sampler = self._balanced_sampler(world)
+        elif world > 1:
             rank = self.trainer.global_rank
             # Training: a shuffled, equal share per rank. Evaluation: every image exactly once
             # across ranks (no padding duplicates), so synced test metrics equal a 1-device run.

@@ -1,8 +1,13 @@
-"""Image → tensor: albumentations augmentations on uint8, then scaling and normalisation."""
+"""Image → tensor: albumentations augmentations on uint8, then scaling and normalisation.
+
+The training augmentation presets live in ``conf/data/augment/`` (``none``, ``light``,
+``radiograph`` (default), ``strong``), each a mapping ``name -> transform`` mounted at
+``data.train_transforms``; ``osteo-train data/augment=strong`` switches preset.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import albumentations as A
 import numpy as np
@@ -43,8 +48,32 @@ class ToNormalizedTensor:
         return (x - self.mean) / self.std
 
 
-def compose(transforms: Sequence[A.BasicTransform] | None) -> A.Compose | None:
-    """Wrap a list of albumentations transforms (instantiated from config) in ``A.Compose``."""
-    if not transforms:
+def compose(
+    transforms: Mapping[str, A.BasicTransform | None] | Sequence[A.BasicTransform] | None,
+) -> A.Compose | None:
+    """Wrap albumentations transforms (instantiated from config) in ``A.Compose``.
+
+    Args:
+        transforms: a mapping ``name -> transform`` (a ``data/augment`` preset; applied in order,
+            ``None`` entries skipped so ``data.train_transforms.<name>=null`` switches one off), a
+            list of transforms, or None.
+
+    Returns:
+        The composed pipeline (uint8 ``(H, W)`` in, uint8 ``(H, W)`` out), or None when empty.
+
+    Raises:
+        ConfigError: an entry is not an albumentations transform.
+    """
+    if isinstance(transforms, Mapping):
+        named = [(str(k), t) for k, t in transforms.items() if t is not None]
+    else:
+        named = [(f"[{i}]", t) for i, t in enumerate(transforms or [])]
+    for name, t in named:
+        if not isinstance(t, A.BasicTransform | A.BaseCompose):
+            raise ConfigError(
+                f"Expected transform `{name}` to be an albumentations transform (a `_target_` such "
+                f"as albumentations.HorizontalFlip), but got {t!r}."
+            )
+    if not named:
         return None
-    return A.Compose(list(transforms))
+    return A.Compose([t for _, t in named])

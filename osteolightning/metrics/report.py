@@ -3,6 +3,12 @@
 Metrics are computed from ``(labels, probs)`` with vectorised numpy code so that a thousand
 resamples take well under a second. Definitions follow scikit-learn (``zero_division=0``):
 tests compare every point estimate with scikit-learn's.
+
+Agreement: Cohen's kappa (unweighted) and the quadratic-weighted kappa. The classes are
+ordinal (normal < osteopenia < osteoporosis, in ``class_names`` order), so the weighted kappa
+penalises calling osteoporosis "normal" four times as much as calling it "osteopenia".
+Calibration: the top-label expected calibration error with 15 equal-width confidence bins
+(:func:`osteolightning.metrics.calibration.expected_calibration_error`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from osteolightning.errors import ConfigError
+from osteolightning.metrics.calibration import expected_calibration_error
+
+#: Confidence bins of the expected calibration error.
+ECE_BINS = 15
 
 
 def confusion_matrices(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
@@ -67,6 +77,22 @@ def auroc_ovr(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return out
 
 
+def cohen_kappa(cm: np.ndarray, weights: str | None = None) -> np.ndarray:
+    """Cohen's kappa of ``(R, K, K)`` confusion matrices → ``(R,)``, as scikit-learn's
+    ``cohen_kappa_score``: ``1 - sum(W * O) / sum(W * E)`` with ``E`` the outer product of the
+    marginals; ``W`` is ``1 - I`` (unweighted) or ``(i - j)^2`` (``weights="quadratic"``).
+    NaN where the expected disagreement is zero (one class only, in truth and prediction)."""
+    k = cm.shape[1]
+    i, j = np.indices((k, k))
+    w = (i - j) ** 2 if weights == "quadratic" else (i != j)
+    n = cm.sum(axis=(1, 2))
+    expected = cm.sum(axis=2)[:, :, None] * cm.sum(axis=1)[:, None, :] / n[:, None, None]
+    observed_dis = (w * cm).sum(axis=(1, 2))
+    expected_dis = (w * expected).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(expected_dis > 0, 1 - observed_dis / expected_dis, np.nan)
+
+
 def metric_table(
     labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, np.ndarray]:
@@ -99,6 +125,9 @@ def metric_table(
         "recall_macro": recall.mean(axis=1),
         "f1_macro": f1.mean(axis=1),
         "auroc_macro": _nanmean_rows(auroc),
+        "kappa": cohen_kappa(cm),
+        "kappa_quadratic": cohen_kappa(cm, "quadratic"),
+        "ece": expected_calibration_error(labels, probs, ECE_BINS),
     }
     for c, name in enumerate(class_names):
         out[f"precision_{name}"] = precision[:, c]
@@ -141,8 +170,10 @@ def evaluation_report(
         seed: bootstrap seed.
 
     Returns:
-        Flat dict: ``test/acc``, ``test/acc_ci95`` = ``[low, high]``, ..., ``test/confusion_matrix``,
-        ``test/n``. Undefined values (AUROC of an absent class) are ``None``.
+        Flat dict: ``test/acc``, ``test/acc_ci95`` = ``[low, high]``, ..., ``test/kappa``,
+        ``test/kappa_quadratic``, ``test/ece`` (each with its ``_ci95``),
+        ``test/confusion_matrix``, ``test/n``. Undefined values (AUROC of an absent class,
+        kappa of a single-class sample) are ``None``.
 
     Raises:
         ConfigError: on empty input or mismatched shapes.

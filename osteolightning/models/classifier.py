@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import difflib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
+from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 
 Batch = dict[str, torch.Tensor]
+Loss = Callable[..., torch.Tensor]
+
+#: test-time augmentations: name → the image dims it flips (``(B, C, H, W)``).
+TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,)}
 
 
 class KneeClassifier(L.LightningModule):
-    """Transfer-learned classifier with class-weighted cross-entropy and per-split torchmetrics.
+    """Transfer-learned classifier with a class-weighted loss and per-split torchmetrics.
+
+    Training options (all from config): the loss (``model/loss=cross_entropy|focal``), class
+    weighting, label smoothing, mixup / cutmix on training batches (``model.mixup``) and
+    test-time augmentation (``model.tta``). Under mixup / cutmix the loss uses the soft targets,
+    while the ``train/`` metrics compare the predictions on the *mixed* images with the images'
+    original hard labels (a rough guide only; ``val/`` is never mixed). With TTA, ``test_step``
+    and ``predict_step`` average the softmax over the original and each flipped image; the test
+    loss and validation stay on the original image only.
 
     Args:
         net: backbone mapping ``(B, C, H, W)`` to logits ``(B, K)``.
@@ -27,12 +41,22 @@ class KneeClassifier(L.LightningModule):
         scheduler: partial ``(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
         class_weighting: ``"balanced"`` (inverse training frequency, normalised to mean 1) or
             ``"none"``.
-        label_smoothing: cross-entropy label smoothing in [0, 1).
+        label_smoothing: label smoothing in [0, 1), passed to the loss.
+        loss: ``loss(logits, targets, weight=, label_smoothing=) -> scalar`` (``_partial_: true``
+            in config; see :mod:`osteolightning.models.losses`); None: weighted cross-entropy.
+            The per-sample normaliser is :func:`~osteolightning.models.losses.sample_weights`.
+        mixup: :class:`~osteolightning.models.losses.MixupCutmix` arguments (``mixup_alpha``,
+            ``cutmix_alpha``, ``prob``, ``switch_prob``); None or both alphas 0: off.
+        tta: test-time augmentations, a subset of ``["hflip", "vflip"]``; ``[]``: off.
         monitor: the validation metric the best checkpoint is chosen on (for ``*_best``).
         image_size: input side the network was trained at (kept in the checkpoint).
         in_chans: input channels (kept in the checkpoint).
         mean: normalisation mean (kept in the checkpoint).
         std: normalisation std (kept in the checkpoint).
+
+    Raises:
+        ConfigError: an unknown ``class_weighting`` or ``tta`` name, a smoothing outside
+            [0, 1), bad ``mixup`` arguments, or a ``loss`` that rejects its arguments.
     """
 
     def __init__(
@@ -48,6 +72,9 @@ class KneeClassifier(L.LightningModule):
         in_chans: int = 1,
         mean: Sequence[float] = (0.449,),
         std: Sequence[float] = (0.226,),
+        loss: Loss | None = None,
+        mixup: Mapping[str, float] | None = None,
+        tta: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if class_weighting not in ("balanced", "none"):
@@ -59,6 +86,16 @@ class KneeClassifier(L.LightningModule):
             raise ConfigError(
                 f"Expected argument `label_smoothing` in [0, 1), but got {label_smoothing}."
             )
+        tta = [str(t) for t in tta]
+        for name in tta:
+            if name not in TTA_FLIPS:
+                close = difflib.get_close_matches(name, TTA_FLIPS, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(
+                    f"Expected argument `tta` to hold names from {list(TTA_FLIPS)}, "
+                    f"but got {name!r}.{hint}"
+                )
+        self.mixup = MixupCutmix(**(mixup or {}))
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
@@ -70,12 +107,16 @@ class KneeClassifier(L.LightningModule):
                 "in_chans": int(in_chans),
                 "mean": [float(m) for m in mean],
                 "std": [float(s) for s in std],
+                "tta": tta,
             }
         )
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         k = len(class_names)
         self.register_buffer("class_weights", torch.ones(k))
+        self.loss_fn = loss if loss is not None else cross_entropy
+        # A dry call, so a bad loss argument (e.g. gamma < 0) fails now, not at the first step.
+        self.loss_fn(torch.zeros(1, k), torch.zeros(1, dtype=torch.long), weight=self.class_weights)
         self.train_metrics = classification_metrics(class_names, "train/")
         self.val_metrics = classification_metrics(class_names, "val/")
         self.test_metrics = classification_metrics(class_names, "test/")
@@ -94,13 +135,25 @@ class KneeClassifier(L.LightningModule):
                 counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0.0
             )
             self.class_weights.copy_(weights / weights[counts > 0].mean())
+        sampler = getattr(self.trainer.datamodule, "sampler", None)
+        if stage == "fit" and sampler == "balanced" and self.hparams.class_weighting == "balanced":
+            # Both apply (neither wins): the imbalance is corrected twice.
+            rank_zero_warn(
+                "data.sampler=balanced already draws the classes equally often, and "
+                "model.class_weighting=balanced also weights the loss by inverse frequency: the "
+                "imbalance is corrected twice. Set model.class_weighting=none unless intended."
+            )
 
     def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(loss, probs (B, K), targets (B,))``."""
+        """Returns ``(loss, probs (B, K), targets (B,))``.
+
+        The loss takes ``batch["soft_label"]`` ``(B, K)`` when present (mixup / cutmix), else
+        the hard ``batch["label"]``; the returned targets are always the hard labels.
+        """
         logits = self(batch["image"])
-        loss = F.cross_entropy(
+        loss = self.loss_fn(
             logits,
-            batch["label"],
+            batch.get("soft_label", batch["label"]),
             weight=self.class_weights,
             label_smoothing=self.hparams.label_smoothing,
         )
@@ -109,12 +162,23 @@ class KneeClassifier(L.LightningModule):
     def _track_loss(self, tracker: MeanMetric, loss: torch.Tensor, targets: torch.Tensor) -> None:
         # The batch loss is sum(w_i * l_i) / sum(w_i); weighting it by sum(w_i) makes the epoch
         # value the exact weighted mean over all images, however batches and ranks cut them.
-        tracker.update(loss.detach(), weight=self.class_weights[targets].sum())
+        # targets: (B,) hard labels (w_i = weight[y_i]) or (B, K) soft ones (w_i = y_i @ weight).
+        k = self.class_weights.numel()
+        tracker.update(loss.detach(), weight=sample_weights(targets, self.class_weights, k).sum())
+
+    def _tta_probs(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Mean softmax over the original (its ``probs``) and each ``tta`` flip: ``(B, K)``."""
+        views = [probs] + [self(images.flip(TTA_FLIPS[t])).softmax(1) for t in self.hparams.tta]
+        return torch.stack(views).mean(dim=0)
 
     def on_train_start(self) -> None:
         self.val_best.reset()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self.mixup.enabled:
+            k = self.class_weights.numel()
+            images, soft = self.mixup(batch["image"], batch["label"], k)
+            batch = {**batch, "image": images, "soft_label": soft}
         loss, probs, targets = self.model_step(batch)
         if not torch.isfinite(loss):
             files = batch.get("path") or []
@@ -123,7 +187,7 @@ class KneeClassifier(L.LightningModule):
                 f"(epoch {self.current_epoch}, batch {batch_idx}; files: {list(files)[:8]}). "
                 "Check those images, or lower the learning rate."
             )
-        self._track_loss(self.train_loss, loss, targets)
+        self._track_loss(self.train_loss, loss, batch.get("soft_label", targets))
         self.train_metrics.update(probs, targets)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
@@ -150,6 +214,7 @@ class KneeClassifier(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, probs, targets = self.model_step(batch)
+        probs = self._tta_probs(batch["image"], probs)
         self._track_loss(self.test_loss, loss, targets)
         self.test_metrics.update(probs, targets)
         self.log("test/loss", self.test_loss, on_epoch=True)
@@ -161,14 +226,19 @@ class KneeClassifier(L.LightningModule):
         self.test_metrics.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"probs": self(batch["image"]).softmax(dim=1), "index": batch["index"]}
+        return {"probs": self.predict_proba(batch["image"]), "index": batch["index"]}
+
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` images → ``(B, K)`` probabilities, averaged over the ``tta`` views."""
+        return self._tta_probs(images, self(images).softmax(dim=1))
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ConfigError(
                 "KneeClassifier needs an `optimizer` to train (model.optimizer in config)."
             )
-        optimizer = self.optimizer_factory(params=self.parameters())
+        # Frozen parameters (callbacks.finetune) join the optimiser later, as their own group.
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(

@@ -10,17 +10,44 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
+#: Metrics shown first, in this order (suffixes of keys such as ``test/acc``).
+MAIN_METRICS = (
+    "acc",
+    "balanced_acc",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "auroc_macro",
+    "kappa",
+    "kappa_quadratic",
+    "ece",
+    "ece_uncalibrated",
+    "temperature",
+    "loss",
+)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 @rank_zero_only
 def print_metrics_table(metrics: Mapping[str, Any], title: str = "Test metrics") -> None:
-    """Print scalar metrics with their 95 % intervals as a table on the terminal."""
+    """Print scalar metrics with their 95 % intervals on the terminal: the summary metrics
+    (accuracy ... AUROC, kappas, ECE, temperature) first, then per-class and other rows."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95 % CI", justify="right")
-    for key, value in metrics.items():
-        if key.endswith("_ci95") or not isinstance(value, int | float) or isinstance(value, bool):
-            continue
+    keys = [k for k, v in metrics.items() if not k.endswith("_ci95") and _is_scalar(v)]
+    rank = {name: i for i, name in enumerate(MAIN_METRICS)}
+    main = sorted(
+        (k for k in keys if k.rsplit("/", 1)[-1] in rank), key=lambda k: rank[k.rsplit("/", 1)[-1]]
+    )
+    for i, key in enumerate([*main, *[k for k in keys if k not in main]]):
+        if i == len(main) and main:
+            table.add_section()
+        value = metrics[key]
         ci = metrics.get(f"{key}_ci95")
         ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value), ci_text)

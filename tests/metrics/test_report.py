@@ -1,8 +1,11 @@
+import time
+
 import numpy as np
 import pytest
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
+    cohen_kappa_score,
     precision_recall_fscore_support,
     roc_auc_score,
 )
@@ -78,3 +81,50 @@ def test_absent_class_has_undefined_auroc():
 def test_bad_shapes_raise():
     with pytest.raises(ConfigError, match="Expected labels"):
         evaluation_report([0, 1], np.zeros((3, 3)), CLASSES)
+
+
+def test_kappas_equal_scikit_learn_and_intervals_contain_them():
+    labels, probs = _predictions(200)
+    report = evaluation_report(labels, probs, CLASSES, n_resamples=300)
+    preds = probs.argmax(1)
+    assert report["test/kappa"] == pytest.approx(cohen_kappa_score(labels, preds, labels=[0, 1, 2]))
+    assert report["test/kappa_quadratic"] == pytest.approx(
+        cohen_kappa_score(labels, preds, labels=[0, 1, 2], weights="quadratic")
+    )
+    for key in ("kappa", "kappa_quadratic", "ece"):
+        lo, hi = report[f"test/{key}_ci95"]
+        assert lo <= report[f"test/{key}"] <= hi, key
+
+
+def _loop_ece(labels, probs, n_bins=15):
+    """Guo et al. 2017, written out: bins ((m-1)/M, m/M], sum |B|/N |acc(B) - conf(B)|."""
+    conf, preds = probs.max(1), probs.argmax(1)
+    ece = 0.0
+    for m in range(1, n_bins + 1):
+        lo, hi = (m - 1) / n_bins, m / n_bins
+        in_bin = [i for i in range(len(labels)) if lo < conf[i] <= hi]
+        if in_bin:
+            acc = np.mean([preds[i] == labels[i] for i in in_bin])
+            ece += len(in_bin) / len(labels) * abs(acc - np.mean(conf[in_bin]))
+    return ece
+
+
+@pytest.mark.parametrize("quantise", [False, True])
+def test_ece_equals_a_loop_implementation(quantise):
+    labels, probs = _predictions(quantise=quantise)  # quantised: confidences on bin edges
+    report = evaluation_report(labels, probs, CLASSES, n_resamples=20)
+    assert report["test/ece"] == pytest.approx(_loop_ece(labels, probs))
+
+
+def test_bootstrap_of_1000_resamples_is_fast():
+    labels, probs = _predictions(200)
+    start = time.perf_counter()
+    evaluation_report(labels, probs, CLASSES, n_resamples=1000)
+    assert time.perf_counter() - start < 1.0  # typically ~0.2 s; generous for a shared CPU
+
+
+def test_single_class_kappa_is_undefined():
+    labels = np.zeros(10, dtype=int)
+    probs = np.tile([0.8, 0.1, 0.1], (10, 1))
+    report = evaluation_report(labels, probs, CLASSES, n_resamples=10)
+    assert report["test/kappa"] is None and report["test/kappa_ci95"] is None

