@@ -65,7 +65,7 @@ def predict(
         batch = torch.stack(
             [to_tensor(letterbox_resize(read_image(p), hp.image_size)) for p in chunk]
         )
-        probs = model(batch).softmax(dim=1)
+        probs = model.predict_proba(batch)  # with the checkpoint's test-time augmentation
         for path, p in zip(chunk, probs.tolist(), strict=True):
             rows.append(
                 [
