@@ -254,7 +254,12 @@ def test_default_config_has_every_option_and_it_is_off(make_cfg):
     assert cfg.model.loss._target_.endswith("losses.cross_entropy")
     assert cfg.model.mixup.mixup_alpha == 0 and cfg.model.mixup.cutmix_alpha == 0
     assert list(cfg.model.tta) == [] and cfg.data.sampler is None
-    assert list(cfg.data.train_transforms)[0] == "clahe"  # radiograph preset
+    assert list(cfg.data.train_transforms) == [
+        "affine",
+        "hflip",
+        "brightness_contrast",
+        "gamma",
+    ]  # light
     finetune = hydra.utils.instantiate(cfg.callbacks.finetune)
     assert isinstance(finetune, FreezeBackbone) and finetune.freeze_epochs == 0
 
