@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -60,3 +61,16 @@ def write_dicom(
     except TypeError:  # pragma: no cover - pydicom 2.x
         ds.save_as(path, write_like_original=False)
     return path
+
+
+def write_exif_rotated_jpeg(path: Path) -> tuple[Path, np.ndarray]:
+    """A (32, 64) JPEG, bright left half, tagged EXIF orientation 6 ("rotate 90° clockwise").
+
+    Returns the path and the raw (H, W) uint8 pixels as stored.
+    """
+    raw = np.zeros((32, 64), dtype=np.uint8)
+    raw[:, :32] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(raw).save(path, exif=exif, quality=95)
+    return path, raw

@@ -25,7 +25,7 @@ from osteolightning.data.cache import PrepareResult, PreprocessedCache
 from osteolightning.data.io import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, read_image
 from osteolightning.data.sources import FolderSource, ManifestSource
 from osteolightning.errors import ConfigError, DataSourceError, ImageReadError
-from tests.helpers import write_dicom
+from tests.helpers import write_dicom, write_exif_rotated_jpeg
 
 CLASSES = ["normal", "osteopenia", "osteoporosis"]
 RNG = np.random.default_rng(0)
@@ -113,13 +113,7 @@ def cmyk_jpeg(folder: Path) -> Path:
 
 
 def exif_rotated(folder: Path) -> Path:
-    raw = np.zeros((32, 64), dtype=np.uint8)  # (H, W): bright left half
-    raw[:, :32] = 255
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    path = folder / "rotated.jpg"
-    Image.fromarray(raw).save(path, exif=exif, quality=95)
-    return path
+    return write_exif_rotated_jpeg(folder / "rotated.jpg")[0]
 
 
 @functools.cache

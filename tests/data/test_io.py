@@ -10,7 +10,7 @@ from PIL import Image, ImageFile
 
 from osteolightning.data.io import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, is_dicom, read_image
 from osteolightning.errors import ImageReadError
-from tests.helpers import write_dicom
+from tests.helpers import write_dicom, write_exif_rotated_jpeg
 
 RNG = np.random.default_rng(0)
 
@@ -159,12 +159,7 @@ def test_bmp(tmp_path: Path) -> None:
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
-    raw = np.zeros((32, 64), dtype=np.uint8)  # (H, W): bright left half
-    raw[:, :32] = 255
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    path = tmp_path / "rot.jpg"
-    Image.fromarray(raw).save(path, exif=exif, quality=95)
+    path, raw = write_exif_rotated_jpeg(tmp_path / "rot.jpg")
     out = read_image(path)
     check_output(out)
     assert out.shape == (64, 32)
