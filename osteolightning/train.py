@@ -15,8 +15,9 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from osteolightning.callbacks import EvaluationWriter, RunArtifacts
+from osteolightning.callbacks import RunArtifacts
 from osteolightning.callbacks.evaluation import fit_validation_temperature
+from osteolightning.callbacks.writers import build_writer
 from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
 from osteolightning.utils.logging import get_logger
@@ -40,7 +41,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
-    writer = EvaluationWriter(cfg.paths.output_dir, **cfg.evaluation)
+    writer = build_writer(cfg.evaluation, cfg.paths.output_dir)
     callbacks = [
         *instantiate_list(cfg.get("callbacks"), "callbacks"),
         RunArtifacts(cfg.paths.output_dir, to_container(cfg)),
@@ -87,12 +88,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the optimised metric for sweepers."""
+def run_job(cfg: DictConfig) -> float | None:
+    """One job of ``osteo-train`` / ``osteo-segment``: train, return the optimised metric."""
     metrics, _ = train(cfg)
     value = metrics.get(cfg.get("optimized_metric"))
     return float(value) if value is not None else None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the optimised metric for sweepers."""
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

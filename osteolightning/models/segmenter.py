@@ -1,0 +1,284 @@
+"""The segmentation LightningModule: knee radiograph → label map of the bones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+
+from osteolightning.errors import ConfigError
+from osteolightning.metrics.segmentation import per_image_scores
+
+Batch = dict[str, Any]
+
+#: inference modes: the whole (letterboxed) image at once, or overlapping tiles.
+INFERENCE_MODES = ("resize", "sliding_window")
+
+
+def side_output_weights(n_side: int, weights: Sequence[float] | None) -> list[float]:
+    """Loss weights of ``[main, side_1, ..., side_n]``, normalised to sum 1.
+
+    The default halves the weight at each coarser scale (1, 1/2, 1/4, ...), as nnU-Net does.
+
+    Raises:
+        ConfigError: the number of weights does not match the outputs, or a weight is negative.
+    """
+    if weights is None:
+        weights = [0.5**i for i in range(n_side + 1)]
+    weights = [float(w) for w in weights]
+    if len(weights) != n_side + 1 or min(weights) < 0 or sum(weights) <= 0:
+        raise ConfigError(
+            f"Expected `deep_supervision_weights` to hold {n_side + 1} non-negative weights (the "
+            f"main output and {n_side} side outputs), but got {weights}."
+        )
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+class KneeSegmenter(L.LightningModule):
+    """Bone segmentation with a Dice + cross-entropy loss and per-class Dice / IoU / HD95.
+
+    The network comes from config (``model=unet | attention_unet | attention_unet_ds | unetr |
+    swin_unetr | encoder_unet``; see :mod:`osteolightning.models.components.segnets`). A network
+    with deep supervision returns ``[main, side_1, ...]`` in training (all at the input size);
+    each output's loss is weighted by ``deep_supervision_weights``. Validation and test use the
+    main output only.
+
+    Args:
+        net: ``(B, C, H, W)`` → logits ``(B, K, H, W)`` (a list in training with side outputs).
+        class_names: ``K`` mask classes, background first.
+        optimizer: partial optimiser taking the parameters.
+        scheduler: partial ``(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
+        dice_weight: weight of the soft Dice term (MONAI ``DiceCELoss``'s ``lambda_dice``).
+        ce_weight: weight of the cross-entropy term.
+        include_background: whether the Dice term includes class 0.
+        deep_supervision_weights: loss weights of ``[main, side_1, ...]`` (None: 1, 1/2, 1/4...).
+        inference: ``"resize"`` (the letterboxed image in one pass) or ``"sliding_window"``
+            (MONAI's ``sliding_window_inference`` with ``roi_size`` tiles, Gaussian-weighted;
+            for inputs larger than the network was built for).
+        roi_size: tile side for sliding-window inference (None: ``image_size``).
+        sw_overlap: tile overlap in [0, 1).
+        sw_batch_size: tiles per forward pass.
+        hd95_on_test: compute HD95 at test time (a distance transform per image and class).
+        monitor: the validation metric of the best checkpoint.
+        image_size: network input side (kept in the checkpoint).
+        in_chans: input channels (kept in the checkpoint).
+        mean: normalisation mean (kept in the checkpoint).
+        std: normalisation std (kept in the checkpoint).
+
+    Raises:
+        ConfigError: fewer than two classes, an unknown inference mode, bad weights.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        class_names: Sequence[str],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        include_background: bool = False,
+        deep_supervision_weights: Sequence[float] | None = None,
+        inference: str = "resize",
+        roi_size: int | None = None,
+        sw_overlap: float = 0.25,
+        sw_batch_size: int = 4,
+        hd95_on_test: bool = True,
+        monitor: str = "val/dice",
+        image_size: int = 160,
+        in_chans: int = 1,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+    ) -> None:
+        super().__init__()
+        from monai.losses import DiceCELoss
+
+        if len(class_names) < 2:
+            raise ConfigError(
+                f"Expected at least two mask classes (background first), but got {list(class_names)}."
+            )
+        if inference not in INFERENCE_MODES:
+            raise ConfigError(
+                f"Expected argument `inference` to be one of {list(INFERENCE_MODES)}, "
+                f"but got {inference!r}."
+            )
+        if not 0 <= sw_overlap < 1:
+            raise ConfigError(f"Expected argument `sw_overlap` in [0, 1), but got {sw_overlap}.")
+        if min(dice_weight, ce_weight) < 0 or dice_weight + ce_weight <= 0:
+            raise ConfigError(
+                f"Expected non-negative `dice_weight` and `ce_weight` with a positive sum, but got "
+                f"{dice_weight} and {ce_weight}."
+            )
+        n_side = int(getattr(net, "deep_supervision", 0) or 0)
+        self.ds_weights = side_output_weights(n_side, deep_supervision_weights)
+        self.save_hyperparameters(
+            {
+                "class_names": [str(c) for c in class_names],
+                "dice_weight": float(dice_weight),
+                "ce_weight": float(ce_weight),
+                "include_background": bool(include_background),
+                "deep_supervision_weights": [float(w) for w in self.ds_weights],
+                "inference": str(inference),
+                "roi_size": int(roi_size or image_size),
+                "sw_overlap": float(sw_overlap),
+                "sw_batch_size": int(sw_batch_size),
+                "hd95_on_test": bool(hd95_on_test),
+                "monitor": str(monitor),
+                "image_size": int(image_size),
+                "in_chans": int(in_chans),
+                "mean": [float(m) for m in mean],
+                "std": [float(s) for s in std],
+            }
+        )
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # Batch Dice (nnU-Net): the Dice term pools the batch, stable for small structures.
+        self.loss_fn = DiceCELoss(
+            include_background=include_background,
+            to_onehot_y=True,
+            softmax=True,
+            batch=True,
+            lambda_dice=dice_weight,
+            lambda_ce=ce_weight,
+        )
+        k = len(class_names)
+        self.num_classes = k
+        self.val_dice = nn.ModuleList([MeanMetric(nan_strategy="ignore") for _ in range(k)])
+        self.val_iou = nn.ModuleList([MeanMetric(nan_strategy="ignore") for _ in range(k)])
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_best = MaxMetric()
+
+    # -- inference ------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``(B, C, H, W)`` images → logits ``(B, K, H, W)`` (a list in training with sides)."""
+        return self.net(x)
+
+    def infer_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Main-output logits ``(B, K, H, W)`` by the configured inference mode (eval mode)."""
+        if self.hparams.inference == "sliding_window":
+            from monai.inferers import sliding_window_inference
+
+            roi = self.hparams.roi_size
+            return sliding_window_inference(
+                images,
+                roi_size=(roi, roi),
+                sw_batch_size=self.hparams.sw_batch_size,
+                predictor=self._main_output,
+                overlap=self.hparams.sw_overlap,
+                mode="gaussian",
+            )
+        return self._main_output(images)
+
+    def _main_output(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out[0] if isinstance(out, list | tuple) else out
+
+    @torch.no_grad()
+    def predict_masks(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, H, W)`` → ``(label maps (B, H, W) uint8, probabilities (B, K, H, W))``."""
+        probs = self.infer_logits(images).softmax(dim=1)
+        return probs.argmax(dim=1).to(torch.uint8), probs
+
+    # -- loss -----------------------------------------------------------------------------
+    def compute_loss(
+        self, outputs: torch.Tensor | Sequence[torch.Tensor], masks: torch.Tensor
+    ) -> torch.Tensor:
+        """Dice + CE of the main output, plus the weighted side outputs (deep supervision)."""
+        target = masks.long().unsqueeze(1)
+        if not isinstance(outputs, list | tuple):
+            return self.loss_fn(outputs, target)
+        if len(outputs) != len(self.ds_weights):
+            raise ConfigError(
+                f"The network returned {len(outputs)} outputs but {len(self.ds_weights)} loss "
+                "weights were set (model.deep_supervision_weights)."
+            )
+        total = outputs[0].new_zeros(())
+        for weight, out in zip(self.ds_weights, outputs, strict=True):
+            if out.shape[-2:] != masks.shape[-2:]:
+                out = F.interpolate(out, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            total = total + weight * self.loss_fn(out, target)
+        return total
+
+    # -- steps ----------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        self.val_best.reset()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(self(batch["image"]), batch["mask"])
+        if not torch.isfinite(loss):
+            files = batch.get("path") or []
+            raise FloatingPointError(
+                f"The training loss became {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}; files: {list(files)[:8]}). "
+                "Check those images and masks, or lower the learning rate."
+            )
+        n = batch["image"].shape[0]
+        self.train_loss.update(loss.detach(), weight=n)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: Batch, tracker: MeanMetric) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.infer_logits(batch["image"])
+        loss = self.loss_fn(logits, batch["mask"].long().unsqueeze(1))
+        tracker.update(loss.detach(), weight=batch["image"].shape[0])
+        return logits, logits.argmax(dim=1)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        _, pred = self._eval_step(batch, self.val_loss)
+        scores = per_image_scores(pred, batch["mask"], self.num_classes, with_hd95=False)
+        for c in range(self.num_classes):
+            self.val_dice[c].update(scores["dice"][:, c].to(self.device))
+            self.val_iou[c].update(scores["iou"][:, c].to(self.device))
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        names = self.hparams.class_names
+        values: dict[str, torch.Tensor] = {}
+        for metric, trackers in (("dice", self.val_dice), ("iou", self.val_iou)):
+            per_class = []
+            for c in range(1, self.num_classes):
+                v = trackers[c].compute()
+                trackers[c].reset()
+                values[f"val/{metric}_{names[c]}"] = v
+                per_class.append(v)
+            stacked = torch.stack(per_class)
+            values[f"val/{metric}"] = stacked[torch.isfinite(stacked)].mean()
+        self.log_dict(values)
+        monitored = values.get(self.hparams.monitor)
+        if monitored is not None and torch.isfinite(monitored):
+            self.val_best(monitored)
+            self.log(f"{self.hparams.monitor}_best", self.val_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        _, pred = self._eval_step(batch, self.test_loss)
+        self.log("test/loss", self.test_loss, on_epoch=True)
+        scores = per_image_scores(
+            pred, batch["mask"], self.num_classes, with_hd95=self.hparams.hd95_on_test
+        )
+        # Returned for the segmentation writer (per-image table, bootstrap report, masks).
+        return {"scores": scores, "pred": pred.to(torch.uint8).cpu(), "index": batch["index"]}
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        masks, _ = self.predict_masks(batch["image"])
+        return {"pred": masks, "index": batch["index"]}
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ConfigError("KneeSegmenter needs an `optimizer` to train (model.optimizer).")
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(
+            optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
