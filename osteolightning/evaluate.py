@@ -14,7 +14,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, open_dict
 
-from osteolightning.callbacks import EvaluationWriter, RunArtifacts
+from osteolightning.callbacks import RunArtifacts
+from osteolightning.callbacks.writers import build_writer
 from osteolightning.errors import ConfigError
 from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
@@ -27,12 +28,14 @@ log = get_logger(__name__)
 CHECKPOINT_FACTS = ("class_names", "image_size", "in_chans", "mean", "std")
 
 
-def load_classifier(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) -> L.LightningModule:
-    """Rebuild a trained classifier from its checkpoint alone (``weights_only`` loading).
+def load_model(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) -> L.LightningModule:
+    """Rebuild a trained model (classifier or segmenter) from its checkpoint alone
+    (``weights_only`` loading): the run config stored in the checkpoint names the module.
 
     Raises:
-        ConfigError: a missing file, a checkpoint not written by ``osteo-train``, or one that
-            needs arbitrary unpickling while ``allow_unsafe_pickle`` is false.
+        ConfigError: a missing file, a checkpoint not written by ``osteo-train`` /
+            ``osteo-segment``, or one that needs arbitrary unpickling while
+            ``allow_unsafe_pickle`` is false.
     """
     path = Path(ckpt_path)
     if not path.is_file():
@@ -46,7 +49,8 @@ def load_classifier(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) ->
             f"'{path}' holds no osteolightning run config; was it written by osteo-train?"
         )
     net_cfg = dict(run_cfg["model"]["net"])
-    net_cfg["pretrained"] = False  # the checkpoint's weights replace any initialisation
+    if "pretrained" in net_cfg:
+        net_cfg["pretrained"] = False  # the checkpoint's weights replace any initialisation
     model_cfg = {
         k: v for k, v in run_cfg["model"].items() if k not in ("net", "optimizer", "scheduler")
     }
@@ -55,10 +59,20 @@ def load_classifier(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) ->
     return model
 
 
+def checkpoint_evaluation(ckpt_path: str | Path) -> dict[str, Any]:
+    """The ``evaluation`` settings of the run that wrote a checkpoint (its report writer)."""
+    checkpoint = runs.torch_load(Path(ckpt_path), allow_unsafe_pickle=False)
+    return dict((checkpoint.get("osteo_config") or {}).get("evaluation") or {})
+
+
+#: the name this module has always exported
+load_classifier = load_model
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test ``cfg.ckpt_path`` on ``cfg.data`` (every image in the test split)."""
     run_dir = runs.start_run(cfg)
-    model = load_classifier(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
+    model = load_model(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
     with open_dict(cfg):
         for key in CHECKPOINT_FACTS:
             trained = model.hparams[key]
@@ -66,7 +80,16 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 log.info(f"Using the checkpoint's {key}={trained} (config had {cfg.data[key]}).")
             cfg.data[key] = trained
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    writer = EvaluationWriter(cfg.paths.output_dir, **cfg.evaluation, ckpt_path=str(cfg.ckpt_path))
+    evaluation = dict(cfg.evaluation)
+    trained_writer = checkpoint_evaluation(cfg.ckpt_path).get("_target_")
+    if trained_writer and "_target_" not in evaluation:
+        # a segmentation checkpoint reports with the writer it was trained with
+        evaluation = {
+            "_target_": trained_writer,
+            "n_resamples": evaluation.get("n_resamples"),
+            "seed": evaluation.get("seed"),
+        }
+    writer = build_writer(evaluation, cfg.paths.output_dir, ckpt_path=str(cfg.ckpt_path))
     callbacks = [
         *instantiate_list(cfg.get("callbacks"), "callbacks"),
         RunArtifacts(cfg.paths.output_dir, to_container(cfg)),

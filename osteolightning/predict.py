@@ -1,28 +1,44 @@
-"""``osteo-predict CKPT PATH...``: classify radiographs with a trained checkpoint.
+"""``osteo-predict CKPT PATH...``: run a trained checkpoint over radiographs.
 
-Each PATH is an image file or a folder (searched recursively). One CSV row per image goes to
-stdout, or to ``--out FILE``: ``path,prob_<class>...,prediction``. No labels are needed.
+Each PATH is an image file or a folder (searched recursively). No labels are needed.
+
+- A classification checkpoint (``osteo-train``) prints one CSV row per image to stdout, or to
+  ``--out FILE``: ``path,prob_<class>...,prediction``.
+- A segmentation checkpoint (``osteo-segment``) writes into the new folder ``--out DIR``:
+  ``masks/<name>.png`` (the predicted label map at the image's original size, values = class
+  indices), ``overlays/<name>.png`` (the mask in colour over the image) and ``manifest.csv``
+  (``image,mask[,label]``) that ``osteo-train data=manifest data.root=DIR/manifest.csv`` reads
+  as input, e.g. with ``data.mask_input=apply`` (bone-only classification). ``--label-from-folder``
+  takes each image's class from its parent folder (a class-folder tree), so the manifest can
+  train a classifier.
 
 Example:
     osteo-predict logs/train/runs/<run>/checkpoints/last.ckpt scans/ knee_07.dcm --out preds.csv
+    osteo-predict logs/segment/runs/<run>/checkpoints/epoch_019.ckpt knees/ --out knee_masks \
+        --label-from-folder
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from osteolightning.data.cache import letterbox_resize
 from osteolightning.data.io import IMAGE_EXTENSIONS, is_dicom, read_image
 from osteolightning.data.transforms import ToNormalizedTensor
-from osteolightning.errors import DataSourceError, OsteoError
-from osteolightning.evaluate import load_classifier
-from osteolightning.utils.files import atomic_write_text
+from osteolightning.errors import ConfigError, DataSourceError, OsteoError
+from osteolightning.evaluate import load_classifier, load_model
+from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+#: overlays are written at most this many pixels on their long side
+OVERLAY_MAX_SIDE = 1024
 
 
 def iter_images(paths: Sequence[str | Path]) -> Iterator[Path]:
@@ -31,10 +47,17 @@ def iter_images(paths: Sequence[str | Path]) -> Iterator[Path]:
     Raises:
         DataSourceError: a path that does not exist, or a folder with no image in it.
     """
+    for _, path in iter_images_with_roots(paths):
+        yield path
+
+
+def iter_images_with_roots(paths: Sequence[str | Path]) -> Iterator[tuple[Path, Path]]:
+    """``(root, image)`` pairs: the folder an image was found under (its parent when named
+    directly), so outputs can keep the image's path relative to it."""
     for raw in paths:
         path = Path(raw)
         if path.is_file():
-            yield path
+            yield path.parent, path
         elif path.is_dir():
             found = sorted(
                 p
@@ -45,7 +68,7 @@ def iter_images(paths: Sequence[str | Path]) -> Iterator[Path]:
                 raise DataSourceError(
                     f"No images under '{path}'; accepted: {sorted(IMAGE_EXTENSIONS)}."
                 )
-            yield from found
+            yield from ((path, f) for f in found)
         else:
             raise DataSourceError(f"'{path}' does not exist; pass image files or folders.")
 
@@ -77,13 +100,149 @@ def predict(
     return rows
 
 
+def _output_names(pairs: list[tuple[Path, Path]]) -> list[Path]:
+    """Each image's path relative to its root, as a ``.png`` name; repeated names are an error."""
+    names = [image.relative_to(root).with_suffix(".png") for root, image in pairs]
+    seen: dict[Path, Path] = {}
+    for (_, image), name in zip(pairs, names, strict=True):
+        if name in seen:
+            raise DataSourceError(
+                f"'{image}' and '{seen[name]}' would both write masks/{name}; pass their folders "
+                "(not the files), or rename one."
+            )
+        seen[name] = image
+    return names
+
+
+def _check_new_folder(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(
+            f"--out '{out}' exists and is not an empty folder; osteo-predict never writes over "
+            "files it did not create. Pass a new folder."
+        )
+
+
+@torch.no_grad()
+def export_masks(
+    ckpt_path: str | Path,
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    batch_size: int = 8,
+    label_from_folder: bool = False,
+    overlays: bool = True,
+    allow_unsafe_pickle: bool = False,
+) -> Path:
+    """Segment every image under ``paths`` and write masks, overlays and a manifest.
+
+    Args:
+        ckpt_path: a segmentation checkpoint (``osteo-segment``).
+        paths: image files or folders (searched recursively).
+        out_dir: a new (or empty) folder.
+        batch_size: images per forward pass.
+        label_from_folder: write a ``label`` column with each image's parent-folder name.
+        overlays: also write ``overlays/``.
+        allow_unsafe_pickle: see ``osteo-eval``.
+
+    Returns:
+        The manifest path (``out_dir/manifest.csv``: ``image,mask[,label]``, image paths
+        absolute, mask paths relative to the manifest).
+
+    Raises:
+        ConfigError: a classification checkpoint, or an ``out_dir`` holding other files.
+        DataSourceError / ImageReadError: a missing path or an unreadable image (named).
+    """
+    from PIL import Image
+
+    from osteolightning.callbacks.seg_evaluation import png_bytes
+    from osteolightning.data.masks import unletterbox
+    from osteolightning.metrics.seg_figures import overlay
+
+    model = load_model(ckpt_path, allow_unsafe_pickle).eval()
+    if not hasattr(model, "predict_masks"):
+        raise ConfigError(
+            f"'{ckpt_path}' is a classification checkpoint; writing masks needs one from "
+            "osteo-segment. Without --out DIR a classification checkpoint prints its CSV."
+        )
+    out = Path(out_dir)
+    _check_new_folder(out)
+    hp = model.hparams
+    to_tensor = ToNormalizedTensor(hp.mean, hp.std, hp.in_chans)
+    pairs = list(iter_images_with_roots(paths))
+    names = _output_names(pairs)
+    rows: list[list[str]] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        originals = [read_image(image) for _, image in chunk]
+        batch = torch.stack([to_tensor(letterbox_resize(img, hp.image_size)) for img in originals])
+        labels, _ = model.predict_masks(batch)
+        for (_, image), name, original, square in zip(
+            chunk, names[start : start + batch_size], originals, labels.numpy(), strict=True
+        ):
+            mask = unletterbox(square, original.shape)
+            atomic_write_bytes(out / "masks" / name, png_bytes(mask))
+            if overlays:
+                picture = overlay(np.clip(original * 255.0, 0, 255).astype(np.uint8), mask)
+                scale = OVERLAY_MAX_SIDE / max(picture.shape[:2])
+                pil = Image.fromarray(picture)
+                if scale < 1:
+                    size = (round(pil.width * scale), round(pil.height * scale))
+                    pil = pil.resize(size, Image.Resampling.BILINEAR)
+                atomic_write_bytes(out / "overlays" / name, png_bytes(np.asarray(pil)))
+            row = [str(image.resolve()), f"masks/{name.as_posix()}"]
+            if label_from_folder:
+                row.append(image.parent.name)
+            rows.append(row)
+    header = ["image", "mask", *(["label"] if label_from_folder else [])]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    manifest = atomic_write_text(out / "manifest.csv", buffer.getvalue())
+    atomic_write_json(
+        out / "masks.json",
+        {
+            "ckpt_path": str(Path(ckpt_path).resolve()),
+            "class_names": list(hp.class_names),
+            "image_size": int(hp.image_size),
+            "inference": str(hp.inference),
+            "n_images": len(rows),
+        },
+    )
+    return Path(manifest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="osteo-predict", description=__doc__.split("\n")[0])
     parser.add_argument("ckpt", help="checkpoint written by osteo-train")
     parser.add_argument("paths", nargs="+", help="image files or folders")
-    parser.add_argument("--out", help="write the CSV here instead of stdout")
+    parser.add_argument(
+        "--out",
+        help="classification: write the CSV here instead of stdout; segmentation: the new "
+        "folder for masks/, overlays/ and manifest.csv (required)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--label-from-folder",
+        action="store_true",
+        help="segmentation: add a label column with each image's parent-folder name",
+    )
+    parser.add_argument("--no-overlays", action="store_true", help="segmentation: skip overlays/")
     args = parser.parse_args(argv)
+    try:
+        model = load_model(args.ckpt)
+        if hasattr(model, "predict_masks"):
+            if not args.out:
+                raise ConfigError("A segmentation checkpoint needs --out DIR (a new folder).")
+            manifest = export_masks(
+                args.ckpt,
+                args.paths,
+                args.out,
+                batch_size=args.batch_size,
+                label_from_folder=args.label_from_folder,
+                overlays=not args.no_overlays,
+            )
+            print(f"Wrote masks, overlays and {manifest}")
+            return 0
+    except OsteoError as err:
+        parser.exit(2, f"osteo-predict: error: {err}\n")
     try:
         rows = predict(args.ckpt, args.paths, args.batch_size)
         names = load_classifier(args.ckpt).hparams.class_names
@@ -91,8 +250,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"osteo-predict: error: {err}\n")
     header = ["path", *[f"prob_{c}" for c in names], "prediction"]
     if args.out:
-        import io
-
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
         atomic_write_text(args.out, buffer.getvalue())
