@@ -38,9 +38,7 @@ def mask_names(paths: list[str]) -> list[str]:
     """A unique PNG name per image: its stem, or ``<index>_<stem>`` where stems repeat."""
     stems = [Path(p).stem for p in paths]
     repeated = {s for s in stems if stems.count(s) > 1}
-    return [
-        f"{i:05d}_{s}.png" if s in repeated else f"{s}.png" for i, s in enumerate(stems)
-    ]
+    return [f"{i:05d}_{s}.png" if s in repeated else f"{s}.png" for i, s in enumerate(stems)]
 
 
 class SegmentationEvaluationWriter(L.Callback):

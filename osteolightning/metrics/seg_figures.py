@@ -60,7 +60,9 @@ def write_overlay_grid(
 
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
-    for row, (img, truth, pred, title) in enumerate(zip(images, truths, preds, titles, strict=True)):
+    for row, (img, truth, pred, title) in enumerate(
+        zip(images, truths, preds, titles, strict=True)
+    ):
         for col, (picture, name) in enumerate(
             ((img, "image"), (overlay(img, truth), "truth"), (overlay(img, pred), "prediction"))
         ):

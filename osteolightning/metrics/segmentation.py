@@ -137,7 +137,9 @@ def segmentation_report(
     if n_images == 0:
         raise ConfigError("Cannot compute a segmentation report on zero images.")
     rng = np.random.default_rng(seed)
-    idx = np.concatenate([np.arange(n_images)[None], rng.integers(0, n_images, (n_resamples, n_images))])
+    idx = np.concatenate(
+        [np.arange(n_images)[None], rng.integers(0, n_images, (n_resamples, n_images))]
+    )
     alpha = (1 - confidence) / 2
     tag = f"ci{round(confidence * 100)}"
     report: dict[str, object] = {f"{prefix}n": int(n_images)}

@@ -201,7 +201,9 @@ class KneeSegmenter(L.LightningModule):
         total = outputs[0].new_zeros(())
         for weight, out in zip(self.ds_weights, outputs, strict=True):
             if out.shape[-2:] != masks.shape[-2:]:
-                out = F.interpolate(out, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+                out = F.interpolate(
+                    out, size=masks.shape[-2:], mode="bilinear", align_corners=False
+                )
             total = total + weight * self.loss_fn(out, target)
         return total
 
