@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from osteolightning.data.hygiene import (
     find_copies,
 )
 from osteolightning.data.io import check_on_bad_image
+from osteolightning.data.masks import image_shape, letterbox_mask, read_foreground
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
 from osteolightning.data.privacy import dicom_patient_id, load_salt, pseudonym
 from osteolightning.data.sample import Sample
@@ -37,6 +39,8 @@ log = get_logger(__name__)
 
 #: training samplers by ``sampler`` name (``None``: shuffle).
 SAMPLERS = (None, "balanced")
+#: what a classifier does with each sample's mask: nothing, or zero the image outside it.
+MASK_INPUTS = (None, "apply")
 
 
 class ArrayDataset(Dataset):
@@ -115,7 +119,26 @@ class KneeDataModule(L.LightningDataModule):
             wrapped in Lightning's ``DistributedSamplerWrapper``, each rank taking its share).
             With ``model.class_weighting=balanced`` too the imbalance is corrected twice (the
             classifier warns).
+        mask_input: ``None`` (default) or ``"apply"``: zero each image outside its mask's
+            foreground (any non-zero mask pixel; see
+            :func:`~osteolightning.data.masks.read_foreground`), so the classifier sees only
+            the segmented bone (the segmentation → classification cascade). The mask comes
+            from the source (a manifest's ``mask`` column, e.g. the manifest the mask export
+            writes), must have its image's size and is letterboxed like it; an image without a
+            mask is an error.
+
+    Attributes:
+        require_labels: (class attribute) every sample needs a class label.
+        require_masks: (class attribute) every sample needs a mask, even without
+            ``mask_input``.
+        label_names: names of the image-level labels (``class_names`` here), used for
+            conflicts and ``split_rows``.
+        masks: after :meth:`setup`, the letterboxed ``(N, S, S)`` uint8 masks of
+            :attr:`samples` when masks are used, else ``None``.
     """
+
+    require_labels: bool = True
+    require_masks: bool = False
 
     def __init__(
         self,
@@ -143,6 +166,7 @@ class KneeDataModule(L.LightningDataModule):
         near_duplicate_distance: int | None = DEFAULT_MAX_DISTANCE,
         near_duplicate_correlation: float = DEFAULT_MIN_CORRELATION,
         sampler: str | None = None,
+        mask_input: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -176,6 +200,14 @@ class KneeDataModule(L.LightningDataModule):
                 f"Expected argument `sampler` to be one of {list(SAMPLERS)}, but got {sampler!r}."
             )
         self.sampler = sampler
+        if mask_input not in MASK_INPUTS:
+            raise ConfigError(
+                f"Expected argument `mask_input` to be one of {list(MASK_INPUTS)}, but got "
+                f"{mask_input!r}."
+            )
+        self.mask_input = mask_input
+        self.label_names: list[str] = self.class_names
+        self.masks: np.ndarray | None = None
         self.near_args = dict(
             max_distance=near_duplicate_distance, min_correlation=near_duplicate_correlation
         )
@@ -192,14 +224,18 @@ class KneeDataModule(L.LightningDataModule):
         self.datasets: dict[str, ArrayDataset] = {}
 
     # -- building ---------------------------------------------------------------------------
+    def _source_samples(self) -> list[Sample]:
+        """The source's samples (hook: a subclass may read labels of other names)."""
+        return self.source.samples(self.class_names)
+
     def prepare_data(self) -> None:
         """Validate the source and decode every image into the cache (local rank 0 only)."""
-        samples = self.source.samples(self.class_names)
+        samples = self._source_samples()
         self.cache.prepare([s.path for s in samples], on_bad_image=self.on_bad_image)
 
     def _readable_samples(self) -> list[Sample]:
         """The source's samples minus skipped files (listed in ``self.skipped``)."""
-        samples = self.source.samples(self.class_names)
+        samples = self._source_samples()
         prepared = self.cache.prepare([s.path for s in samples], on_bad_image=self.on_bad_image)
         skipped = [*getattr(self.source, "skipped", []), *prepared.skipped]
         self.skipped = [(str(path), reason) for path, reason in skipped]
@@ -211,12 +247,90 @@ class KneeDataModule(L.LightningDataModule):
                 f"({len(self.skipped)} skipped)."
             )
         unlabelled = [str(s.path) for s in good if s.label < 0]
-        if unlabelled:
+        if unlabelled and self.require_labels:
             raise DataSourceError(
                 f"{len(unlabelled)} image(s) have no label, e.g. '{unlabelled[0]}'; every image "
                 f"needs one of {self.class_names} for training and evaluation."
             )
+        unmasked = [s.path for s in good if s.mask is None]
+        if unmasked and self._uses_masks():
+            shown = ", ".join(f"'{p}'" for p in unmasked[:5])
+            more = f" and {len(unmasked) - 5} more" if len(unmasked) > 5 else ""
+            raise DataSourceError(
+                f"{len(unmasked)} image(s) of {self.source.describe()} have no mask: "
+                f"{shown}{more}. {self._mask_use()} needs a mask for every image: give it in a "
+                f"manifest's mask column, or use a segmentation tree ROOT/images/* + "
+                f"ROOT/masks/* with the same file names."
+            )
         return self._pseudonymise(good)
+
+    # -- masks -------------------------------------------------------------------------------
+    def _uses_masks(self) -> bool:
+        return self.require_masks or self.mask_input is not None
+
+    def _mask_use(self) -> str:
+        """What the masks are for, for error messages."""
+        return f"mask_input={self.mask_input}"
+
+    def _read_sample_mask(self, sample: Sample) -> np.ndarray:
+        """One sample's mask at its original resolution, ``(H, W)`` uint8 (hook).
+
+        Here the foreground (1) and background (0) of any mask, for ``mask_input="apply"``.
+        """
+        return read_foreground(sample.mask)
+
+    def _letterboxed_mask(self, sample: Sample) -> np.ndarray:
+        """Read a sample's mask, check it has its image's size, letterbox it like the image."""
+        mask = self._read_sample_mask(sample)
+        shape = image_shape(sample.path)
+        if mask.shape != shape:
+            raise DataSourceError(
+                f"Mask '{sample.mask}' is {mask.shape[0]}x{mask.shape[1]} pixels (height x "
+                f"width) but its image '{sample.path}' is {shape[0]}x{shape[1]}; a mask must "
+                f"have the size of its image (after the image's EXIF orientation)."
+            )
+        return letterbox_mask(mask, self.cache.image_size)
+
+    def _load_masks(self, samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
+        """Read, check and letterbox every sample's mask in threads.
+
+        With ``on_bad_image="error"`` the first bad mask (in sample order) raises; with
+        ``"skip"`` its sample is left out and listed in :attr:`skipped`.
+
+        Returns:
+            The samples whose mask is usable and their ``(N, S, S)`` uint8 masks.
+        """
+
+        def one(sample: Sample) -> np.ndarray | DataSourceError:
+            try:
+                return self._letterboxed_mask(sample)
+            except DataSourceError as exc:  # ImageReadError too
+                return exc
+
+        with ThreadPoolExecutor(self.cache.workers) as pool:
+            results = list(pool.map(one, samples))
+        keep: list[int] = []
+        bad: list[tuple[str, str]] = []
+        for i, (sample, result) in enumerate(zip(samples, results, strict=True)):
+            if not isinstance(result, DataSourceError):
+                keep.append(i)
+            elif self.on_bad_image == "error":
+                raise result
+            else:
+                bad.append((str(sample.mask), str(result)))
+        if bad:
+            log.warning(
+                f"Skipped {len(bad)} image(s) whose mask cannot be used (on_bad_image=skip), "
+                f"e.g. {bad[0][1]}"
+            )
+            self.skipped.extend(bad)
+        if not keep:
+            raise DataSourceError(
+                f"The data source {self.source.describe()} yielded no image with a usable mask "
+                f"({len(self.skipped)} skipped)."
+            )
+        self.digests = [self.digests[i] for i in keep]
+        return [samples[i] for i in keep], np.stack([results[i] for i in keep])
 
     def _pseudonymise(self, samples: list[Sample]) -> list[Sample]:
         """Replace patient IDs (manifest column, else DICOM PatientID) by salted hashes."""
@@ -233,22 +347,28 @@ class KneeDataModule(L.LightningDataModule):
         if self.datasets:
             return
         samples = self._readable_samples()
+        masks = None
+        if self._uses_masks():
+            samples, masks = self._load_masks(samples)
         images = self.cache.load([s.path for s in samples])
         labels = np.array([s.label for s in samples], dtype=np.int64)
         near = self.near_args["max_distance"] is not None
         copies = find_copies(self.digests, labels, images if near else None, **self.near_args)
         paths = [str(s.path) for s in samples]
         keep = apply_conflict_policy(
-            copies, self.on_label_conflict, paths, self.class_names, labels
+            copies, self.on_label_conflict, paths, self.label_names, labels
         )
         self.conflicts = conflict_rows(
-            copies, self.on_label_conflict, paths, self.class_names, labels
+            copies, self.on_label_conflict, paths, self.label_names, labels
         )
         self._log_copies(copies)
         idx = np.flatnonzero(keep)
         self.samples = [samples[i] for i in idx]
         self.digests = [self.digests[i] for i in idx]
         images, labels, component = images[idx], labels[idx], copies.component[idx]
+        self.masks = masks[idx] if masks is not None else None
+        if self.mask_input == "apply":
+            images[self.masks == 0] = 0  # bone-only input: zero outside the mask
         keys = [
             [f"patient:{s.patient_id}" if s.patient_id else None, f"copy:{c}"]
             for s, c in zip(self.samples, component.tolist(), strict=True)
@@ -257,19 +377,34 @@ class KneeDataModule(L.LightningDataModule):
         if self.evaluate_all:
             self.split_codes = np.full(len(labels), TEST, dtype=np.int64)
         else:
-            self.split_codes = assign_splits(labels, self.groups, **self.split_args)
+            # stratified by label when every image has one, else one stratum
+            strata = labels if len(labels) and labels.min() >= 0 else np.zeros_like(labels)
+            self.split_codes = assign_splits(strata, self.groups, **self.split_args)
         for code, name in enumerate(SPLIT_NAMES):
             sel = np.flatnonzero(self.split_codes == code)
-            augment = self.train_augment if name == "train" else self.eval_augment
-            self.datasets[name] = ArrayDataset(
-                images[sel],
-                labels[sel],
-                sel,
-                self.to_tensor,
-                augment,
-                paths=[str(self.samples[i].path) for i in sel],
-            )
+            self.datasets[name] = self._make_dataset(name, sel, images[sel], labels[sel])
         log.info(self.summary())
+
+    def _make_dataset(
+        self, split_name: str, sel: np.ndarray, images: np.ndarray, labels: np.ndarray
+    ) -> Dataset:
+        """The dataset of one split (hook).
+
+        Args:
+            split_name: ``train``, ``val`` or ``test``.
+            sel: indices of the split's images in :attr:`samples`.
+            images: their ``(n, S, S)`` uint8 arrays.
+            labels: their class indices.
+        """
+        augment = self.train_augment if split_name == "train" else self.eval_augment
+        return ArrayDataset(
+            images,
+            labels,
+            sel,
+            self.to_tensor,
+            augment,
+            paths=[str(self.samples[i].path) for i in sel],
+        )
 
     def _log_copies(self, copies: CopyGroups) -> None:
         if not copies.groups:
@@ -292,9 +427,19 @@ class KneeDataModule(L.LightningDataModule):
         return [counts.get(i, 0) for i in range(len(self.class_names))]
 
     def split_rows(self) -> list[tuple[str, str, str, str, int, str]]:
-        """One row per image: split, path, label, patient_id, group, sha1 (for the run directory)."""
+        """One row per image: split, path, label, patient_id, group, sha1 (for the run directory).
+
+        The label is ``""`` for an unlabelled image (label ``-1``).
+        """
         return [
-            (SPLIT_NAMES[c], str(s.path), self.class_names[s.label], s.patient_id or "", int(g), d)
+            (
+                SPLIT_NAMES[c],
+                str(s.path),
+                self.label_names[s.label] if s.label >= 0 else "",
+                s.patient_id or "",
+                int(g),
+                d,
+            )
             for s, c, g, d in zip(
                 self.samples, self.split_codes, self.groups, self.digests, strict=True
             )

@@ -9,10 +9,11 @@ file it cannot use is left out and listed in :attr:`skipped` with its reason, an
 (``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, dotfiles, ``__MACOSX``) are always left out and
 always listed there.
 
-Two layouts are supported here:
+Three layouts are supported here:
 
 - :class:`FolderSource`: a class-folder tree ``ROOT/<class>/*.png|jpg|jpeg|tif|dcm``;
-- :class:`ManifestSource`: a CSV ``image,label[,mask][,t_score][,patient_id][,age,sex,bmi]``.
+- :class:`ManifestSource`: a CSV ``image,label[,mask][,t_score][,patient_id][,age,sex,bmi]``;
+- :class:`SegmentationTreeSource`: a segmentation tree ``ROOT/images/*`` + ``ROOT/masks/*``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "CLASS_ALIASES",
     "FolderSource",
     "ManifestSource",
+    "SegmentationTreeSource",
     "normalize_class_name",
     "resolve_class",
 ]
@@ -48,6 +50,10 @@ CLASS_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 FOLDER_LAYOUT = "ROOT/<class>/*.png|jpg|jpeg|tif|dcm"
+SEGMENTATION_LAYOUT = (
+    "ROOT/images/* and ROOT/masks/*, each image with a mask of the same file name (or the same "
+    "name with another extension, e.g. images/x.jpg + masks/x.png)"
+)
 #: File names that operating systems leave behind; always skipped, listed and warned about.
 SYSTEM_FILES: frozenset[str] = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 SYSTEM_DIRS: frozenset[str] = frozenset({"__macosx"})
@@ -351,7 +357,9 @@ class ManifestSource:
     allowed) or an integer index into ``class_names``. ``t_score`` is a number; an empty cell
     or ``NA``/``NaN`` means unknown. Every other column (``age``, ``sex``, ``bmi``, ``bmd``,
     ``side``, ...) goes to :attr:`Sample.extra` as a string (``""`` when empty). Cells are stripped and a UTF-8
-    BOM is tolerated; blank lines are skipped.
+    BOM is tolerated; blank lines are skipped. Called with ``class_names=None`` (segmentation,
+    where the classes are the mask's), the manifest needs no ``label`` column: every sample gets
+    label ``-1`` and a ``label`` cell, if any, is kept in :attr:`Sample.extra`.
 
     All bad rows (up to ten listed) are reported in one error, each with its line number.
     With ``on_bad_image="skip"``, a row whose only problem is that its image or mask file is
@@ -388,11 +396,12 @@ class ManifestSource:
         """One line saying what this source reads."""
         return f"CSV manifest {self.path} ({','.join(self.REQUIRED)}[,mask][,t_score]...)"
 
-    def samples(self, class_names: Sequence[str]) -> list[Sample]:
+    def samples(self, class_names: Sequence[str] | None) -> list[Sample]:
         """Read every row of the manifest, sorted by image path.
 
         Args:
-            class_names: the run's classes, in index order.
+            class_names: the run's classes, in index order; ``None`` reads no labels (the
+                ``label`` column becomes optional and every sample gets label ``-1``).
 
         Returns:
             One :class:`Sample` per row, with absolute ``path`` / ``mask``.
@@ -404,8 +413,8 @@ class ManifestSource:
                 message names the CSV and each bad line.
         """
         self.skipped = []
-        header, rows = self._read()
-        lookup = _class_lookup(class_names)
+        header, rows = self._read(labelled=class_names is not None)
+        lookup = _class_lookup(class_names) if class_names is not None else None
         samples: list[Sample] = []
         errors: list[str] = []
         for line, row in rows:
@@ -428,10 +437,15 @@ class ManifestSource:
             shown = "\n  ".join(errors[:MAX_REPORTED])
             extra = len(errors) - MAX_REPORTED
             more = f"\n  ... and {extra} more" if extra > 0 else ""
+            labels = (
+                f"; labels are one of {_accepted_classes(class_names)} or an index "
+                f"0..{len(class_names) - 1}"
+                if class_names is not None
+                else ""
+            )
             raise DataSourceError(
                 f"Manifest '{self.path}' has {len(errors)} bad row(s):\n  {shown}{more}\n"
-                f"Paths are relative to '{self.path.parent}'; labels are one of "
-                f"{_accepted_classes(class_names)} or an index 0..{len(class_names) - 1}."
+                f"Paths are relative to '{self.path.parent}'{labels}."
             )
         self.skipped.sort(key=lambda item: str(item[0]))
         if self.skipped:
@@ -448,8 +462,9 @@ class ManifestSource:
             )
         return sorted(samples, key=lambda s: str(s.path))
 
-    def _read(self) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    def _read(self, labelled: bool = True) -> tuple[list[str], list[tuple[int, list[str]]]]:
         """Read the header (normalised names) and the non-blank rows with their line numbers."""
+        required = self.REQUIRED if labelled else ("image",)
         if not self.path.is_file():
             what = "is not a file" if self.path.exists() else "does not exist"
             raise DataSourceError(f"Manifest '{self.path}' {what}.")
@@ -463,11 +478,11 @@ class ManifestSource:
                 f"Manifest '{self.path}' is not a readable UTF-8 CSV file ({exc})."
             ) from exc
         rows = [(n, r) for n, r in rows if any(r)]
-        expected = f"Expected a header line {','.join(self.REQUIRED)}[,mask][,t_score][,patient_id]"
+        expected = f"Expected a header line {','.join(required)}[,mask][,t_score][,patient_id]"
         if not any(header):
             raise DataSourceError(f"Manifest '{self.path}' is empty (line 1). {expected}.")
         duplicated = sorted({c for c in header if header.count(c) > 1})
-        missing = [c for c in self.REQUIRED if c not in header]
+        missing = [c for c in required if c not in header]
         if missing or duplicated:
             problem = (
                 f"lacks required column(s) {', '.join(missing)}"
@@ -476,19 +491,23 @@ class ManifestSource:
             )
             raise DataSourceError(
                 f"Manifest '{self.path}' {problem} (line 1). Found columns: "
-                f"{', '.join(header)}; required: {', '.join(self.REQUIRED)}. {expected}."
+                f"{', '.join(header)}; required: {', '.join(required)}. {expected}."
             )
         if not rows:
             raise DataSourceError(f"Manifest '{self.path}' has a header but no rows (line 1).")
         return header, rows
 
-    def _sample(self, cells: dict[str, str], lookup: dict[str, int]) -> Sample:
-        """Build one sample; raise a DataSourceError listing every problem of the row."""
+    def _sample(self, cells: dict[str, str], lookup: dict[str, int] | None) -> Sample:
+        """Build one sample; raise a DataSourceError listing every problem of the row.
+
+        ``lookup`` is ``None`` when labels are not read (label ``-1``, the cell kept in extra).
+        """
         problems: list[str] = []
         missing: list[Path] = []
         image = self._existing(cells["image"], "image", problems, missing)
         mask = self._existing(cells.get("mask", ""), "mask", problems, missing, required=False)
-        label = self._label(cells["label"], lookup, problems)
+        label = self._label(cells["label"], lookup, problems) if lookup is not None else -1
+        known = self.KNOWN if lookup is not None else tuple(k for k in self.KNOWN if k != "label")
         t_score = self._number(cells.get("t_score", ""), "t_score", problems)
         if image is not None and missing and len(missing) == len(problems):
             raise _MissingFileError(image, "; ".join(problems))  # only files are missing
@@ -500,7 +519,7 @@ class ManifestSource:
             mask=mask,
             t_score=t_score,
             patient_id=cells.get("patient_id") or None,
-            extra={k: v for k, v in cells.items() if k not in self.KNOWN},
+            extra={k: v for k, v in cells.items() if k not in known},
         )
 
     def _existing(
@@ -558,3 +577,151 @@ class _MissingFileError(DataSourceError):
     def __init__(self, path: Path, message: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class SegmentationTreeSource:
+    """A segmentation tree: ``ROOT/images/*`` and ``ROOT/masks/*`` with the same file names.
+
+    Each image under ``images/`` (sub-folders too) is paired with the mask of the same path
+    relative to ``masks/``; failing that, with the one mask of the same name without extension
+    (``images/a/x.jpg`` + ``masks/a/x.png``) when exactly one image and one mask share it.
+    Other entries of the root (a ``manifest.csv``, a README) are ignored, so a phantom folder
+    is a segmentation tree too. System files are skipped and listed as in
+    :class:`FolderSource`. An image without a mask, a mask without an image, an ambiguous pair
+    or a non-image file is an error with ``on_bad_image="error"``; with ``"skip"`` it is left
+    out and listed in :attr:`skipped` with the reason. Masks are not decoded here (see
+    :func:`osteolightning.data.masks.read_mask`).
+
+    Args:
+        root: the tree's root folder.
+        on_bad_image: ``"error"`` (default) or ``"skip"``.
+
+    Attributes:
+        skipped: after :meth:`samples`, ``(path, reason)`` of every file or folder left out,
+            sorted by path.
+
+    Raises:
+        ConfigError: ``on_bad_image`` is not ``"error"`` or ``"skip"``.
+
+    Example:
+        >>> source = SegmentationTreeSource("data/knee-seg")  # doctest: +SKIP
+        >>> source.samples(None)[0]  # doctest: +SKIP
+        Sample(path=PosixPath('/abs/data/knee-seg/images/1.png'), label=-1,
+               mask=PosixPath('/abs/data/knee-seg/masks/1.png'), ...)
+    """
+
+    def __init__(self, root: str | os.PathLike[str], on_bad_image: str = "error") -> None:
+        self.root = _absolute(root)
+        self.on_bad_image = check_on_bad_image(on_bad_image)
+        self.skipped: list[tuple[Path, str]] = []
+
+    def describe(self) -> str:
+        """One line saying what this source reads."""
+        return f"segmentation tree {self.root} (ROOT/images/* + ROOT/masks/*)"
+
+    def _fail(self, problem: str) -> DataSourceError:
+        return DataSourceError(f"{problem}. Expected the layout {SEGMENTATION_LAYOUT}.")
+
+    def samples(self, class_names: Sequence[str] | None = None) -> list[Sample]:
+        """Pair every image with its mask, sorted by image path.
+
+        Args:
+            class_names: accepted for the source interface and not used: a segmentation
+                tree carries no image-level labels (every label is ``-1``).
+
+        Returns:
+            One :class:`Sample` per image, with absolute ``path`` and ``mask``.
+
+        Raises:
+            DataSourceError: the root, ``images/`` or ``masks/`` is missing, or no image is
+                found; (``"error"`` only) an image has no mask, a mask has no image, a name
+                matches several files, or a file is not an image. The message names the
+                files and the folder searched.
+        """
+        self.skipped = []
+        if not self.root.is_dir():
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise self._fail(f"Segmentation root '{self.root}' {what}")
+        folders = {name: self.root / name for name in ("images", "masks")}
+        absent = [f"'{name}/'" for name, folder in folders.items() if not folder.is_dir()]
+        if absent:
+            raise self._fail(f"Segmentation root '{self.root}' has no {' and no '.join(absent)}")
+        images, ignored, not_images = _scan(folders["images"])
+        masks, ignored_masks, not_masks = _scan(folders["masks"])
+        ignored.extend(ignored_masks)
+        not_images.extend(not_masks)
+        pairs, problems = _pair_masks(images, masks, folders["images"], folders["masks"])
+        problems.extend((p, _not_an_image(p)) for p in not_images)
+        if problems and self.on_bad_image == "error":
+            raise self._fail(_pairing_report(problems))
+        ignored.extend(problems)
+        self.skipped = sorted(ignored, key=lambda item: str(item[0]))
+        if self.skipped:
+            log.warning(
+                "Skipped %d file(s)/folder(s) under %s, e.g. %s (%s)",
+                len(self.skipped),
+                self.root,
+                *self.skipped[0],
+            )
+        if not pairs:
+            also = f" ({len(self.skipped)} file(s) skipped)" if self.skipped else ""
+            raise self._fail(f"No image with a mask found under '{self.root}'{also}")
+        return sorted(
+            (Sample(path=image, mask=mask) for image, mask in pairs), key=lambda s: str(s.path)
+        )
+
+
+def _pair_masks(
+    images: Sequence[Path], masks: Sequence[Path], image_dir: Path, mask_dir: Path
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """Pair images with masks by relative path, else by unique relative path minus extension.
+
+    Returns:
+        ``(pairs, problems)``: ``(image, mask)`` pairs and ``(path, reason)`` of every image
+        without a mask, mask without an image and file of an ambiguous name.
+    """
+    mask_by_rel = {m.relative_to(mask_dir).as_posix(): m for m in masks}
+    pairs: list[tuple[Path, Path]] = []
+    loose_images: dict[str, list[Path]] = {}
+    for image in images:
+        rel = image.relative_to(image_dir)
+        mask = mask_by_rel.pop(rel.as_posix(), None)
+        if mask is not None:
+            pairs.append((image, mask))
+        else:
+            loose_images.setdefault(rel.with_suffix("").as_posix(), []).append(image)
+    loose_masks: dict[str, list[Path]] = {}
+    for rel, mask in mask_by_rel.items():
+        loose_masks.setdefault(Path(rel).with_suffix("").as_posix(), []).append(mask)
+    problems: list[tuple[Path, str]] = []
+    for stem, found in loose_images.items():
+        candidates = loose_masks.pop(stem, [])
+        if len(found) == 1 and len(candidates) == 1:
+            pairs.append((found[0], candidates[0]))
+        elif not candidates:
+            problems.extend(
+                (p, f"no mask named '{p.name}' or '{p.stem}.*' in '{mask_dir}'") for p in found
+            )
+        else:
+            names = ", ".join(f"'{p}'" for p in (*found, *candidates))
+            reason = f"ambiguous name '{stem}.*': {names} cannot be paired one to one"
+            problems.extend((p, reason) for p in (*found, *candidates))
+    for stem, orphans in loose_masks.items():
+        problems.extend(
+            (p, f"no image named '{p.name}' or '{Path(stem).name}.*' in '{image_dir}'")
+            for p in orphans
+        )
+    return pairs, problems
+
+
+def _pairing_report(problems: Sequence[tuple[Path, str]]) -> str:
+    """One message listing (up to ten) unpaired, ambiguous or non-image files."""
+    shown = "\n  ".join(f"'{p}': {reason}" for p, reason in problems[:MAX_REPORTED])
+    more = (
+        f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+    )
+    return (
+        f"{len(problems)} file(s) of the segmentation tree cannot be used:\n  {shown}{more}\n"
+        "Every image needs exactly one mask and every mask one image (or set "
+        "data.on_bad_image=skip to leave such files out and list them in skipped.csv)"
+    )

@@ -1,0 +1,227 @@
+"""The segmentation DataModule: images with label masks, split and cached like the classifier's.
+
+:class:`SegmentationDataModule` is a :class:`~osteolightning.data.datamodule.KneeDataModule`
+whose classes are the *mask* classes (e.g. ``[background, femur, tibia, fibula, patella]`` or
+``[background, bone]``). It shares everything else with the classifier's DataModule: the
+sources, the preprocessed-image cache, leakage-free grouped splits (patients and copies never
+straddle splits), DDP samplers, ``skipped`` and ``split_rows``. At setup every mask is read
+(:func:`~osteolightning.data.masks.read_mask`), checked against its image (same height and
+width, values in range) and letterboxed with the image's geometry, in threads. Training
+augmentation is joint: albumentations moves image and mask together (nearest-neighbour for
+the mask) and intensity transforms touch the image only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from osteolightning.data.datamodule import KneeDataModule
+from osteolightning.data.masks import check_mask_format, check_mask_threshold, read_mask
+from osteolightning.data.sample import Sample
+from osteolightning.data.splits import SPLIT_NAMES
+from osteolightning.data.transforms import ToNormalizedTensor
+from osteolightning.errors import ConfigError
+
+__all__ = ["MaskArrayDataset", "SegmentationDataModule"]
+
+
+class MaskArrayDataset(Dataset):
+    """Preprocessed uint8 images with their letterboxed label masks.
+
+    Each item is ``{"image": (C, H, W) float32, "mask": (H, W) int64, "index": int64,
+    "path": str}``; ``index`` points into the DataModule's ``samples``.
+
+    Args:
+        images: ``(N, S, S)`` uint8 images.
+        masks: ``(N, S, S)`` uint8 class indices, aligned with ``images``.
+        indices: ``(N,)`` indices into the DataModule's samples.
+        to_tensor: scaling and normalisation of the image.
+        augment: albumentations pipeline applied jointly (``augment(image=..., mask=...)``).
+        paths: the image files, to name a batch's files.
+        labels: ``(N,)`` image-level labels (``-1`` when unknown), kept for reference.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        indices: np.ndarray,
+        to_tensor: ToNormalizedTensor,
+        augment: A.Compose | None = None,
+        paths: Sequence[str] | None = None,
+        labels: np.ndarray | None = None,
+    ) -> None:
+        if images.shape != masks.shape:
+            raise ValueError(
+                f"Expected images and masks of the same shape, but got {images.shape} and "
+                f"{masks.shape}."
+            )
+        self.images, self.masks, self.indices = images, masks, indices
+        self.labels = labels if labels is not None else np.full(len(indices), -1, np.int64)
+        self.paths = list(paths) if paths is not None else [""] * len(indices)
+        self.to_tensor, self.augment = to_tensor, augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image, mask = self.images[i], self.masks[i]  # (H, W) uint8 each
+        if self.augment is not None:
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": self.to_tensor(image),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+            "index": torch.tensor(self.indices[i], dtype=torch.long),
+            "path": self.paths[i],
+        }
+
+
+class SegmentationDataModule(KneeDataModule):
+    """Knee radiographs with label masks, for bone segmentation.
+
+    Takes every argument of :class:`~osteolightning.data.datamodule.KneeDataModule`
+    (``mask_input`` and ``sampler`` excepted), with ``class_names`` naming the *mask* classes
+    in index order, class 0 being the background. Samples need no image-level label; the split
+    is stratified by label when every sample has one (see ``label_names``), else drawn as one
+    stratum, and always grouped by patient and by copies. Every sample needs a mask (a
+    manifest's ``mask`` column, a :class:`~osteolightning.data.sources.SegmentationTreeSource`,
+    the phantom), of its image's height and width, with values in range; a bad mask stops the
+    run naming the file (``on_bad_image="error"``) or is left out and listed in
+    :attr:`skipped` (``"skip"``).
+
+    Args:
+        source: a data source whose samples carry masks.
+        class_names: the mask classes, in index order (2 to 256 names).
+        mask_format: ``"label"`` (pixel value = class index) or ``"binary"`` (gray level
+            above ``mask_threshold`` = class 1; needs two class names); see
+            :mod:`osteolightning.data.masks`.
+        mask_threshold: the gray level (0..254) of a ``binary`` mask above which a pixel is
+            foreground.
+        label_names: the image-level classes of the source's ``label`` column, read only to
+            stratify the split (e.g. ``[normal, osteopenia, osteoporosis]`` for the phantom);
+            ``None`` (default) reads no labels.
+        **kwargs: the other arguments of :class:`KneeDataModule`.
+
+    Attributes:
+        masks: after :meth:`setup`, the letterboxed ``(N, S, S)`` uint8 masks of
+            :attr:`samples`.
+
+    Raises:
+        ConfigError: a bad ``mask_format`` / ``mask_threshold`` / class count, ``mask_input``
+            set, or ``sampler`` set (samples carry no class to balance).
+
+    Example:
+        >>> from osteolightning.data.sources import SegmentationTreeSource
+        >>> dm = SegmentationDataModule(  # doctest: +SKIP
+        ...     SegmentationTreeSource("data/knee-seg"), ["background", "bone"],
+        ...     mask_format="binary", image_size=224)
+        >>> dm.setup(); batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+        >>> batch["image"].shape, batch["mask"].shape  # doctest: +SKIP
+        (torch.Size([32, 1, 224, 224]), torch.Size([32, 224, 224]))
+    """
+
+    require_labels = False
+    require_masks = True
+
+    def __init__(
+        self,
+        source: Any,
+        class_names: Sequence[str],
+        mask_format: str = "label",
+        mask_threshold: int = 127,
+        label_names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for name in ("mask_input", "sampler"):
+            if kwargs.get(name) is not None:
+                raise ConfigError(
+                    f"Expected argument `{name}` to be null for segmentation, but got "
+                    f"{kwargs[name]!r}: "
+                    + (
+                        "the masks are the targets here, not an input filter."
+                        if name == "mask_input"
+                        else "segmentation samples carry no class to balance."
+                    )
+                )
+        super().__init__(source, class_names, **kwargs)
+        self.mask_format = check_mask_format(mask_format, len(self.class_names))
+        self.mask_threshold = check_mask_threshold(mask_threshold)
+        self._label_source = [str(c) for c in label_names] if label_names is not None else None
+        self.label_names = self._label_source or []
+
+    # -- hooks of KneeDataModule -----------------------------------------------------------
+    def _source_samples(self) -> list[Sample]:
+        return self.source.samples(self._label_source)
+
+    def _mask_use(self) -> str:
+        return "Segmentation"
+
+    def _read_sample_mask(self, sample: Sample) -> np.ndarray:
+        return read_mask(sample.mask, len(self.class_names), self.mask_format, self.mask_threshold)
+
+    def _make_dataset(
+        self, split_name: str, sel: np.ndarray, images: np.ndarray, labels: np.ndarray
+    ) -> Dataset:
+        augment = self.train_augment if split_name == "train" else self.eval_augment
+        assert self.masks is not None  # set by setup() before the datasets are made
+        return MaskArrayDataset(
+            images,
+            self.masks[sel],
+            sel,
+            self.to_tensor,
+            augment,
+            paths=[str(self.samples[i].path) for i in sel],
+            labels=labels,
+        )
+
+    # -- facts other layers read -----------------------------------------------------------
+    def class_fractions(self, split: str = "train") -> list[float]:
+        """Mean fraction of each image's pixels per mask class in ``split``.
+
+        Measured on the letterboxed network input (padding counts as background).
+
+        Returns:
+            One fraction per class (class-index order), summing to 1; zeros for an empty split.
+        """
+        masks = self.datasets[split].masks
+        if len(masks) == 0:
+            return [0.0] * len(self.class_names)
+        counts = np.bincount(masks.ravel(), minlength=len(self.class_names))
+        return (counts / masks.size).tolist()
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Number of images in ``split`` in which each mask class appears (class-index order)."""
+        masks = self.datasets[split].masks
+        present = np.zeros(len(self.class_names), dtype=np.int64)
+        for mask in masks:
+            present += np.bincount(mask.ravel(), minlength=len(self.class_names)) > 0
+        return present.tolist()
+
+    def summary(self) -> str:
+        dropped = sum(1 for row in self.conflicts if row[3] == "dropped")
+        lines = [
+            f"Data: {self.source.describe()}: {len(self.samples)} images with masks, "
+            f"{len(np.unique(self.groups))} independent groups; mask classes "
+            f"{', '.join(self.class_names)} ({self.mask_format} masks)."
+        ]
+        for name in SPLIT_NAMES:
+            fractions = self.class_fractions(name)
+            areas = ", ".join(
+                f"{c}={f:.3f}" for c, f in zip(self.class_names, fractions, strict=True)
+            )
+            lines.append(
+                f"  {name:5s}: {len(self.datasets[name]):5d} images; mean area fraction {areas}"
+            )
+        if self.skipped or dropped:
+            lines.append(
+                f"  left out: {len(self.skipped)} unreadable files or masks (skipped.csv), "
+                f"{dropped} images with conflicting labels (label_conflicts.csv)"
+            )
+        return "\n".join(lines)
