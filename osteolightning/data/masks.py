@@ -444,9 +444,11 @@ def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
     with img:
         width, height = img.size
         try:
-            if img.format == "PNG" and _png_has_late_metadata(path):
-                img.load()
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            if img.format == "PNG" and not _png_has_late_metadata(path):
+                exif = Image.Image.getexif(img)  # chunks before the data only: no decoding
+            else:  # PIL decodes a PNG to reach its later chunks; other formats: header only
+                exif = img.getexif()
+            orientation = exif.get(_EXIF_ORIENTATION, 1)
         except Exception as exc:  # corrupt metadata: read_image would fail to decode too
             raise ImageReadError(
                 path, f"the {img.format} file is truncated or corrupt ({type(exc).__name__})."
