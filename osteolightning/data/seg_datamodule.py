@@ -107,6 +107,8 @@ class SegmentationDataModule(KneeDataModule):
         label_names: the image-level classes of the source's ``label`` column, read only to
             stratify the split (e.g. ``[normal, osteopenia, osteoporosis]`` for the phantom);
             ``None`` (default) reads no labels.
+        mask_classes: the mask classes as the data config names them (``data.mask_classes``);
+            when given they must equal ``class_names``.
         **kwargs: the other arguments of :class:`KneeDataModule`.
 
     Attributes:
@@ -114,8 +116,9 @@ class SegmentationDataModule(KneeDataModule):
             :attr:`samples`.
 
     Raises:
-        ConfigError: a bad ``mask_format`` / ``mask_threshold`` / class count, ``mask_input``
-            set, or ``sampler`` set (samples carry no class to balance).
+        ConfigError: a bad ``mask_format`` / ``mask_threshold`` / class count, ``mask_classes``
+            other than ``class_names``, ``mask_input`` set, or ``sampler`` set (samples carry
+            no class to balance).
 
     Example:
         >>> from osteolightning.data.sources import SegmentationTreeSource
@@ -137,6 +140,7 @@ class SegmentationDataModule(KneeDataModule):
         mask_format: str = "label",
         mask_threshold: int = 127,
         label_names: Sequence[str] | None = None,
+        mask_classes: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         for name in ("mask_input", "sampler"):
@@ -150,6 +154,15 @@ class SegmentationDataModule(KneeDataModule):
                         else "segmentation samples carry no class to balance."
                     )
                 )
+        if mask_classes is not None and [str(c) for c in mask_classes] != [
+            str(c) for c in class_names
+        ]:
+            raise ConfigError(
+                f"Expected `class_names` to be the mask classes {list(mask_classes)} "
+                f"(data.mask_classes), but got {list(class_names)}: a segmentation run's classes "
+                f"are its mask classes (common=segmentation sets class_names: "
+                f"${{data.mask_classes}})."
+            )
         super().__init__(source, class_names, **kwargs)
         self.mask_format = check_mask_format(mask_format, len(self.class_names))
         self.mask_threshold = check_mask_threshold(mask_threshold)

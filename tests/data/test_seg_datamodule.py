@@ -66,6 +66,17 @@ def _binary_tree(phantom_dir: Path, root: Path, n: int = 24) -> Path:
 
 
 # -- batches ------------------------------------------------------------------------------------
+def test_seg_configs_instantiate_the_datamodule(make_cfg, phantom_dir: Path) -> None:
+    """data=seg_tiny under the segmentation config, as osteo-segment instantiates it."""
+    cfg = make_cfg("segment", ["debug=seg_tiny"])
+    dm = hydra.utils.instantiate(cfg.data)
+    assert isinstance(dm, SegmentationDataModule)
+    assert dm.class_names == BONES and dm.mask_format == "label"
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["mask"].max() < len(BONES) and batch["image"].shape[0] == cfg.data.batch_size
+
+
 def test_phantom_batches_carry_aligned_label_masks(phantom_dir: Path, seg_cache: Path) -> None:
     dm = _dm(ManifestSource(phantom_dir / "manifest.csv"), seg_cache)
     dm.setup()
@@ -302,6 +313,8 @@ def test_bad_arguments_are_config_errors(phantom_dir: Path, seg_cache: Path) -> 
         _dm(source, seg_cache, sampler="balanced")
     with pytest.raises(ConfigError, match="mask_input.*targets"):
         _dm(source, seg_cache, mask_input="apply")
+    with pytest.raises(ConfigError, match=r"mask classes \['background', 'bone'\].*normal"):
+        _dm(source, seg_cache, list(CLASS_NAMES), mask_classes=["background", "bone"])
     with pytest.raises(ConfigError, match="mask_threshold"):
         _dm(source, seg_cache, ["background", "bone"], mask_format="binary", mask_threshold=-1)
 
