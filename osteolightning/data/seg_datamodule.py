@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from osteolightning.data.datamodule import KneeDataModule
 from osteolightning.data.masks import check_mask_format, check_mask_threshold, read_mask
 from osteolightning.data.sample import Sample
+from osteolightning.data.sources import FolderSource
 from osteolightning.data.splits import SPLIT_NAMES
 from osteolightning.data.transforms import ToNormalizedTensor
 from osteolightning.errors import ConfigError
@@ -116,7 +117,7 @@ class SegmentationDataModule(KneeDataModule):
             :attr:`samples`.
 
     Raises:
-        ConfigError: a bad ``mask_format`` / ``mask_threshold`` / class count, ``mask_classes``
+        ConfigError: a class-folder source (it has no masks), a bad ``mask_format`` / ``mask_threshold`` / class count, ``mask_classes``
             other than ``class_names``, ``mask_input`` set, or ``sampler`` set (samples carry
             no class to balance).
 
@@ -154,6 +155,12 @@ class SegmentationDataModule(KneeDataModule):
                         else "segmentation samples carry no class to balance."
                     )
                 )
+        if isinstance(source, FolderSource):
+            raise ConfigError(
+                f"A class-folder tree ({source.root}) holds no masks; segmentation reads a "
+                f"segmentation tree ROOT/images/* + ROOT/masks/* (data=seg_folder) or a CSV "
+                f"manifest with a mask column (data=seg_manifest)."
+            )
         if mask_classes is not None and [str(c) for c in mask_classes] != [
             str(c) for c in class_names
         ]:

@@ -19,7 +19,7 @@ from osteolightning.data.datamodule import KneeDataModule
 from osteolightning.data.masks import MaskReadError, letterbox_mask, read_mask
 from osteolightning.data.phantom import CLASS_NAMES, MASK_LABELS
 from osteolightning.data.seg_datamodule import SegmentationDataModule
-from osteolightning.data.sources import ManifestSource, SegmentationTreeSource
+from osteolightning.data.sources import FolderSource, ManifestSource, SegmentationTreeSource
 from osteolightning.data.splits import SPLIT_NAMES
 from osteolightning.data.transforms import compose
 from osteolightning.errors import ConfigError, DataSourceError
@@ -315,6 +315,8 @@ def test_bad_arguments_are_config_errors(phantom_dir: Path, seg_cache: Path) -> 
         _dm(source, seg_cache, mask_input="apply")
     with pytest.raises(ConfigError, match=r"mask classes \['background', 'bone'\].*normal"):
         _dm(source, seg_cache, list(CLASS_NAMES), mask_classes=["background", "bone"])
+    with pytest.raises(ConfigError, match="class-folder tree.*holds no masks.*data=seg_folder"):
+        _dm(FolderSource(phantom_dir), seg_cache)
     with pytest.raises(ConfigError, match="mask_threshold"):
         _dm(source, seg_cache, ["background", "bone"], mask_format="binary", mask_threshold=-1)
 
