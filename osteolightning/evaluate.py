@@ -115,8 +115,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
-    evaluate(cfg)
+    """Hydra entry point: one checkpoint, or ensemble mode (``ckpt_path=[A,B,...]``,
+    ``ensemble=<method>``; see :mod:`osteolightning.ensemble.evaluate`)."""
+    from osteolightning.ensemble.evaluate import evaluate_ensemble, is_ensemble
+
+    if is_ensemble(cfg):
+        evaluate_ensemble(cfg)
+    else:
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

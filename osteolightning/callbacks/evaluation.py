@@ -1,9 +1,11 @@
 """Collects test predictions on every rank and writes ``predictions.csv``, ``metrics.json``,
-``csv/test_metrics.csv``, ``figures/*.png`` and (with a W&B logger) the W&B report."""
+``csv/test_metrics.csv``, ``figures/*.png`` and (with a W&B logger) the W&B report; predicts
+the validation split with the best checkpoint (temperature scaling, ``val_predictions.csv``)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import lightning as L
 import numpy as np
 import torch.distributed as dist
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.calibration import (
@@ -162,20 +165,47 @@ class EvaluationWriter(L.Callback):
         class_names: list[str],
     ) -> None:
         samples = trainer.datamodule.samples
-        header = ["path", "label", *[f"prob_{c}" for c in class_names], "prediction"]
-        atomic_write_csv(
-            self.output_dir / "predictions.csv",
-            header,
-            [
-                [
-                    str(samples[i].path),
-                    class_names[y],
-                    *[f"{v:.6f}" for v in p],
-                    class_names[int(p.argmax())],
-                ]
-                for (i, y, _), p in zip(rows, probs, strict=True)
-            ],
+        write_predictions_csv(
+            self.output_dir / PREDICTIONS,
+            [str(samples[i].path) for i, _, _ in rows],
+            np.array([y for _, y, _ in rows]),
+            probs,
+            class_names,
         )
+
+
+#: The test and validation predictions of a run (``path,label,prob_<class>...,prediction``).
+PREDICTIONS, VAL_PREDICTIONS = "predictions.csv", "val_predictions.csv"
+
+
+def write_predictions_csv(
+    path: str | Path,
+    paths: list[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+) -> Path:
+    """Write one ``path,label,prob_<class>...,prediction`` row per image, atomically.
+
+    Args:
+        path: the CSV file.
+        paths: ``N`` image paths.
+        labels: ``(N,)`` true class indices.
+        probs: ``(N, K)`` class probabilities (written with 6 decimals).
+        class_names: ``K`` class names in label-index order.
+
+    Returns:
+        ``path``.
+    """
+    header = ["path", "label", *[f"prob_{c}" for c in class_names], "prediction"]
+    return atomic_write_csv(
+        path,
+        header,
+        [
+            [name, class_names[int(y)], *[f"{v:.6f}" for v in p], class_names[int(p.argmax())]]
+            for name, y, p in zip(paths, labels, probs, strict=True)
+        ],
+    )
 
 
 #: Columns of ``test_metrics.csv`` and of the W&B metrics table.
@@ -266,15 +296,44 @@ def recorded_temperature(ckpt_path: str | Path) -> float | None:
     return float(temperature)
 
 
-def fit_validation_temperature(
-    trainer: L.Trainer, model: L.LightningModule, datamodule: Any, ckpt_path: str | None
-) -> float:
-    """Fit a temperature on the validation split's predictions of ``ckpt_path``.
+@dataclass(frozen=True)
+class SplitPredictions:
+    """A checkpoint's probabilities on one split, one row per image in sample-index order.
 
-    ``predict_step`` returns softmax probabilities; ``log(probs)`` equals the logits up to a
-    per-sample constant, which softmax ignores (:func:`probs_to_logits`), so fitting on it is
-    fitting on the logits. Under DDP each rank predicts its share and the shares are gathered.
+    Attributes:
+        indices: ``(N,)`` indices into the DataModule's ``samples``.
+        paths: ``N`` image paths.
+        labels: ``(N,)`` true class indices.
+        probs: ``(N, K)`` softmax probabilities (uncalibrated; TTA as at test time).
     """
+
+    indices: np.ndarray
+    paths: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+
+
+def predict_validation(
+    trainer: L.Trainer, model: L.LightningModule, datamodule: Any, ckpt_path: str | None
+) -> SplitPredictions | None:
+    """Predict the validation split with ``ckpt_path`` (the current weights when ``None``).
+
+    Under DDP each rank predicts its share and the shares are gathered, so every rank gets
+    every image. ``predict_step`` must return ``{"probs", "index"}`` as
+    :class:`~osteolightning.models.classifier.KneeClassifier` does.
+
+    Returns:
+        The predictions, or ``None`` when this process cannot see the whole validation split:
+        with a spawning strategy (``ddp_spawn``) the split lives in the worker processes, and
+        a partial set of predictions is never returned (a warning says so).
+    """
+    expected = len(datamodule.datasets["val"]) if "val" in datamodule.datasets else None
+    if expected is None:
+        log.warning(
+            "The validation split is not set up in this process (a spawning strategy such as "
+            "ddp_spawn keeps it in its workers): no validation predictions."
+        )
+        return None
     outputs = trainer.predict(
         model, dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path, weights_only=True
     )
@@ -287,11 +346,93 @@ def fit_validation_temperature(
         buckets: list[Any] = [None] * trainer.world_size
         dist.all_gather_object(buckets, rows)
         rows = [row for bucket in buckets for row in bucket]
-    rows = sorted(dict(rows).items())
-    if not rows:
-        raise ConfigError("Temperature scaling needs a non-empty validation split.")
-    labels = np.array([datamodule.samples[i].label for i, _ in rows])
-    probs = np.stack([p for _, p in rows])
-    temperature = fit_temperature(probs_to_logits(probs), labels)
-    log.info(f"Temperature scaling: T={temperature:.4f} fitted on {len(rows)} validation images.")
+    rows = sorted(dict(rows).items())  # keyed by sample index: a padded duplicate counts once
+    if len(rows) != expected:
+        log.warning(
+            f"Predicted {len(rows)} of the {expected} validation images in this process "
+            f"(strategy {type(trainer.strategy).__name__}): no validation predictions."
+        )
+        return None
+    indices = np.array([i for i, _ in rows], dtype=np.int64)
+    k = len(datamodule.class_names)
+    return SplitPredictions(
+        indices=indices,
+        paths=[str(datamodule.samples[i].path) for i in indices],
+        labels=np.array([datamodule.samples[i].label for i in indices], dtype=np.int64),
+        probs=np.stack([p for _, p in rows]) if rows else np.zeros((0, k)),
+    )
+
+
+def fit_validation_temperature(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: Any,
+    ckpt_path: str | None,
+    predictions: SplitPredictions | None = None,
+) -> float:
+    """Fit a temperature on the validation split's predictions of ``ckpt_path``.
+
+    ``predict_step`` returns softmax probabilities; ``log(probs)`` equals the logits up to a
+    per-sample constant, which softmax ignores (:func:`probs_to_logits`), so fitting on it is
+    fitting on the logits. Under DDP each rank predicts its share and the shares are gathered.
+
+    Args:
+        trainer: the trainer that fitted ``model``.
+        model: the classifier.
+        datamodule: its DataModule (set up).
+        ckpt_path: the checkpoint to predict with (``None``: the current weights).
+        predictions: the validation predictions of ``ckpt_path`` when already made (by
+            :func:`predict_validation`); predicted here otherwise.
+
+    Raises:
+        ConfigError: the validation split is empty or not visible in this process.
+    """
+    if predictions is None:
+        predictions = predict_validation(trainer, model, datamodule, ckpt_path)
+    if predictions is None or not len(predictions.labels):
+        raise ConfigError(
+            "Temperature scaling needs a non-empty validation split predicted in this process "
+            "(not under ddp_spawn: use trainer.strategy=ddp); set "
+            "evaluation.temperature_scaling=false or give the data a validation split."
+        )
+    temperature = fit_temperature(probs_to_logits(predictions.probs), predictions.labels)
+    log.info(
+        f"Temperature scaling: T={temperature:.4f} fitted on {len(predictions.labels)} "
+        "validation images."
+    )
     return temperature
+
+
+@rank_zero_only
+def write_validation_predictions(
+    output_dir: str | Path,
+    predictions: SplitPredictions,
+    class_names: list[str],
+    temperature: float | None = None,
+) -> Path:
+    """Write ``val_predictions.csv`` (the ``predictions.csv`` format) into ``output_dir``.
+
+    The fusion ``weighted_mean`` of ``osteo-ensemble`` / ``osteo-eval`` fits its weights on
+    these files; they are calibrated with the test predictions' ``temperature``, if any.
+
+    Args:
+        output_dir: the run directory.
+        predictions: from :func:`predict_validation`.
+        class_names: ``K`` class names in label-index order.
+        temperature: the temperature applied to the test probabilities (``None``: none).
+
+    Returns:
+        The file written.
+    """
+    probs = predictions.probs
+    if temperature is not None:
+        probs = apply_temperature(probs_to_logits(probs), temperature)
+    path = write_predictions_csv(
+        Path(output_dir) / VAL_PREDICTIONS,
+        predictions.paths,
+        predictions.labels,
+        probs,
+        class_names,
+    )
+    log.info(f"Wrote {len(predictions.labels)} validation predictions to {path}")
+    return path

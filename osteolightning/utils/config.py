@@ -18,10 +18,49 @@ CONFIG_DIR = str(
 )
 
 
+def _multirun_job() -> Any:
+    """The Hydra config of the running multirun job, or ``None`` outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg if hydra_cfg.get("mode") == RunMode.MULTIRUN else None
+
+
+def sweep_group(default: str) -> str:
+    """``${sweep_group:DEFAULT}``: in a multirun, the name of its directory (``hydra.sweep.dir``,
+    e.g. ``2026-11-24_01-30-00_123456``), shared by all its jobs; else ``DEFAULT``."""
+    job = _multirun_job()
+    return Path(str(job.sweep.dir)).name if job is not None else str(default)
+
+
+#: W&B caps run names; longer override lists are shortened with an ellipsis.
+MAX_RUN_NAME = 128
+
+
+def sweep_job_name(default: str) -> str:
+    """``${sweep_job_name:DEFAULT}``: in a multirun, ``<job number>-<overrides>`` (e.g.
+    ``3-model/backbone=xception,seed=1``); else ``DEFAULT``."""
+    job = _multirun_job()
+    if job is None:
+        return str(default)
+    name = f"{job.job.num}-{','.join(job.overrides.task) or 'defaults'}"
+    return name if len(name) <= MAX_RUN_NAME else name[: MAX_RUN_NAME - 1] + "…"
+
+
 def register_resolvers() -> None:
-    """``${len:${class_names}}`` and friends; safe to call repeatedly."""
-    if not OmegaConf.has_resolver("len"):
-        OmegaConf.register_new_resolver("len", lambda seq: len(seq))
+    """``${len:${class_names}}``, ``${sweep_group:...}``, ``${sweep_job_name:...}``; safe to
+    call repeatedly."""
+    resolvers = {
+        "len": lambda seq: len(seq),
+        "sweep_group": sweep_group,
+        "sweep_job_name": sweep_job_name,
+    }
+    for name, function in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
 
 
 register_resolvers()

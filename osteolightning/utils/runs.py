@@ -45,8 +45,9 @@ MARKER = ".osteo_run.json"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
 #: Top-level keys that may differ between a run and its continuation.
 VOLATILE_KEYS = ("resume", "ckpt_path", "paths", "allow_unsafe_pickle")
-#: Keys under ``logger.wandb`` set by resuming (the run name carries a timestamp).
-VOLATILE_WANDB_KEYS = ("id", "resume", "name")
+#: Keys under ``logger.wandb`` set by resuming (the run name carries a timestamp; a multirun's
+#: group is its directory's timestamp, so a sweep started again can continue its killed jobs).
+VOLATILE_WANDB_KEYS = ("id", "resume", "name", "group")
 #: Files and folders that are a run's results: their presence means the directory is taken.
 RESULTS = ("metrics.json", "predictions.csv", "checkpoints", "csv/metrics.csv", "wandb", MARKER)
 
@@ -200,6 +201,7 @@ def _redirect(cfg: DictConfig, run_dir: Path, marker: dict[str, Any]) -> None:
         if wandb is not None and marker.get("wandb_id"):
             wandb.id, wandb.resume = marker["wandb_id"], "allow"
             wandb.name = marker.get("wandb_name") or wandb.get("name")
+            wandb.group = marker.get("wandb_group") or wandb.get("group")
     if rank_zero_only.rank != 0:
         return
     if fresh.resolve() != run_dir.resolve():
@@ -272,7 +274,8 @@ def record_loggers(run_dir: str | Path, loggers: Sequence[Any]) -> None:
     """Store the W&B run id and name in the marker, so a continuation logs into the same run."""
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger" and rank_zero_only.rank == 0:
-            update_marker(run_dir, wandb_id=logger.experiment.id, wandb_name=logger.experiment.name)
+            run = logger.experiment
+            update_marker(run_dir, wandb_id=run.id, wandb_name=run.name, wandb_group=run.group)
 
 
 def finish_run(run_dir: str | Path) -> None:

@@ -1,0 +1,112 @@
+"""Multirun jobs that fail without stopping the sweep, and W&B runs that never outlive their job.
+
+In a Hydra multirun (``osteo-train -m ...``, the Optuna sweeper, the SLURM launcher) every job
+is its own run directory. A job that raises is recorded by :func:`record_failed_job`: its
+exception and traceback go to the log and to ``error.json`` in the job's directory, so a
+leaderboard (or a person) can list the failed jobs from the files alone::
+
+    {"error": "...", "type": "osteolightning.errors.ConfigError", "traceback": "...",
+     "overrides": ["model/backbone=xception", "seed=1"], "job_num": 3, "run_dir": "...", ...}
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from osteolightning.utils import runs
+from osteolightning.utils.files import atomic_write_json
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+#: A failed job's record, in the job's directory.
+ERROR_FILE = "error.json"
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Finish the open W&B run, if any (``exit_code`` 1 marks it failed in W&B).
+
+    Does nothing when ``wandb`` was never imported or no run is open, so it is safe to call
+    after a run has already been closed.
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def record_failed_job(error: BaseException, cfg: DictConfig | None = None) -> dict[str, Any]:
+    """Log a failed multirun job and write its ``error.json`` (atomically, rank zero only).
+
+    The file goes into the job's Hydra directory (``hydra.runtime.output_dir``); when the job
+    had continued another run (``resume=...``), a copy also goes into that run directory, and
+    that run's marker records the error (its state stays ``running``, so ``resume=auto`` can
+    still continue it once the cause is fixed).
+
+    Args:
+        error: the exception the job raised.
+        cfg: the job's config (for the run directory); optional.
+
+    Returns:
+        The record written to ``error.json``.
+    """
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = Path(cfg.paths.output_dir) if cfg is not None and "paths" in cfg else job_dir
+    record = {
+        "error": str(error),
+        "type": f"{type(error).__module__}.{type(error).__qualname__}",
+        "traceback": "".join(traceback.format_exception(error)),
+        "overrides": overrides,
+        "job_num": hydra_cfg.job.get("num"),
+        "job_dir": str(job_dir),
+        "run_dir": str(run_dir),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if rank_zero_only.rank != 0:
+        return record
+    log.error(
+        f"Job {record['job_num']} ({' '.join(overrides) or 'no overrides'}) failed: "
+        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
+        f"[{job_dir / ERROR_FILE}]; the sweep goes on.",
+        exc_info=error,
+    )
+    atomic_write_json(job_dir / ERROR_FILE, record)
+    if run_dir.resolve() != job_dir.resolve() and run_dir.is_dir():
+        atomic_write_json(run_dir / ERROR_FILE, record)
+    if runs.read_marker(run_dir) is not None:
+        runs.update_marker(run_dir, last_error=f"{record['type']}: {record['error']}"[:500])
+    return record
+
+
+def failed_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """The ``error.json`` records of a multirun directory's jobs, in job order.
+
+    Args:
+        sweep_dir: the multirun directory (``hydra.sweep.dir``), holding one folder per job.
+
+    Returns:
+        One record per failed job (see :func:`record_failed_job`); an unreadable file gives a
+        record with its ``error`` saying so.
+    """
+    import json
+
+    records = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{ERROR_FILE}")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            records.append({"error": f"unreadable {path}: {err}", "job_dir": str(path.parent)})
+    return sorted(records, key=lambda r: (r.get("job_num") is None, r.get("job_num") or 0))
