@@ -1,9 +1,13 @@
-"""``osteo-ensemble``: fuse the ``predictions.csv`` of finished runs; writes the fused
+"""``osteo-ensemble``: fuse finished runs, or build the leaderboard of a sweep.
+
+``runs=[...]`` fuses the ``predictions.csv`` of finished runs and writes the fused
 ``predictions.csv``, ``metrics.json`` (with 95 % intervals) and ``members.json`` (each run's
-report on the same bootstrap) into its own run directory.
+report on the same bootstrap) into its own run directory. ``sweep=<multirun dir>`` writes the
+sweep's leaderboard (:mod:`osteolightning.ensemble.leaderboard`) into ``<sweep>/leaderboard/``.
 
 Example:
     osteo-ensemble runs=[logs/eval/runs/A,logs/eval/runs/B,logs/eval/runs/C] method=fuzzy_rank
+    osteo-ensemble sweep=logs/train/multiruns/2026-01-01_00-00-00_000000 methods=[fuzzy_rank]
 """
 
 from __future__ import annotations
@@ -145,7 +149,10 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
         DataSourceError: a missing or malformed predictions file, or runs that do not match.
     """
     if OmegaConf.is_missing(cfg, "runs") or not cfg.runs:
-        raise ConfigError("Expected argument `runs` to list run directories, e.g. runs=[RUN,RUN].")
+        raise ConfigError(
+            "Expected argument `runs` to list run directories, e.g. runs=[RUN,RUN] (or `sweep` "
+            "to be a multirun directory, for its leaderboard)."
+        )
     runs = [str(r) for r in (cfg.runs if isinstance(cfg.runs, ListConfig) else [cfg.runs])]
     method = check_method(cfg.method)
     if missing := [r for r in runs if not run_file(r).is_file()]:
@@ -189,10 +196,62 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _string_list(cfg: DictConfig, key: str) -> list[str] | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, ListConfig):
+        return [str(v) for v in value]
+    if isinstance(value, str):
+        return [value]
+    raise ConfigError(
+        f"Expected argument `{key}` to be a list, e.g. {key}=[a,b], but got {value!r}."
+    )
+
+
+def leaderboard(cfg: DictConfig) -> dict[str, Any]:
+    """Build and write the leaderboard of ``cfg.sweep`` (``osteo-ensemble sweep=DIR``).
+
+    Returns:
+        ``leaderboard.json``'s content.
+
+    Raises:
+        ConfigError: both ``runs`` and ``sweep``, an unknown method, member or sort metric, or a
+            taken ``out`` folder.
+        DataSourceError: no jobs, unreadable results, members tested on different images.
+    """
+    from osteolightning.ensemble.leaderboard import leaderboard_json, run_leaderboard
+
+    if cfg.get("runs"):
+        raise ConfigError(
+            "Pass either `runs` (fuse these runs) or `sweep` (the leaderboard of a sweep), not both."
+        )
+    sweep = _string_list(cfg, "sweep") or []
+    ev = cfg.evaluation
+    board, files = run_leaderboard(
+        sweep[0] if len(sweep) == 1 else sweep,
+        out=cfg.get("out")
+        or (None if len(sweep) == 1 else Path(cfg.paths.output_dir) / "leaderboard"),
+        wandb=bool(cfg.get("wandb", False)),
+        wandb_project=str(cfg.get("wandb_project") or "osteolightning"),
+        wandb_offline=bool(cfg.get("wandb_offline", True)),
+        methods=_string_list(cfg, "methods"),
+        members=_string_list(cfg, "members"),
+        sort_by=cfg.get("sort_by"),
+        top_k=cfg.get("top_k"),
+        n_resamples=int(ev.n_resamples),
+        seed=int(ev.seed),
+    )
+    return {**leaderboard_json(board), "files": {k: str(v) for k, v in files.items()}}
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="ensemble")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
-    ensemble(cfg)
+    """Hydra entry point: the leaderboard with ``sweep=...``, else the ensemble of ``runs``."""
+    if cfg.get("sweep"):
+        leaderboard(cfg)
+    else:
+        ensemble(cfg)
 
 
 if __name__ == "__main__":

@@ -208,3 +208,136 @@ def evaluation_report(
     report[f"{prefix}confusion_matrix"] = cm.tolist()
     report[f"{prefix}bootstrap_resamples"] = int(n_resamples)
     return report
+
+
+def cluster_resample_indices(
+    labels: np.ndarray, clusters: Sequence[object], n_resamples: int, seed: int
+) -> list[np.ndarray]:
+    """Stratified cluster bootstrap: row indices of ``n_resamples`` resamples.
+
+    Each resample draws, within every class, as many clusters as the class has, with
+    replacement, and takes *all* rows of each drawn cluster. A cluster is one image: pooled
+    out-of-fold predictions hold an image once per seed (and per configuration), and those rows
+    are not independent, so they are drawn together.
+
+    Args:
+        labels: ``(N,)`` class index per row; constant within a cluster.
+        clusters: ``N`` cluster keys (e.g. image paths), one per row.
+        n_resamples: number of resamples ``R``.
+        seed: random seed.
+
+    Returns:
+        ``R`` int64 arrays of row indices; their lengths differ only when clusters differ in size.
+
+    Raises:
+        ConfigError: a cluster whose rows carry different labels, or mismatched lengths.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    if y.ndim != 1 or len(clusters) != len(y):
+        raise ConfigError(
+            f"Expected one cluster key per label, but got {len(clusters)} keys for labels of "
+            f"shape {y.shape}."
+        )
+    keys, inverse = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    sizes = np.bincount(inverse, minlength=len(keys))
+    rows = np.split(order, np.cumsum(sizes)[:-1])  # rows of each cluster
+    cluster_label = np.array([y[r[0]] for r in rows], dtype=np.int64)
+    for c, r in enumerate(rows):
+        if (y[r] != cluster_label[c]).any():
+            raise ConfigError(
+                f"Cluster '{keys[c]}' has rows with different labels {sorted(set(y[r]))}; an "
+                "image must carry one label in every run."
+            )
+    rng = np.random.default_rng(seed)
+    draws = np.empty((n_resamples, len(keys)), dtype=np.int64)
+    start = 0
+    for c in np.unique(cluster_label):
+        members = np.flatnonzero(cluster_label == c)
+        draws[:, start : start + len(members)] = rng.choice(
+            members, size=(n_resamples, len(members))
+        )
+        start += len(members)
+    if (sizes == sizes[0]).all():
+        table = np.stack(rows)  # (C, size)
+        return list(table[draws].reshape(n_resamples, -1))
+    return [np.concatenate([rows[c] for c in draw]) for draw in draws]
+
+
+def cluster_bootstrap_report(
+    labels: Sequence[int],
+    probs: np.ndarray,
+    clusters: Sequence[object],
+    class_names: Sequence[str],
+    prefix: str = "test/",
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    max_bytes: int = 64 << 20,
+) -> dict[str, object]:
+    """:func:`evaluation_report` for rows that come in clusters (an image under several seeds).
+
+    Point estimates are :func:`metric_table` over all rows (pooled). Intervals are percentile
+    intervals over a stratified *cluster* bootstrap (:func:`cluster_resample_indices`), so an
+    image predicted by three seeds is drawn with its three rows and the interval is not
+    narrowed by counting one image three times.
+
+    Args:
+        labels: ``(N,)`` true class indices.
+        probs: ``(N, K)`` predicted probabilities.
+        clusters: ``N`` cluster keys (image paths).
+        class_names: ``K`` class names.
+        prefix: key prefix.
+        n_resamples: bootstrap resamples.
+        confidence: interval coverage.
+        seed: bootstrap seed.
+        max_bytes: resamples are evaluated in chunks of about this many bytes of probabilities.
+
+    Returns:
+        The keys of :func:`evaluation_report` plus ``{prefix}n_clusters``.
+
+    Raises:
+        ConfigError: empty or mismatched input, a cluster with two labels.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 1 or p.ndim != 2 or len(y) != len(p) or p.shape[1] != len(class_names):
+        raise ConfigError(
+            f"Expected labels (N,) and probs (N, {len(class_names)}), but got "
+            f"{y.shape} and {p.shape}."
+        )
+    if len(y) == 0:
+        raise ConfigError("Cannot compute an evaluation report on zero samples.")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"Expected argument `confidence` in (0, 1), but got {confidence}.")
+    point = metric_table(y[None], p[None], class_names)
+    resamples = cluster_resample_indices(y, clusters, n_resamples, seed)
+    lengths = np.array([len(r) for r in resamples])
+    boot: dict[str, np.ndarray] = {name: np.empty(n_resamples) for name in point}
+    for length in np.unique(lengths):
+        which = np.flatnonzero(lengths == length)
+        chunk = max(1, int(max_bytes // max(1, length * p.shape[1] * 8)))
+        for start in range(0, len(which), chunk):
+            sel = which[start : start + chunk]
+            idx = np.stack([resamples[i] for i in sel])
+            for name, values in metric_table(y[idx], p[idx], class_names).items():
+                boot[name][sel] = values
+    alpha = (1 - confidence) / 2
+    tag = f"ci{round(confidence * 100)}"
+    report: dict[str, object] = {
+        f"{prefix}n": int(len(y)),
+        f"{prefix}n_clusters": int(len({str(c) for c in clusters})),
+    }
+    for name, value in point.items():
+        v = float(value[0])
+        report[f"{prefix}{name}"] = None if np.isnan(v) else v
+        samples = boot[name][np.isfinite(boot[name])]
+        report[f"{prefix}{name}_{tag}"] = (
+            [float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha))]
+            if len(samples)
+            else None
+        )
+    cm = confusion_matrices(y[None], p.argmax(axis=1)[None], len(class_names))[0]
+    report[f"{prefix}confusion_matrix"] = cm.tolist()
+    report[f"{prefix}bootstrap_resamples"] = int(n_resamples)
+    return report
