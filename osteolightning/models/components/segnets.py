@@ -171,8 +171,8 @@ def _check_image_size(network: str, image_size: Any, multiple: int, reason: str)
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
         raise ConfigError(
-            f"image_size must be a positive int (the side of the square network input), "
-            f"got {image_size!r}."
+            f"image_size must be a positive int (the side of the square network input) for "
+            f"{network}, got {image_size!r}."
         )
     if image_size % multiple:
         raise ConfigError(
@@ -209,6 +209,7 @@ def _mark(
     size_multiple: int,
     fixed_size: int | None = None,
 ) -> nn.Module:
+    """Set the attributes the training code reads (see the module docstring)."""
     net.deep_supervision = deep_supervision
     net.size_multiple = size_multiple
     net.fixed_size = fixed_size
@@ -660,10 +661,6 @@ def _build_attention_unet(
     from monai.networks.nets import AttentionUnet
 
     channels, strides, multiple = _unet_sizes("attention_unet", opts)
-    if len(channels) < 3:
-        raise ConfigError(
-            f"attention_unet: `channels` needs at least 3 scales, got {list(channels)}."
-        )
     reason = f"The attention U-Net downsamples by strides {list(strides)} (x{multiple} in all)"
     _check_image_size("attention_unet", image_size, multiple, reason)
     net = AttentionUnet(
