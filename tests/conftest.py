@@ -86,3 +86,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
     metrics, objects = train(compose_config("train", run_dir, cache_dir, ["debug=tiny"]))
     GlobalHydra.instance().clear()
     return run_dir, metrics, objects
+
+
+@pytest.fixture(scope="session")
+def segmented(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
+    """One tiny segmentation fit + test (``osteo-segment debug=seg_tiny``)."""
+    from osteolightning.train import train
+
+    run_dir = tmp_path_factory.mktemp("segment") / "run"
+    metrics, objects = train(compose_config("segment", run_dir, cache_dir, ["debug=seg_tiny"]))
+    GlobalHydra.instance().clear()
+    return run_dir, metrics, objects
