@@ -799,8 +799,9 @@ def leaderboard_markdown(board: Leaderboard) -> str:
 
 
 def leaderboard_table(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
-    """``(header, rows)`` of ``leaderboard.csv``: per metric ``_mean``, ``_std``, ``_n``,
-    ``_pooled``, ``_pooled_ci95_low``, ``_pooled_ci95_high``."""
+    """``(header, rows)`` of ``leaderboard.csv`` (and the W&B table): per metric ``_mean``,
+    ``_std``, ``_n``, ``_pooled``, ``_pooled_ci95_low``, ``_pooled_ci95_high``; missing values are
+    ``None`` (empty in the CSV)."""
     header = [
         "rank",
         "name",
@@ -842,8 +843,8 @@ def leaderboard_table(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
             row["n_incomplete"],
             " ".join(map(str, row["seeds"])),
             " ".join(map(str, row["folds"])),
-            row["pooled_rows"] if row["pooled_rows"] is not None else "",
-            row["pooled_images"] if row["pooled_images"] is not None else "",
+            row["pooled_rows"],
+            row["pooled_images"],
         ]
         for m in metrics:
             stats = row["mean"].get(m) or {}
@@ -851,7 +852,7 @@ def leaderboard_table(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
             line += [
                 _num(stats.get("mean")),
                 _num(stats.get("std")),
-                stats.get("n", ""),
+                stats.get("n"),
                 _num(row["pooled"].get(m)),
                 _num(ci[0]),
                 _num(ci[1]),
@@ -860,8 +861,8 @@ def leaderboard_table(board: Leaderboard) -> tuple[list[str], list[list[Any]]]:
     return header, out
 
 
-def _num(value: float | None) -> str:
-    return "" if value is None else repr(float(value))
+def _num(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def leaderboard_json(board: Leaderboard) -> dict[str, Any]:

@@ -431,3 +431,19 @@ def test_callback_writes_the_leaderboard_and_never_raises(tmp_path, caplog):
     LeaderboardCallback().on_multirun_end(other)  # not a task it runs for: nothing happens
     LeaderboardCallback(enabled=False).on_multirun_end(broken)
     assert caplog.text.count("leaderboard of the sweep failed") == 1
+
+
+def test_wandb_offline_run_in_the_sweeps_group(tmp_path):
+    wandb = pytest.importorskip("wandb")
+    from osteolightning.ensemble.leaderboard import run_leaderboard
+
+    make_sweep(tmp_path / "sweep")
+    try:
+        board, files = run_leaderboard(
+            tmp_path / "sweep", methods=["mean"], n_resamples=50, wandb=True, wandb_offline=True
+        )
+    finally:
+        wandb.teardown()  # later runs (WandbLogger) must not inherit this one's settings
+    runs = list((files["csv"].parent / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    assert wandb.run is None  # finished
