@@ -546,7 +546,19 @@ def _ensemble_rows(
     explicit: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, list[list[Any]]]]:
     """Fuse ``configs`` per (seed, fold) with each method; pooled and mean ± std rows."""
-    by_config = [{(j.seed, j.fold): j for j in c.finished} for c in configs]
+    by_config: list[dict[tuple[int | None, int | None], Job]] = []
+    for config in configs:
+        seen: dict[tuple[int | None, int | None], Job] = {}
+        for job in config.finished:
+            unit = (job.seed, job.fold)
+            if unit in seen:  # e.g. a sweep listed twice, or runs without a saved config
+                notes.append(
+                    f"{config.name!r} has two finished jobs at (seed, fold) {unit}: "
+                    f"'{seen[unit].path}' and '{job.path}'; ensembles use the first."
+                )
+                continue
+            seen[unit] = job
+        by_config.append(seen)
     shared = set(by_config[0]).intersection(*map(set, by_config[1:]))
     missing = sorted(set().union(*map(set, by_config)) - shared, key=str)
     if missing:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -447,3 +448,12 @@ def test_wandb_offline_run_in_the_sweeps_group(tmp_path):
     runs = list((files["csv"].parent / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
     assert wandb.run is None  # finished
+
+
+def test_a_sweep_listed_twice_is_noted_not_double_counted_in_ensembles(tmp_path):
+    make_sweep(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    board = build_leaderboard([tmp_path / "a", tmp_path / "b"], methods=["mean"], n_resamples=50)
+    assert _row(board, "alexnet")["n_finished"] == 8  # every job is a row source
+    assert _row(board, "ensemble:mean(alexnet+resnet18)")["mean"]["test/acc"]["n"] == 4
+    assert any("two finished jobs" in note for note in board.notes)
