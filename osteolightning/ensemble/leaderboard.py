@@ -94,6 +94,10 @@ SHOWN = (
 DEFAULT_SORT = ("test/f1_macro", "test/dice", "test/acc")
 
 
+class EnsembleMismatchError(DataSourceError):
+    """Ensemble members were tested on different images (a swept split, another data set)."""
+
+
 # --------------------------------------------------------------------------- jobs
 
 
@@ -579,7 +583,7 @@ def _ensemble_rows(
                 align([read_predictions(j.path / PREDICTIONS) for j in jobs], class_names)
             )
         except DataSourceError as err:
-            raise DataSourceError(
+            raise EnsembleMismatchError(
                 f"Cannot ensemble {names} at seed {unit[0]}, fold {unit[1]}: their test sets "
                 f"differ ({err}). Ensemble configurations tested on the same images "
                 "(members=[...]) or leave ensembles out (methods=[])."
@@ -1168,9 +1172,7 @@ class LeaderboardCallback(HydraCallback):
             evaluation = config.get("evaluation") or {}
             wandb_cfg = OmegaConf.select(config, "logger.wandb", default=None)
             use_wandb = self.wandb if self.wandb is not None else wandb_cfg is not None
-            run_leaderboard(
-                sweep_dir,
-                methods=self.methods,
+            options = dict(
                 members=self.members,
                 sort_by=self.sort_by,
                 top_k=self.top_k,
@@ -1180,6 +1182,11 @@ class LeaderboardCallback(HydraCallback):
                 wandb_project=str((wandb_cfg or {}).get("project") or "osteolightning"),
                 wandb_offline=bool((wandb_cfg or {}).get("offline", True)),
             )
+            try:
+                run_leaderboard(sweep_dir, methods=self.methods, **options)
+            except EnsembleMismatchError as err:  # e.g. a sweep over the split: no ensembles
+                log.warning(f"{err} The leaderboard is written without ensemble rows.")
+                run_leaderboard(sweep_dir, methods=[], **options)
         except Exception as err:  # never hide the sweep's results behind a leaderboard error
             log.error(
                 f"The leaderboard of the sweep failed ({type(err).__name__}: {err}); the jobs' "
@@ -1190,6 +1197,7 @@ class LeaderboardCallback(HydraCallback):
 
 __all__ = [
     "Configuration",
+    "EnsembleMismatchError",
     "Job",
     "Leaderboard",
     "LeaderboardCallback",

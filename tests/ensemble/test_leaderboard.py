@@ -457,3 +457,16 @@ def test_a_sweep_listed_twice_is_noted_not_double_counted_in_ensembles(tmp_path)
     assert _row(board, "alexnet")["n_finished"] == 8  # every job is a row source
     assert _row(board, "ensemble:mean(alexnet+resnet18)")["mean"]["test/acc"]["n"] == 4
     assert any("two finished jobs" in note for note in board.notes)
+
+
+def test_callback_leaves_out_ensembles_of_members_tested_on_different_images(tmp_path, caplog):
+    make_sweep(tmp_path / "sweep")
+    pred = tmp_path / "sweep" / "0" / "predictions.csv"
+    pred.write_text(pred.read_text().replace("knee_000", "knee_999"))
+    config = OmegaConf.create(
+        {"task_name": "train", "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}}
+    )
+    LeaderboardCallback(n_resamples=50).on_multirun_end(config)
+    saved = json.loads((tmp_path / "sweep" / "leaderboard" / "leaderboard.json").read_text())
+    assert [r["kind"] for r in saved["rows"]] == ["configuration", "configuration"]
+    assert "test sets differ" in caplog.text and "without ensemble rows" in caplog.text
