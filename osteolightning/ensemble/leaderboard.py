@@ -90,6 +90,9 @@ SHOWN = (
     "test/kappa_quadratic",
     "test/dice",
 )
+#: Without `members`, ensembles fuse every configuration only up to this many (a hyperparameter
+#: search's trials are not an ensemble); name the members to fuse more.
+MAX_DEFAULT_MEMBERS = 8
 #: The sort metric when none is given: the first of these that some row has.
 DEFAULT_SORT = ("test/f1_macro", "test/dice", "test/acc")
 
@@ -662,7 +665,9 @@ def build_leaderboard(
             :data:`~osteolightning.ensemble.fusion.FUSIONS` that applies (``weighted_mean`` only
             where every member job has ``val_predictions.csv``); ``[]``: no ensembles.
         members: configurations to fuse (names as in the table, or overrides); ``None``: all
-            classification configurations with finished jobs (ensembles need two or more).
+            classification configurations with finished jobs, when there are 2 to
+            :data:`MAX_DEFAULT_MEMBERS` of them (more, e.g. a hyperparameter search's trials,
+            give a note instead of ensemble rows).
         sort_by: the metric to sort by (``test/`` may be left out); ``None``: ``test/f1_macro``,
             or ``test/dice`` for segmentation sweeps. Larger is better except for losses,
             calibration errors and distances (:func:`lower_is_better`). Rows are sorted by the
@@ -703,7 +708,12 @@ def build_leaderboard(
             f"Expected `members` to be classification configurations with finished jobs, but "
             f"{bad} have none with probabilities in {PREDICTIONS}."
         )
-    if methods and len(chosen) >= 2 and class_names is not None:
+    if methods and members is None and len(chosen) > MAX_DEFAULT_MEMBERS:
+        notes.append(
+            f"No ensemble rows: {len(chosen)} configurations are more than the "
+            f"{MAX_DEFAULT_MEMBERS} fused by default; name them with members=[...]."
+        )
+    elif methods and len(chosen) >= 2 and class_names is not None:
         ensemble_rows, fused = _ensemble_rows(
             chosen, methods, class_names, top_k, n_resamples, confidence, seed, notes, explicit
         )

@@ -470,3 +470,15 @@ def test_callback_leaves_out_ensembles_of_members_tested_on_different_images(tmp
     saved = json.loads((tmp_path / "sweep" / "leaderboard" / "leaderboard.json").read_text())
     assert [r["kind"] for r in saved["rows"]] == ["configuration", "configuration"]
     assert "test sets differ" in caplog.text and "without ensemble rows" in caplog.text
+
+
+def test_many_configurations_are_not_fused_unless_named(tmp_path):
+    backbones = tuple(f"net{i}" for i in range(9))  # e.g. the trials of a hyperparameter search
+    make_sweep(tmp_path / "sweep", seeds=(0,), backbones=backbones, val=False)
+    board = build_leaderboard(tmp_path / "sweep", n_resamples=20)
+    assert [r["kind"] for r in board.rows] == ["configuration"] * 9
+    assert any("members=[...]" in note for note in board.notes)
+    named = build_leaderboard(
+        tmp_path / "sweep", methods=["mean"], members=["net0", "net8"], n_resamples=20
+    )
+    assert "ensemble:mean(net0+net8)" in [r["name"] for r in named.rows]
