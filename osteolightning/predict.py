@@ -114,6 +114,37 @@ def _output_names(pairs: list[tuple[Path, Path]]) -> list[Path]:
     return names
 
 
+def _inputs(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], dict[Path, str]]:
+    """``(root, image)`` pairs of files, folders and CSV manifests (their ``image`` column,
+    relative to the CSV), and the labels a manifest gives (its ``label`` column, if any)."""
+    pairs: list[tuple[Path, Path]] = []
+    labels: dict[Path, str] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file() and path.suffix.lower() == ".csv":
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                if "image" not in (reader.fieldnames or []):
+                    raise DataSourceError(
+                        f"Manifest '{path}' has no `image` column; expected the header "
+                        f"image[,label,...], but got {reader.fieldnames}."
+                    )
+                for line, row in enumerate(reader, start=2):
+                    image = (path.parent / row["image"]).resolve()
+                    if not image.is_file():
+                        raise DataSourceError(
+                            f"Manifest '{path}' line {line}: image '{row['image']}' does not exist."
+                        )
+                    base = path.parent.resolve()
+                    # images outside the manifest's folder are named by their file name
+                    pairs.append((base if image.is_relative_to(base) else image.parent, image))
+                    if row.get("label"):
+                        labels[image] = row["label"]
+        else:
+            pairs.extend(iter_images_with_roots([path]))
+    return pairs, labels
+
+
 def _check_new_folder(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(
@@ -136,7 +167,8 @@ def export_masks(
 
     Args:
         ckpt_path: a segmentation checkpoint (``osteo-segment``).
-        paths: image files or folders (searched recursively).
+        paths: image files, folders (searched recursively) or CSV manifests (their ``image``
+            column; a ``label`` column is carried into the written manifest).
         out_dir: a new (or empty) folder.
         batch_size: images per forward pass.
         label_from_folder: write a ``label`` column with each image's parent-folder name.
@@ -167,7 +199,7 @@ def export_masks(
     _check_new_folder(out)
     hp = model.hparams
     to_tensor = ToNormalizedTensor(hp.mean, hp.std, hp.in_chans)
-    pairs = list(iter_images_with_roots(paths))
+    pairs, manifest_labels = _inputs(paths)
     names = _output_names(pairs)
     rows: list[list[str]] = []
     for start in range(0, len(pairs), batch_size):
@@ -191,8 +223,11 @@ def export_masks(
             row = [str(image.resolve()), f"masks/{name.as_posix()}"]
             if label_from_folder:
                 row.append(image.parent.name)
+            elif manifest_labels:
+                row.append(manifest_labels.get(image, ""))
             rows.append(row)
-    header = ["image", "mask", *(["label"] if label_from_folder else [])]
+    with_label = label_from_folder or bool(manifest_labels)
+    header = ["image", "mask", *(["label"] if with_label else [])]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
     manifest = atomic_write_text(out / "manifest.csv", buffer.getvalue())

@@ -150,3 +150,22 @@ def test_every_network_config_trains_and_tests(model, extra, make_cfg):
     metrics, objects = train(cfg)
     assert 0.0 <= metrics["test/dice"] <= 1.0
     assert torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_mask_export_reads_a_manifest_and_carries_its_labels(segmented, phantom_dir, tmp_path):
+    manifest = tmp_path / "in.csv"
+    with open(phantom_dir / "manifest.csv") as handle:
+        rows = list(csv.DictReader(handle))[:4]
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label"])
+        writer.writerows([[str(phantom_dir / r["image"]), r["label"]] for r in rows])
+    written = export_masks(_tested_ckpt(segmented[0]), [manifest], tmp_path / "out", overlays=False)
+    with open(written) as handle:
+        out = list(csv.DictReader(handle))
+    assert [r["label"] for r in out] == [r["label"] for r in rows]
+    assert not (tmp_path / "out" / "overlays").exists()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nx.png,normal\n")
+    with pytest.raises(Exception, match="no `image` column"):
+        export_masks(_tested_ckpt(segmented[0]), [bad], tmp_path / "out2")
