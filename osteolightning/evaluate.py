@@ -79,6 +79,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             if key in cfg.data and list(map(str, [cfg.data[key]])) != list(map(str, [trained])):
                 log.info(f"Using the checkpoint's {key}={trained} (config had {cfg.data[key]}).")
             cfg.data[key] = trained
+        if "mask_classes" in cfg.data:  # a segmentation data config names its mask classes too
+            cfg.data.mask_classes = model.hparams.class_names
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     evaluation = dict(cfg.evaluation)
     trained_writer = checkpoint_evaluation(cfg.ckpt_path).get("_target_")

@@ -70,7 +70,6 @@ def test_segment_eval_on_a_segmentation_tree(segmented, phantom_dir, make_cfg, t
             "data=seg_folder",
             f"data.root={tree}",
             "data.mask_format=label",
-            "data.mask_classes=[background,femur,tibia,fibula,patella]",
             *TINY_SEG_EVAL,
         ],
         run="eval",

@@ -55,7 +55,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
             "+trainer.limit_train_batches=1",
             "+trainer.limit_val_batches=1",
             "evaluation.n_resamples=100",
-            f"paths.log_dir={root / 'logs'}",
+            # no paths.log_dir: the sweep dir resolves from the launch folder, as a user's does
             f"paths.cache_dir={cache_dir}",
         ],
         root,

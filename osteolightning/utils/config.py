@@ -50,11 +50,25 @@ def sweep_job_name(default: str) -> str:
     return name if len(name) <= MAX_RUN_NAME else name[: MAX_RUN_NAME - 1] + "…"
 
 
+def launch_dir() -> str:
+    """``${launch_dir:}``: the folder the command was started in (``hydra.runtime.cwd`` once
+    Hydra has set it, else the working directory). Unlike ``${hydra:runtime.cwd}`` it also
+    resolves before a job starts, where the sweeper reads ``hydra.sweep.dir``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        cwd = HydraConfig.get().runtime.get("cwd")
+        if cwd:
+            return str(cwd)
+    return os.getcwd()
+
+
 def register_resolvers() -> None:
-    """``${len:${class_names}}``, ``${sweep_group:...}``, ``${sweep_job_name:...}``; safe to
-    call repeatedly."""
+    """``${len:${class_names}}``, ``${launch_dir:}``, ``${sweep_group:...}``,
+    ``${sweep_job_name:...}``; safe to call repeatedly."""
     resolvers = {
         "len": lambda seq: len(seq),
+        "launch_dir": launch_dir,
         "sweep_group": sweep_group,
         "sweep_job_name": sweep_job_name,
     }
