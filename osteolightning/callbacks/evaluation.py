@@ -32,7 +32,57 @@ from osteolightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 
-class EvaluationWriter(L.Callback):
+class ReportWriter(L.Callback):
+    """What every test-report writer shares: rows collected per rank and gathered on rank 0
+    (keyed by sample index), the facts of the tested run, and ``metrics.json`` read back.
+
+    Subclasses append ``(index, ...)`` tuples to ``self._rows`` in ``on_test_batch_end`` and set
+    ``output_dir`` and ``ckpt_path``.
+    """
+
+    output_dir: Path
+    ckpt_path: str | None
+    _rows: list[Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The metrics written by the last test run (read from ``metrics.json``, so the values
+        are there in the launching process also when the test ran in spawned DDP workers)."""
+        path = self.output_dir / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _gather(self, trainer: L.Trainer) -> list[Any]:
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            buckets: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(buckets, self._rows)
+            rows = [row for bucket in buckets for row in bucket]
+        else:
+            rows = self._rows
+        # Keyed by sample index: a padded duplicate (if any sampler padded) counts once.
+        return sorted({row[0]: row for row in rows}.values(), key=lambda r: r[0])
+
+    def _run_facts(self, trainer: L.Trainer) -> dict[str, Any]:
+        """The test loss, the tested checkpoint's best validation score, its path, world size."""
+        facts: dict[str, Any] = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k == "test/loss"
+        }
+        best = trainer.checkpoint_callback
+        if best is not None and best.monitor and best.best_model_score is not None:
+            facts[f"{best.monitor}_best"] = float(best.best_model_score)  # the tested one's
+        ckpt = getattr(trainer, "ckpt_path", None)
+        facts["ckpt_path"] = str(ckpt) if ckpt else self.ckpt_path
+        facts["world_size"] = trainer.world_size
+        return facts
+
+    @staticmethod
+    def _csv_dir(trainer: L.Trainer, output_dir: Path) -> Path:
+        return next(
+            (Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)),
+            output_dir / "csv",
+        )
+
+
+class EvaluationWriter(ReportWriter):
     """Gathers ``(index, label, probs)`` of every test image across ranks, then on rank 0 writes
     one row per image to ``predictions.csv`` and the bootstrap report to ``metrics.json``.
 
@@ -72,13 +122,6 @@ class EvaluationWriter(L.Callback):
         self.temperature = None if temperature is None else float(temperature)
         self._rows: list[tuple[int, int, np.ndarray]] = []
 
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """The metrics written by the last test run (read from ``metrics.json``, so the values
-        are there in the launching process also when the test ran in spawned DDP workers)."""
-        path = self.output_dir / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows = []
 
@@ -96,16 +139,6 @@ class EvaluationWriter(L.Callback):
             outputs["index"].tolist(), outputs["labels"].tolist(), probs, strict=True
         ):
             self._rows.append((i, y, p))
-
-    def _gather(self, trainer: L.Trainer) -> list[tuple[int, int, np.ndarray]]:
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            buckets: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(buckets, self._rows)
-            rows = [row for bucket in buckets for row in bucket]
-        else:
-            rows = self._rows
-        # Keyed by sample index: a padded duplicate (if any sampler padded) counts once.
-        return sorted({row[0]: row for row in rows}.values(), key=lambda r: r[0])
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = self._gather(trainer)
@@ -126,25 +159,11 @@ class EvaluationWriter(L.Callback):
         report = evaluation_report(
             labels, probs, class_names, prefix="test/", n_resamples=self.n_resamples, seed=self.seed
         )
-        extra = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "test/loss"}
-        best = trainer.checkpoint_callback
-        if best is not None and best.monitor and best.best_model_score is not None:
-            extra[f"{best.monitor}_best"] = float(best.best_model_score)  # the tested checkpoint's
-        ckpt = getattr(trainer, "ckpt_path", None)
-        metrics = {
-            **report,
-            **calibration,
-            **extra,
-            "ckpt_path": str(ckpt) if ckpt else self.ckpt_path,
-            "world_size": trainer.world_size,
-        }
+        metrics = {**report, **calibration, **self._run_facts(trainer)}
         atomic_write_json(self.output_dir / "metrics.json", metrics)
         log.info(f"Wrote {len(rows)} predictions and metrics to {self.output_dir}")
         # Everything below derives from metrics.json, which is safely on disk already.
-        csv_dir = next(
-            (Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)),
-            self.output_dir / "csv",
-        )
+        csv_dir = self._csv_dir(trainer, self.output_dir)
         atomic_write_csv(csv_dir / "test_metrics.csv", METRIC_COLUMNS, metric_rows(metrics))
         figures = write_figures(labels, probs, class_names, self.output_dir / "figures")
         for logger in trainer.loggers:

@@ -5,17 +5,14 @@ row per test image), ``metrics.json`` (means with bootstrap intervals), ``csv/te
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import torch.distributed as dist
-from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-from osteolightning.callbacks.evaluation import METRIC_COLUMNS, metric_rows
+from osteolightning.callbacks.evaluation import METRIC_COLUMNS, ReportWriter, metric_rows
 from osteolightning.metrics.seg_figures import write_overlay_grid
 from osteolightning.metrics.segmentation import segmentation_report
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_csv, atomic_write_json
@@ -41,7 +38,7 @@ def mask_names(paths: list[str]) -> list[str]:
     return [f"{i:05d}_{s}.png" if s in repeated else f"{s}.png" for i, s in enumerate(stems)]
 
 
-class SegmentationEvaluationWriter(L.Callback):
+class SegmentationEvaluationWriter(ReportWriter):
     """Writes the segmentation test report of a run (``osteo-train`` / ``osteo-segment`` /
     ``osteo-eval`` with a segmentation checkpoint).
 
@@ -72,12 +69,6 @@ class SegmentationEvaluationWriter(L.Callback):
         self._rows: list[tuple[int, dict[str, np.ndarray]]] = []
         self._names: list[str] = []
 
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """The metrics of the last test run, read back from ``metrics.json``."""
-        path = self.output_dir / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows = []
         self._names = mask_names([str(s.path) for s in trainer.datamodule.samples])
@@ -99,15 +90,6 @@ class SegmentationEvaluationWriter(L.Callback):
                 name = self._names[i]
                 atomic_write_bytes(self.output_dir / "test_masks" / name, png_bytes(preds[j]))
 
-    def _gather(self, trainer: L.Trainer) -> list[tuple[int, dict[str, np.ndarray]]]:
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            buckets: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(buckets, self._rows)
-            rows = [row for bucket in buckets for row in bucket]
-        else:
-            rows = self._rows
-        return sorted({row[0]: row for row in rows}.values(), key=lambda r: r[0])
-
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = self._gather(trainer)
         if trainer.global_rank != 0 or not rows:
@@ -118,24 +100,11 @@ class SegmentationEvaluationWriter(L.Callback):
         report = segmentation_report(
             scores, class_names, prefix="test/", n_resamples=self.n_resamples, seed=self.seed
         )
-        extra = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "test/loss"}
-        best = trainer.checkpoint_callback
-        if best is not None and best.monitor and best.best_model_score is not None:
-            extra[f"{best.monitor}_best"] = float(best.best_model_score)
-        ckpt = getattr(trainer, "ckpt_path", None)
-        metrics = {
-            **report,
-            **extra,
-            "ckpt_path": str(ckpt) if ckpt else self.ckpt_path,
-            "world_size": trainer.world_size,
-        }
+        metrics = {**report, **self._run_facts(trainer)}
         self._write_predictions(trainer, rows, scores, class_names)
         atomic_write_json(self.output_dir / "metrics.json", metrics)
         log.info(f"Wrote {len(rows)} per-image scores and metrics to {self.output_dir}")
-        csv_dir = next(
-            (Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)),
-            self.output_dir / "csv",
-        )
+        csv_dir = self._csv_dir(trainer, self.output_dir)
         atomic_write_csv(csv_dir / "test_metrics.csv", METRIC_COLUMNS, metric_rows(metrics))
         figure = self._write_overlays(trainer, rows)
         for logger in trainer.loggers:

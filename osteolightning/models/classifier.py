@@ -15,6 +15,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
+from osteolightning.models.schedulers import configure_optimizers
 
 Batch = dict[str, torch.Tensor]
 Loss = Callable[..., torch.Tensor]
@@ -233,18 +234,4 @@ class KneeClassifier(L.LightningModule):
         return self._tta_probs(images, self(images).softmax(dim=1))
 
     def configure_optimizers(self) -> Any:
-        if self.optimizer_factory is None:
-            raise ConfigError(
-                "KneeClassifier needs an `optimizer` to train (model.optimizer in config)."
-            )
-        # Frozen parameters (callbacks.finetune) join the optimiser later, as their own group.
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(
-            optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
+import lightning as L
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -38,3 +41,27 @@ def cosine_with_warmup(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def configure_optimizers(
+    module: L.LightningModule,
+    optimizer: Callable[..., Optimizer] | None,
+    scheduler: Callable[..., Any] | None,
+) -> Any:
+    """A LightningModule's ``configure_optimizers``: the partial ``optimizer`` over the
+    trainable parameters and the partial ``scheduler(optimizer, total_steps)`` stepped per step.
+
+    Frozen parameters (``callbacks.finetune``) join the optimiser later, as their own group.
+
+    Raises:
+        ConfigError: no optimizer was configured.
+    """
+    if optimizer is None:
+        raise ConfigError(
+            f"{type(module).__name__} needs an `optimizer` to train (model.optimizer in config)."
+        )
+    opt = optimizer(params=[p for p in module.parameters() if p.requires_grad])
+    if scheduler is None:
+        return opt
+    schedule = scheduler(optimizer=opt, total_steps=module.trainer.estimated_stepping_batches)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

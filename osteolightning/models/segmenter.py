@@ -13,6 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.segmentation import per_image_scores
+from osteolightning.models.schedulers import configure_optimizers
 
 Batch = dict[str, Any]
 
@@ -272,15 +273,4 @@ class KneeSegmenter(L.LightningModule):
         return {"pred": masks, "index": batch["index"]}
 
     def configure_optimizers(self) -> Any:
-        if self.optimizer_factory is None:
-            raise ConfigError("KneeSegmenter needs an `optimizer` to train (model.optimizer).")
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(
-            optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)
