@@ -168,3 +168,30 @@ def test_mask_export_reads_a_manifest_and_carries_its_labels(segmented, phantom_
     bad.write_text("path,label\nx.png,normal\n")
     with pytest.raises(Exception, match="no `image` column"):
         export_masks(_tested_ckpt(segmented[0]), [bad], tmp_path / "out2")
+
+
+def test_crop_training_with_sliding_window_inference(make_cfg):
+    cfg = make_cfg(
+        "segment",
+        [
+            "debug=seg_tiny",
+            "image_size=96",
+            "data.train_crop=64",
+            "model.net.image_size=64",
+            "model.inference=sliding_window",
+            "model.roi_size=64",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1",
+            "+trainer.limit_test_batches=1",
+        ],
+    )
+    metrics, objects = train(cfg)
+    dm = objects["datamodule"]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape[-2:] == (64, 64) and batch["mask"].shape[-2:] == (64, 64)
+    assert next(iter(dm.test_dataloader()))["image"].shape[-2:] == (96, 96)
+    run_dir = Path(cfg.paths.output_dir)
+    mask = np.asarray(Image.open(next((run_dir / "test_masks").iterdir())))
+    assert mask.shape == (96, 96)  # the whole image, tiled by 64-pixel windows
+    assert 0.0 <= metrics["test/dice"] <= 1.0

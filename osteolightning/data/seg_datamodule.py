@@ -110,6 +110,9 @@ class SegmentationDataModule(KneeDataModule):
             ``None`` (default) reads no labels.
         mask_classes: the mask classes as the data config names them (``data.mask_classes``);
             when given they must equal ``class_names``.
+        train_crop: side of random training crops of image and mask (``None``: whole
+            images); validation and test see the whole ``image_size`` square, so pair it with
+            ``model.inference=sliding_window model.roi_size=<train_crop>``.
         **kwargs: the other arguments of :class:`KneeDataModule`.
 
     Attributes:
@@ -142,6 +145,7 @@ class SegmentationDataModule(KneeDataModule):
         mask_threshold: int = 127,
         label_names: Sequence[str] | None = None,
         mask_classes: Sequence[str] | None = None,
+        train_crop: int | None = None,
         **kwargs: Any,
     ) -> None:
         for name in ("mask_input", "sampler"):
@@ -175,6 +179,19 @@ class SegmentationDataModule(KneeDataModule):
         self.mask_threshold = check_mask_threshold(mask_threshold)
         self._label_source = [str(c) for c in label_names] if label_names is not None else None
         self.label_names = self._label_source or []
+        if train_crop is not None:
+            size = int(kwargs.get("image_size", 224))
+            if not 32 <= int(train_crop) <= size:
+                raise ConfigError(
+                    f"Expected argument `train_crop` between 32 and image_size={size} (the side "
+                    f"of the random training crops), but got {train_crop}."
+                )
+            # Random crops of image and mask together, before the other augmentations: the
+            # network trains on tiles and infers with model.inference=sliding_window.
+            crop = A.RandomCrop(int(train_crop), int(train_crop))
+            augment = self.train_augment
+            self.train_augment = A.Compose([crop, *(augment.transforms if augment else [])])
+        self.train_crop = train_crop
 
     # -- hooks of KneeDataModule -----------------------------------------------------------
     def _source_samples(self) -> list[Sample]:
