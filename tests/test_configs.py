@@ -15,15 +15,35 @@ def _options(group: str) -> list[str]:
 
 
 GROUPS = ["common", "data", "model", "trainer", "callbacks", "logger", "debug", "experiment"]
+#: options that belong to osteo-segment (conf/segment.yaml), not osteo-train
+SEG_MODELS = {"unet", "attention_unet", "attention_unet_ds", "unetr", "swin_unetr", "encoder_unet"}
+BONES = ["background", "femur", "tibia", "fibula", "patella"]
+
+
+def _segmentation_option(group: str, option: str) -> bool:
+    return (
+        (group == "common" and option.startswith("segmentation"))
+        or (group == "data" and option.startswith("seg_"))
+        or (group == "model" and (option in SEG_MODELS or option == "seg_tiny"))
+        or (group == "debug" and option == "seg_tiny")
+    )
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
-def test_every_group_option_composes_for_training(make_cfg, group, option):
+def test_every_group_option_composes(make_cfg, group, option):
+    """Classification options under osteo-train's config, segmentation ones under osteo-segment's."""
     overrides = [f"{group}={option}"]
-    if option in ("folder", "manifest"):
+    if option in ("folder", "manifest", "seg_folder", "seg_manifest"):
         overrides.append("data.root=/some/where")
-    cfg = make_cfg("train", overrides)
-    assert cfg.class_names == ["normal", "osteopenia", "osteoporosis"]
+    if _segmentation_option(group, option):
+        cfg = make_cfg("segment", overrides)
+        assert cfg.class_names == (
+            ["background", "bone"] if option in ("seg_folder", "seg_manifest") else BONES
+        )
+        assert cfg.data.class_names == cfg.class_names
+    else:
+        cfg = make_cfg("train", overrides)
+        assert cfg.class_names == ["normal", "osteopenia", "osteoporosis"]
     assert cfg.model.net.num_classes == len(cfg.class_names)
     if group == "trainer" and option not in ("gpu", "ddp"):
         hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
@@ -37,10 +57,16 @@ def test_every_group_option_composes_for_training(make_cfg, group, option):
 def test_every_model_instantiates_and_runs(make_cfg, option):
     import torch
 
-    cfg = make_cfg("train", [f"model={option}", "common=tiny"])
-    model = hydra.utils.instantiate(cfg.model)
-    out = model(torch.zeros(2, cfg.in_chans, cfg.image_size, cfg.image_size))
-    assert out.shape == (2, 3)
+    if _segmentation_option("model", option):
+        cfg = make_cfg("segment", [f"model={option}", "common=segmentation_tiny"])
+        expected: tuple[int, ...] = (2, len(BONES), cfg.image_size, cfg.image_size)
+    else:
+        cfg = make_cfg("train", [f"model={option}", "common=tiny"])
+        expected = (2, 3)
+    model = hydra.utils.instantiate(cfg.model).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, cfg.in_chans, cfg.image_size, cfg.image_size))
+    assert out.shape == expected
 
 
 def test_eval_config_requires_a_checkpoint(make_cfg):

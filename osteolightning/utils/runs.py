@@ -368,11 +368,8 @@ class RunDirGuard(HydraCallback):
         # Lightning's DDP launcher restarts the script for ranks > 0 in rank 0's directory.
         if rank_zero_only.rank != 0:
             return
-        # Hydra sets HydraConfig only inside run_job, after this hook; the default run dir
-        # interpolates ${hydra:runtime.cwd}, so set it now (run_job sets the same config again).
-        from hydra.core.hydra_config import HydraConfig
-
-        HydraConfig.instance().set_config(config)
+        # Hydra sets HydraConfig only inside run_job, after this hook: the run dir must resolve
+        # without it (paths.root_dir is ${launch_dir:}, not ${hydra:runtime.cwd}).
         try:
             check_fresh(config.hydra.run.dir)
         except ConfigError:
