@@ -212,7 +212,6 @@ def _osteo_train(tmp_path: Path, cache_dir: Path, *args: str) -> subprocess.Comp
     )
 
 
-@pytest.mark.slow
 def test_multirun_survives_a_failed_job_and_groups_wandb_runs(tmp_path, cache_dir):
     # job 0 fails inside fit (AdamW refuses a negative learning rate), job 1 trains
     done = _osteo_train(
