@@ -23,6 +23,9 @@ MAIN_METRICS = (
     "ece",
     "ece_uncalibrated",
     "temperature",
+    "dice",
+    "iou",
+    "hd95",
     "loss",
 )
 
