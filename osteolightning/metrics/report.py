@@ -137,6 +137,17 @@ def metric_table(
     return out
 
 
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> list[float] | None:
+    """The percentile-bootstrap interval of resampled ``values`` (NaN resamples ignored), or
+    ``None`` when no resample is defined."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return None
+    alpha = (1 - confidence) / 2
+    return [float(np.quantile(finite, alpha)), float(np.quantile(finite, 1 - alpha))]
+
+
 def stratified_resample_indices(labels: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     """``(R, N)`` bootstrap indices that keep each class's count (resampling within classes)."""
     rng = np.random.default_rng(seed)
@@ -192,18 +203,12 @@ def evaluation_report(
     point = metric_table(y[None], p[None], class_names)
     idx = stratified_resample_indices(y, n_resamples, seed)
     boot = metric_table(y[idx], p[idx], class_names)
-    alpha = (1 - confidence) / 2
     tag = f"ci{round(confidence * 100)}"
     report: dict[str, object] = {f"{prefix}n": int(len(y))}
     for name, value in point.items():
         v = float(value[0])
         report[f"{prefix}{name}"] = None if np.isnan(v) else v
-        samples = boot[name][np.isfinite(boot[name])]
-        report[f"{prefix}{name}_{tag}"] = (
-            [float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha))]
-            if len(samples)
-            else None
-        )
+        report[f"{prefix}{name}_{tag}"] = percentile_interval(boot[name], confidence)
     cm = confusion_matrices(y[None], p.argmax(axis=1)[None], len(class_names))[0]
     report[f"{prefix}confusion_matrix"] = cm.tolist()
     report[f"{prefix}bootstrap_resamples"] = int(n_resamples)
@@ -322,7 +327,6 @@ def cluster_bootstrap_report(
             idx = np.stack([resamples[i] for i in sel])
             for name, values in metric_table(y[idx], p[idx], class_names).items():
                 boot[name][sel] = values
-    alpha = (1 - confidence) / 2
     tag = f"ci{round(confidence * 100)}"
     report: dict[str, object] = {
         f"{prefix}n": int(len(y)),
@@ -331,12 +335,7 @@ def cluster_bootstrap_report(
     for name, value in point.items():
         v = float(value[0])
         report[f"{prefix}{name}"] = None if np.isnan(v) else v
-        samples = boot[name][np.isfinite(boot[name])]
-        report[f"{prefix}{name}_{tag}"] = (
-            [float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha))]
-            if len(samples)
-            else None
-        )
+        report[f"{prefix}{name}_{tag}"] = percentile_interval(boot[name], confidence)
     cm = confusion_matrices(y[None], p.argmax(axis=1)[None], len(class_names))[0]
     report[f"{prefix}confusion_matrix"] = cm.tolist()
     report[f"{prefix}bootstrap_resamples"] = int(n_resamples)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from osteolightning.errors import ConfigError
+from osteolightning.metrics.report import percentile_interval
 
 #: Metrics per image and class, in the order of the report.
 SEGMENTATION_METRICS = ("dice", "iou", "hd95")
@@ -140,19 +141,13 @@ def segmentation_report(
     idx = np.concatenate(
         [np.arange(n_images)[None], rng.integers(0, n_images, (n_resamples, n_images))]
     )
-    alpha = (1 - confidence) / 2
     tag = f"ci{round(confidence * 100)}"
     report: dict[str, object] = {f"{prefix}n": int(n_images)}
 
     def put(key: str, values: np.ndarray) -> None:  # values: (1 + R,) point first
         point = float(values[0])
         report[key] = None if not np.isfinite(point) else point
-        boot = values[1:][np.isfinite(values[1:])]
-        report[f"{key}_{tag}"] = (
-            [float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))]
-            if len(boot)
-            else None
-        )
+        report[f"{key}_{tag}"] = percentile_interval(values[1:], confidence)
 
     for name, values in scores.items():
         means = _class_means(np.asarray(values, dtype=np.float64)[idx])  # (1 + R, K)
