@@ -47,6 +47,10 @@ def test_segment_run_writes_report_masks_and_figures(segmented):
         mask = np.asarray(Image.open(run_dir / row["predicted_mask"]))
         assert mask.shape == (64, 64) and mask.max() <= 4
     assert (run_dir / "figures" / "overlays.png").is_file()
+    with open(run_dir / "csv" / "metrics.csv") as handle:
+        logged = next(csv.reader(handle))
+    for split in ("train", "val"):  # Dice and IoU logged per split, per bone
+        assert {f"{split}/dice", f"{split}/iou", f"{split}/dice_fibula"} <= set(logged), split
     with open(run_dir / "splits.csv") as handle:
         splits = list(csv.DictReader(handle))
     assert sum(r["split"] == "test" for r in splits) == n_test

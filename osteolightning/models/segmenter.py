@@ -150,8 +150,16 @@ class KneeSegmenter(L.LightningModule):
         )
         k = len(class_names)
         self.num_classes = k
-        self.val_dice = nn.ModuleList([MeanMetric(nan_strategy="ignore") for _ in range(k)])
-        self.val_iou = nn.ModuleList([MeanMetric(nan_strategy="ignore") for _ in range(k)])
+        # per-class mean Dice / IoU over images, per split (NaN: a class absent from both masks)
+        self.trackers = nn.ModuleDict(
+            {
+                f"{split}_{metric}": nn.ModuleList(
+                    [MeanMetric(nan_strategy="ignore") for _ in range(k)]
+                )
+                for split in ("train", "val")
+                for metric in ("dice", "iou")
+            }
+        )
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_best = MaxMetric()
 
@@ -212,8 +220,33 @@ class KneeSegmenter(L.LightningModule):
     def on_train_start(self) -> None:
         self.val_best.reset()
 
+    def _track(self, split: str, pred: torch.Tensor, masks: torch.Tensor) -> None:
+        scores = per_image_scores(pred, masks, self.num_classes, with_hd95=False)
+        for metric in ("dice", "iou"):
+            for c, tracker in enumerate(self.trackers[f"{split}_{metric}"]):
+                tracker.update(scores[metric][:, c].to(self.device))
+
+    def _log_tracked(self, split: str) -> dict[str, torch.Tensor]:
+        """Log ``<split>/dice``, ``<split>/iou`` (foreground mean) and per class; reset."""
+        names = self.hparams.class_names
+        values: dict[str, torch.Tensor] = {}
+        for metric in ("dice", "iou"):
+            trackers = self.trackers[f"{split}_{metric}"]
+            per_class = []
+            for c in range(1, self.num_classes):
+                v = trackers[c].compute()
+                values[f"{split}/{metric}_{names[c]}"] = v
+                per_class.append(v)
+            for tracker in trackers:
+                tracker.reset()
+            stacked = torch.stack(per_class)
+            values[f"{split}/{metric}"] = stacked[torch.isfinite(stacked)].mean()
+        self.log_dict(values)
+        return values
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(self(batch["image"]), batch["mask"])
+        outputs = self(batch["image"])
+        loss = self.compute_loss(outputs, batch["mask"])
         if not torch.isfinite(loss):
             files = batch.get("path") or []
             raise FloatingPointError(
@@ -225,7 +258,12 @@ class KneeSegmenter(L.LightningModule):
         self.train_loss.update(loss.detach(), weight=n)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        main = outputs[0] if isinstance(outputs, list | tuple) else outputs
+        self._track("train", main.detach().argmax(dim=1), batch["mask"])
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._log_tracked("train")
 
     def _eval_step(self, batch: Batch, tracker: MeanMetric) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.infer_logits(batch["image"])
@@ -235,25 +273,11 @@ class KneeSegmenter(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         _, pred = self._eval_step(batch, self.val_loss)
-        scores = per_image_scores(pred, batch["mask"], self.num_classes, with_hd95=False)
-        for c in range(self.num_classes):
-            self.val_dice[c].update(scores["dice"][:, c].to(self.device))
-            self.val_iou[c].update(scores["iou"][:, c].to(self.device))
+        self._track("val", pred, batch["mask"])
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
-        names = self.hparams.class_names
-        values: dict[str, torch.Tensor] = {}
-        for metric, trackers in (("dice", self.val_dice), ("iou", self.val_iou)):
-            per_class = []
-            for c in range(1, self.num_classes):
-                v = trackers[c].compute()
-                trackers[c].reset()
-                values[f"val/{metric}_{names[c]}"] = v
-                per_class.append(v)
-            stacked = torch.stack(per_class)
-            values[f"val/{metric}"] = stacked[torch.isfinite(stacked)].mean()
-        self.log_dict(values)
+        values = self._log_tracked("val")
         monitored = values.get(self.hparams.monitor)
         if monitored is not None and torch.isfinite(monitored):
             self.val_best(monitored)
