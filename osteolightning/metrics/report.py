@@ -160,6 +160,48 @@ def stratified_resample_indices(labels: np.ndarray, n_resamples: int, seed: int)
     return idx
 
 
+def _report_input(
+    labels: Sequence[int], probs: np.ndarray, class_names: Sequence[str], confidence: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` and ``probs`` as arrays, checked (shapes, non-empty, a valid confidence)."""
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 1 or p.ndim != 2 or len(y) != len(p) or p.shape[1] != len(class_names):
+        raise ConfigError(
+            f"Expected labels (N,) and probs (N, {len(class_names)}), but got "
+            f"{y.shape} and {p.shape}."
+        )
+    if len(y) == 0:
+        raise ConfigError("Cannot compute an evaluation report on zero samples.")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"Expected argument `confidence` in (0, 1), but got {confidence}.")
+    return y, p
+
+
+def _assemble(
+    report: dict[str, object],
+    point: dict[str, np.ndarray],
+    boot: dict[str, np.ndarray],
+    y: np.ndarray,
+    p: np.ndarray,
+    class_names: Sequence[str],
+    prefix: str,
+    confidence: float,
+    n_resamples: int,
+) -> dict[str, object]:
+    """Add each metric's point estimate and interval, the confusion matrix and the resample
+    count to ``report``. Undefined point estimates are ``None``."""
+    tag = f"ci{round(confidence * 100)}"
+    for name, value in point.items():
+        v = float(value[0])
+        report[f"{prefix}{name}"] = None if np.isnan(v) else v
+        report[f"{prefix}{name}_{tag}"] = percentile_interval(boot[name], confidence)
+    cm = confusion_matrices(y[None], p.argmax(axis=1)[None], len(class_names))[0]
+    report[f"{prefix}confusion_matrix"] = cm.tolist()
+    report[f"{prefix}bootstrap_resamples"] = int(n_resamples)
+    return report
+
+
 def evaluation_report(
     labels: Sequence[int],
     probs: np.ndarray,
@@ -189,30 +231,12 @@ def evaluation_report(
     Raises:
         ConfigError: on empty input or mismatched shapes.
     """
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(probs, dtype=np.float64)
-    if y.ndim != 1 or p.ndim != 2 or len(y) != len(p) or p.shape[1] != len(class_names):
-        raise ConfigError(
-            f"Expected labels (N,) and probs (N, {len(class_names)}), but got "
-            f"{y.shape} and {p.shape}."
-        )
-    if len(y) == 0:
-        raise ConfigError("Cannot compute an evaluation report on zero samples.")
-    if not 0 < confidence < 1:
-        raise ConfigError(f"Expected argument `confidence` in (0, 1), but got {confidence}.")
+    y, p = _report_input(labels, probs, class_names, confidence)
     point = metric_table(y[None], p[None], class_names)
     idx = stratified_resample_indices(y, n_resamples, seed)
     boot = metric_table(y[idx], p[idx], class_names)
-    tag = f"ci{round(confidence * 100)}"
     report: dict[str, object] = {f"{prefix}n": int(len(y))}
-    for name, value in point.items():
-        v = float(value[0])
-        report[f"{prefix}{name}"] = None if np.isnan(v) else v
-        report[f"{prefix}{name}_{tag}"] = percentile_interval(boot[name], confidence)
-    cm = confusion_matrices(y[None], p.argmax(axis=1)[None], len(class_names))[0]
-    report[f"{prefix}confusion_matrix"] = cm.tolist()
-    report[f"{prefix}bootstrap_resamples"] = int(n_resamples)
-    return report
+    return _assemble(report, point, boot, y, p, class_names, prefix, confidence, n_resamples)
 
 
 def cluster_resample_indices(
@@ -304,17 +328,7 @@ def cluster_bootstrap_report(
     Raises:
         ConfigError: empty or mismatched input, a cluster with two labels.
     """
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(probs, dtype=np.float64)
-    if y.ndim != 1 or p.ndim != 2 or len(y) != len(p) or p.shape[1] != len(class_names):
-        raise ConfigError(
-            f"Expected labels (N,) and probs (N, {len(class_names)}), but got "
-            f"{y.shape} and {p.shape}."
-        )
-    if len(y) == 0:
-        raise ConfigError("Cannot compute an evaluation report on zero samples.")
-    if not 0 < confidence < 1:
-        raise ConfigError(f"Expected argument `confidence` in (0, 1), but got {confidence}.")
+    y, p = _report_input(labels, probs, class_names, confidence)
     point = metric_table(y[None], p[None], class_names)
     resamples = cluster_resample_indices(y, clusters, n_resamples, seed)
     lengths = np.array([len(r) for r in resamples])
@@ -327,16 +341,8 @@ def cluster_bootstrap_report(
             idx = np.stack([resamples[i] for i in sel])
             for name, values in metric_table(y[idx], p[idx], class_names).items():
                 boot[name][sel] = values
-    tag = f"ci{round(confidence * 100)}"
     report: dict[str, object] = {
         f"{prefix}n": int(len(y)),
         f"{prefix}n_clusters": int(len({str(c) for c in clusters})),
     }
-    for name, value in point.items():
-        v = float(value[0])
-        report[f"{prefix}{name}"] = None if np.isnan(v) else v
-        report[f"{prefix}{name}_{tag}"] = percentile_interval(boot[name], confidence)
-    cm = confusion_matrices(y[None], p.argmax(axis=1)[None], len(class_names))[0]
-    report[f"{prefix}confusion_matrix"] = cm.tolist()
-    report[f"{prefix}bootstrap_resamples"] = int(n_resamples)
-    return report
+    return _assemble(report, point, boot, y, p, class_names, prefix, confidence, n_resamples)
