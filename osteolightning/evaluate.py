@@ -28,9 +28,15 @@ log = get_logger(__name__)
 CHECKPOINT_FACTS = ("class_names", "image_size", "in_chans", "mean", "std")
 
 
-def load_model(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) -> L.LightningModule:
+def load_checkpoint(
+    ckpt_path: str | Path, allow_unsafe_pickle: bool = False
+) -> tuple[L.LightningModule, dict[str, Any]]:
     """Rebuild a trained model (classifier or segmenter) from its checkpoint alone
     (``weights_only`` loading): the run config stored in the checkpoint names the module.
+
+    Returns:
+        ``(model, run_config)``: the model with its trained weights, and the resolved config of
+        the run that wrote the checkpoint (its ``evaluation`` names the report writer).
 
     Raises:
         ConfigError: a missing file, a checkpoint not written by ``osteo-train`` /
@@ -56,13 +62,12 @@ def load_model(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) -> L.Li
     }
     model = hydra.utils.instantiate(model_cfg, net=hydra.utils.instantiate(net_cfg))
     model.load_state_dict(checkpoint["state_dict"])
-    return model
+    return model, run_cfg
 
 
-def checkpoint_evaluation(ckpt_path: str | Path) -> dict[str, Any]:
-    """The ``evaluation`` settings of the run that wrote a checkpoint (its report writer)."""
-    checkpoint = runs.torch_load(Path(ckpt_path), allow_unsafe_pickle=False)
-    return dict((checkpoint.get("osteo_config") or {}).get("evaluation") or {})
+def load_model(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) -> L.LightningModule:
+    """The trained model of a checkpoint (see :func:`load_checkpoint`)."""
+    return load_checkpoint(ckpt_path, allow_unsafe_pickle)[0]
 
 
 #: the name this module has always exported
@@ -72,7 +77,7 @@ load_classifier = load_model
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test ``cfg.ckpt_path`` on ``cfg.data`` (every image in the test split)."""
     run_dir = runs.start_run(cfg)
-    model = load_model(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
+    model, run_cfg = load_checkpoint(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
     with open_dict(cfg):
         for key in CHECKPOINT_FACTS:
             trained = model.hparams[key]
@@ -83,7 +88,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             cfg.data.mask_classes = model.hparams.class_names
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     evaluation = dict(cfg.evaluation)
-    trained_writer = checkpoint_evaluation(cfg.ckpt_path).get("_target_")
+    trained_writer = (run_cfg.get("evaluation") or {}).get("_target_")
     if trained_writer and "_target_" not in evaluation:
         # a segmentation checkpoint reports with the writer it was trained with
         evaluation = {

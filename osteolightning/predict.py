@@ -27,6 +27,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
@@ -75,10 +76,14 @@ def iter_images_with_roots(paths: Sequence[str | Path]) -> Iterator[tuple[Path, 
 
 @torch.no_grad()
 def predict(
-    ckpt_path: str | Path, paths: Sequence[str | Path], batch_size: int = 16
+    ckpt_path: str | Path,
+    paths: Sequence[str | Path],
+    batch_size: int = 16,
+    model: L.LightningModule | None = None,
 ) -> list[list[str]]:
-    """Rows ``[path, prob_<class>..., prediction]`` for every image under ``paths``."""
-    model = load_classifier(ckpt_path).eval()
+    """Rows ``[path, prob_<class>..., prediction]`` for every image under ``paths``
+    (``model``: the checkpoint's classifier when the caller has loaded it already)."""
+    model = (model or load_classifier(ckpt_path)).eval()
     hp = model.hparams
     to_tensor = ToNormalizedTensor(hp.mean, hp.std, hp.in_chans)
     files = list(iter_images(paths))
@@ -162,6 +167,7 @@ def export_masks(
     label_from_folder: bool = False,
     overlays: bool = True,
     allow_unsafe_pickle: bool = False,
+    model: L.LightningModule | None = None,
 ) -> Path:
     """Segment every image under ``paths`` and write masks, overlays and a manifest.
 
@@ -174,6 +180,7 @@ def export_masks(
         label_from_folder: write a ``label`` column with each image's parent-folder name.
         overlays: also write ``overlays/``.
         allow_unsafe_pickle: see ``osteo-eval``.
+        model: the checkpoint's model when the caller has loaded it already.
 
     Returns:
         The manifest path (``out_dir/manifest.csv``: ``image,mask[,label]``, image paths
@@ -189,7 +196,7 @@ def export_masks(
     from osteolightning.data.masks import unletterbox
     from osteolightning.metrics.seg_figures import overlay
 
-    model = load_model(ckpt_path, allow_unsafe_pickle).eval()
+    model = (model or load_model(ckpt_path, allow_unsafe_pickle)).eval()
     if not hasattr(model, "predict_masks"):
         raise ConfigError(
             f"'{ckpt_path}' is a classification checkpoint; writing masks needs one from "
@@ -273,14 +280,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 label_from_folder=args.label_from_folder,
                 overlays=not args.no_overlays,
+                model=model,
             )
             print(f"Wrote masks, overlays and {manifest}")
             return 0
     except OsteoError as err:
         parser.exit(2, f"osteo-predict: error: {err}\n")
     try:
-        rows = predict(args.ckpt, args.paths, args.batch_size)
-        names = load_classifier(args.ckpt).hparams.class_names
+        rows = predict(args.ckpt, args.paths, args.batch_size, model=model)
+        names = model.hparams.class_names
     except OsteoError as err:
         parser.exit(2, f"osteo-predict: error: {err}\n")
     header = ["path", *[f"prob_{c}" for c in names], "prediction"]
