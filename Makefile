@@ -11,8 +11,8 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --no-cache-dir --upgrade pip
+	$(BIN)/python -m pip install --no-cache-dir -e ".[dev]"  # no wheel cache: torch's are GBs
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the package with dev extras

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, open_dict
 from osteolightning.callbacks import RunArtifacts
 from osteolightning.callbacks.writers import build_writer
 from osteolightning.errors import ConfigError
+from osteolightning.models.checkpointing import RUN_CONFIG_KEY
 from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
 from osteolightning.utils.logging import get_logger
@@ -49,7 +50,7 @@ def load_checkpoint(
             f"Checkpoint '{path}' does not exist. Pass ckpt_path=<run>/checkpoints/<name>.ckpt."
         )
     checkpoint = runs.torch_load(path, allow_unsafe_pickle)
-    run_cfg = checkpoint.get("osteo_config")
+    run_cfg = checkpoint.get(RUN_CONFIG_KEY)
     if not run_cfg or "model" not in run_cfg:
         raise ConfigError(
             f"'{path}' holds no osteolightning run config; was it written by osteo-train?"

@@ -27,8 +27,15 @@ def test_run_directory_holds_what_produced_it(trained):
         assert (run_dir / name).is_file(), name
     ckpts = list((run_dir / "checkpoints").glob("*.ckpt"))
     assert any(p.name == "last.ckpt" for p in ckpts) and len(ckpts) >= 2
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["osteo_config"]["model"]["net"]["name"] == "resnet10t"
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["osteo_config"]["model"]["net"]["name"] == "resnet10t"
+    assert last["optimizer_states"], "last.ckpt must hold the full training state (resume)"
+    # the best checkpoint: weights and run config, no optimiser state (a third of the disk)
+    (best,) = [p for p in ckpts if p.name != "last.ckpt"]
+    checkpoint = torch.load(best, weights_only=True)
+    assert checkpoint["osteo_config"] == last["osteo_config"]
+    assert "optimizer_states" not in checkpoint and checkpoint["state_dict"]
+    assert best.stat().st_size < 0.6 * (run_dir / "checkpoints" / "last.ckpt").stat().st_size
 
 
 def test_metrics_json_has_intervals_and_agrees_with_logged_torchmetrics(trained):

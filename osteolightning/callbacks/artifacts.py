@@ -104,7 +104,6 @@ class RunArtifacts(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer)
 
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        checkpoint["osteo_config"] = self.config
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # the module writes it into each checkpoint (weights-only ones too; see StoresRunConfig)
+        pl_module.run_config = self.config

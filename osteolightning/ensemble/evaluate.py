@@ -37,6 +37,7 @@ from osteolightning.ensemble.cli import (
 from osteolightning.ensemble.fusion import check_method, fit_fusion_weights, fuse
 from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.metrics.report import evaluation_report
+from osteolightning.models.checkpointing import RUN_CONFIG_KEY
 from osteolightning.utils import runs
 from osteolightning.utils.config import instantiate_list, to_container
 from osteolightning.utils.files import atomic_write_json
@@ -77,7 +78,7 @@ def is_ensemble(cfg: DictConfig) -> bool:
 def _member_name(index: int, ckpt: Path) -> str:
     """``<index>-<backbone>``, the backbone read from the checkpoint's run config."""
     checkpoint = runs.torch_load(ckpt, allow_unsafe_pickle=False)
-    net = ((checkpoint.get("osteo_config") or {}).get("model") or {}).get("net") or {}
+    net = ((checkpoint.get(RUN_CONFIG_KEY) or {}).get("model") or {}).get("net") or {}
     name = str(net.get("name") or "model")
     return f"{index}-{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}"
 

@@ -14,6 +14,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
+from osteolightning.models.checkpointing import StoresRunConfig
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 from osteolightning.models.schedulers import configure_optimizers
 
@@ -24,7 +25,7 @@ Loss = Callable[..., torch.Tensor]
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,)}
 
 
-class KneeClassifier(L.LightningModule):
+class KneeClassifier(StoresRunConfig, L.LightningModule):
     """Transfer-learned classifier with a class-weighted loss and per-split torchmetrics.
 
     Training options (all from config): the loss (``model/loss=cross_entropy|focal``), class

@@ -13,6 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.segmentation import per_image_scores
+from osteolightning.models.checkpointing import StoresRunConfig
 from osteolightning.models.schedulers import configure_optimizers
 
 Batch = dict[str, Any]
@@ -41,7 +42,7 @@ def side_output_weights(n_side: int, weights: Sequence[float] | None) -> list[fl
     return [w / total for w in weights]
 
 
-class KneeSegmenter(L.LightningModule):
+class KneeSegmenter(StoresRunConfig, L.LightningModule):
     """Bone segmentation with a Dice + cross-entropy loss and per-class Dice / IoU / HD95.
 
     The network comes from config (``model=unet | attention_unet | attention_unet_ds | unetr |
