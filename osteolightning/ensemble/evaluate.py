@@ -37,7 +37,6 @@ from osteolightning.ensemble.cli import (
 from osteolightning.ensemble.fusion import check_method, fit_fusion_weights, fuse
 from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.metrics.report import evaluation_report
-from osteolightning.models.checkpointing import RUN_CONFIG_KEY
 from osteolightning.utils import runs
 from osteolightning.utils.config import instantiate_list, to_container
 from osteolightning.utils.files import atomic_write_json
@@ -75,29 +74,31 @@ def is_ensemble(cfg: DictConfig) -> bool:
     return isinstance(cfg.get("ckpt_path"), ListConfig) or cfg.get("ensemble") is not None
 
 
-def _member_name(index: int, ckpt: Path) -> str:
+def _member_name(index: int, run_cfg: dict[str, Any]) -> str:
     """``<index>-<backbone>``, the backbone read from the checkpoint's run config."""
-    checkpoint = runs.torch_load(ckpt, allow_unsafe_pickle=False)
-    net = ((checkpoint.get(RUN_CONFIG_KEY) or {}).get("model") or {}).get("net") or {}
+    net = (run_cfg.get("model") or {}).get("net") or {}
     name = str(net.get("name") or "model")
     return f"{index}-{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}"
 
 
 def evaluate_member(
-    cfg: DictConfig, ckpt: Path, output_dir: Path
-) -> tuple[RunPredictions, dict[str, Any]]:
+    cfg: DictConfig, ckpt: Path, index: int, members_dir: Path
+) -> tuple[str, RunPredictions, dict[str, Any]]:
     """Evaluate one checkpoint on ``cfg.data`` prepared the checkpoint's way; the member's
-    ``predictions.csv``, ``metrics.json`` and figures go to ``output_dir``.
+    ``predictions.csv``, ``metrics.json`` and figures go to ``members_dir/<name>``.
 
     Returns:
-        The member's predictions and metrics.
+        The member's name (``<index>-<backbone>``), predictions and metrics.
 
     Raises:
         ConfigError: the checkpoint is not a classifier written by ``osteo-train``.
     """
-    from osteolightning.evaluate import load_classifier
+    from osteolightning.evaluate import load_checkpoint
 
-    model = load_classifier(ckpt, cfg.get("allow_unsafe_pickle", False))
+    model, run_cfg = load_checkpoint(ckpt, cfg.get("allow_unsafe_pickle", False))
+    name = _member_name(index, run_cfg)
+    output_dir = members_dir / name
+    log.info(f"Ensemble member {name}: {ckpt}")
     if not callable(getattr(model, "predict_proba", None)):
         raise ConfigError(
             f"'{ckpt}' holds a {type(model).__name__}, not a classifier: ensemble mode fuses "
@@ -119,7 +120,7 @@ def evaluate_member(
         enable_checkpointing=False,
     )
     trainer.test(model, datamodule=datamodule, verbose=False)
-    return read_predictions(output_dir / PREDICTIONS), writer.metrics
+    return name, read_predictions(output_dir / PREDICTIONS), writer.metrics
 
 
 def _common_paths(members: list[RunPredictions]) -> list[RunPredictions]:
@@ -196,9 +197,7 @@ def evaluate_ensemble(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             logger.log_hyperparams(to_container(cfg))
         members, member_metrics, names = [], [], []
         for i, ckpt in enumerate(ckpts):
-            name = _member_name(i, ckpt)
-            log.info(f"Ensemble member {name}: {ckpt}")
-            predictions, metrics = evaluate_member(cfg, ckpt, run_dir / "members" / name)
+            name, predictions, metrics = evaluate_member(cfg, ckpt, i, run_dir / "members")
             members.append(predictions)
             member_metrics.append(metrics)
             names.append(name)
