@@ -217,8 +217,11 @@ def test_multirun_survives_a_failed_job_and_groups_wandb_runs(tmp_path, cache_di
     done = _osteo_train(
         tmp_path, cache_dir, "debug=tiny", "logger=default", "model.optimizer.lr=-1,0.001"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    # both jobs ran and the leaderboard was written; then the sweep exits with status 1
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "1 job(s) of the sweep" in done.stdout + done.stderr
     (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    assert (sweep_dir / "leaderboard" / "leaderboard.csv").is_file()
     failed, ok = sweep_dir / "0", sweep_dir / "1"
     record = json.loads((failed / ERROR_FILE).read_text())
     assert record["type"] == "builtins.ValueError" and "learning rate" in record["error"]

@@ -3,7 +3,8 @@
 In a Hydra multirun (``osteo-train -m ...``, the Optuna sweeper, the SLURM launcher) every job
 is its own run directory. A job that raises is recorded by :func:`record_failed_job`: its
 exception and traceback go to the log and to ``error.json`` in the job's directory, so a
-leaderboard (or a person) can list the failed jobs from the files alone::
+leaderboard (or a person) can list the failed jobs from the files alone, and
+:class:`FailedJobsExitStatus` makes the multirun exit with status 1 once all jobs have run::
 
     {"error": "...", "type": "osteolightning.errors.ConfigError", "traceback": "...",
      "overrides": ["model/backbone=xception", "seed=1"], "job_num": 3, "run_dir": "...", ...}
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
@@ -110,3 +112,37 @@ def failed_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         except (OSError, ValueError) as err:
             records.append({"error": f"unreadable {path}: {err}", "job_dir": str(path.parent)})
     return sorted(records, key=lambda r: (r.get("job_num") is None, r.get("job_num") or 0))
+
+
+class FailedJobsExitStatus(HydraCallback):
+    """Hydra callback: a multirun in which a job failed exits with ``exit_code`` at the very
+    end, after every job has run and the leaderboard is written, so a script, a CI step or a
+    SLURM dependency (``afterok``) sees the failure; a job's failure never stops the others.
+
+    Configured first under ``hydra.callbacks`` in ``conf/hydra/default.yaml``: Hydra calls
+    ``on_multirun_end`` in reverse order, so this one runs last.
+
+    Args:
+        exit_code: the status of a multirun with failed jobs; 0 exits as if all had finished
+            (``hydra.callbacks.failed_jobs.exit_code=0``).
+    """
+
+    def __init__(self, exit_code: int = 1) -> None:
+        self.exit_code = int(exit_code)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = failed_jobs(str(config.hydra.sweep.dir))
+        if not failed:
+            return
+        jobs = ", ".join(
+            f"{r.get('job_num', '?')} ({r.get('type', 'error').rsplit('.', 1)[-1]})"
+            for r in failed
+        )
+        log.error(
+            f"{len(failed)} job(s) of the sweep in {config.hydra.sweep.dir} failed: {jobs}; "
+            f"each job's error.json holds its error and overrides, the other jobs' results are "
+            f"intact. Exit status {self.exit_code}."
+        )
+        if self.exit_code:
+            # Hydra turns a callback's exceptions into warnings; SystemExit gets through
+            raise SystemExit(self.exit_code)
