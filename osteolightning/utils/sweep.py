@@ -135,8 +135,7 @@ class FailedJobsExitStatus(HydraCallback):
         if not failed:
             return
         jobs = ", ".join(
-            f"{r.get('job_num', '?')} ({r.get('type', 'error').rsplit('.', 1)[-1]})"
-            for r in failed
+            f"{r.get('job_num', '?')} ({r.get('type', 'error').rsplit('.', 1)[-1]})" for r in failed
         )
         log.error(
             f"{len(failed)} job(s) of the sweep in {config.hydra.sweep.dir} failed: {jobs}; "
