@@ -117,6 +117,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         print_metrics_table(writer.metrics)
         runs.finish_run(run_dir)
     finally:
+        runs.stop_heartbeat()  # a failed run stays `running`, resumable at once
         close_loggers(loggers)
     return writer.metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
 

@@ -108,6 +108,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 )
         runs.finish_run(run_dir)
     except BaseException:
+        runs.stop_heartbeat()  # the run stays `running`: resume=auto may continue it at once
         finish_wandb(exit_code=1)  # the W&B run shows as failed, not as finished
         raise
     finally:

@@ -102,3 +102,68 @@ def test_resume_auto_without_a_candidate_starts_fresh(make_cfg, tmp_path: Path) 
     cfg = make_cfg("train", ["debug=tiny", "resume=auto"], run="fresh")
     assert runs.start_run(cfg) == Path(cfg.paths.output_dir)
     assert runs.read_marker(cfg.paths.output_dir)["state"] == "running"
+
+
+def test_a_running_run_beats_and_stops_beating_when_it_finishes(make_cfg, monkeypatch) -> None:
+    monkeypatch.setattr(runs, "HEARTBEAT_S", 0.05)
+    cfg = make_cfg("train", ["debug=tiny"], run="beating")
+    run_dir = runs.start_run(cfg)
+    first = runs.read_marker(run_dir)["heartbeat"]
+    deadline = time.time() + 10
+    while runs.read_marker(run_dir)["heartbeat"] == first and time.time() < deadline:
+        time.sleep(0.05)
+    assert runs.read_marker(run_dir)["heartbeat"] > first
+    runs.finish_run(run_dir)
+    last = runs.read_marker(run_dir)
+    time.sleep(0.3)  # no beat after the end, and none that writes back `running`
+    assert runs.read_marker(run_dir) == last and last["state"] == "finished"
+
+
+def _claimed_elsewhere(make_cfg, beat_age_s: float):
+    """A `running` run of this config, last.ckpt saved, whose marker says another host owns
+    it with a heartbeat ``beat_age_s`` old."""
+    cfg = make_cfg("train", ["debug=tiny"], run="this-node")
+    run_dir = Path(cfg.paths.log_dir) / "train" / "runs" / "2026-11-24_03-00-00_000000"
+    run_dir.mkdir(parents=True)
+    flat = runs.hashed_config(cfg)
+    runs.update_marker(
+        run_dir,
+        task_name="train",
+        state="running",
+        config_hash=runs.config_hash(flat),
+        config=flat,
+        host="gpu-node-17",
+        pid=4242,
+        heartbeat=time.time() - beat_age_s,
+    )
+    (run_dir / runs.LAST_CKPT).parent.mkdir()
+    (run_dir / runs.LAST_CKPT).touch()
+    return cfg, run_dir, flat
+
+
+def test_resume_leaves_a_run_alone_while_another_node_beats(make_cfg) -> None:
+    cfg, run_dir, flat = _claimed_elsewhere(make_cfg, beat_age_s=5)
+    log_dir = cfg.paths.log_dir
+    assert runs.find_resumable(log_dir, "train", runs.config_hash(flat)) is None
+    with pytest.raises(ConfigError, match=r"process 4242 on gpu-node-17, heartbeat \d+ s ago"):
+        runs.check_resumable(run_dir, flat)
+
+
+def test_resume_takes_a_run_whose_node_stopped_beating(make_cfg) -> None:
+    cfg, run_dir, flat = _claimed_elsewhere(make_cfg, beat_age_s=runs.STALE_S + 5)
+    assert runs.find_resumable(cfg.paths.log_dir, "train", runs.config_hash(flat)) == run_dir
+    runs.check_resumable(run_dir, flat)  # no error: the node is gone
+
+
+def test_resume_refuses_a_run_whose_process_lives_on_this_host(make_cfg) -> None:
+    cfg, run_dir, flat = _claimed_elsewhere(make_cfg, beat_age_s=runs.STALE_S + 5)
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        runs.update_marker(run_dir, host=runs.socket.gethostname(), pid=owner.pid)
+        assert runs.find_resumable(cfg.paths.log_dir, "train", runs.config_hash(flat)) is None
+        with pytest.raises(ConfigError, match=f"process {owner.pid}.*still running"):
+            runs.check_resumable(run_dir, flat)
+    finally:
+        owner.kill()
+        owner.wait()
+    runs.check_resumable(run_dir, flat)  # its process is gone

@@ -246,5 +246,6 @@ def evaluate_ensemble(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         print_metrics_table(metrics, title=f"Ensemble of {len(ckpts)} checkpoints ({method})")
         runs.finish_run(run_dir)
     finally:
+        runs.stop_heartbeat()  # a failed run stays `running`, resumable at once
         close_loggers(loggers)
     return metrics, {"members": member_metrics, "weights": weights}

@@ -8,7 +8,10 @@ state, ``running`` until the run completes, then ``finished``. From it:
 * ``resume=auto`` finds the newest unfinished run of the same config that has a
   ``checkpoints/last.ckpt`` and continues *in that directory* (same CSV log, same W&B run);
 * ``resume=<run dir>`` continues that run, refusing a different config (the keys are named);
-* a run never writes into a directory holding results it did not make.
+* a run never writes into a directory holding results it did not make;
+* a running run's marker carries a heartbeat (rewritten every ``HEARTBEAT_S`` seconds by a
+  background thread), so ``resume`` leaves a run alone while its process lives, on this host
+  (its pid) or on another node of a shared filesystem (a heartbeat younger than ``STALE_S``).
 
 Checkpoints and weight files load with ``torch.load(weights_only=True)``; a file that needs
 arbitrary unpickling is refused unless an explicit ``allow_unsafe_pickle`` flag is set.
@@ -25,6 +28,7 @@ import logging
 import os
 import pickle
 import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,6 +52,10 @@ VOLATILE_KEYS = ("resume", "ckpt_path", "paths", "allow_unsafe_pickle")
 #: Keys under ``logger.wandb`` set by resuming (the run name carries a timestamp; a multirun's
 #: group is its directory's timestamp, so a sweep started again can continue its killed jobs).
 VOLATILE_WANDB_KEYS = ("id", "resume", "name", "group")
+#: A running run rewrites ``heartbeat`` (epoch seconds) in its marker this often ...
+HEARTBEAT_S = 30.0
+#: ... and a run on another host whose heartbeat is older than this is taken as dead.
+STALE_S = 300.0
 #: Files and folders that are a run's results: their presence means the directory is taken.
 RESULTS = ("metrics.json", "predictions.csv", "checkpoints", "csv/metrics.csv", "wandb", MARKER)
 
@@ -110,24 +118,83 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+#: serialises the read-modify-write of markers between the run and its heartbeat thread
+_MARKER_LOCK = threading.Lock()
+
+
 @rank_zero_only
 def update_marker(run_dir: str | Path, **fields: Any) -> None:
     """Merge ``fields`` into the marker of ``run_dir`` (atomic write, rank zero only)."""
-    marker = read_marker(run_dir) or {}
-    marker.update(fields, updated=_now())
-    atomic_write_json(Path(run_dir) / MARKER, marker)
+    with _MARKER_LOCK:
+        marker = read_marker(run_dir) or {}
+        marker.update(fields, updated=_now())
+        atomic_write_json(Path(run_dir) / MARKER, marker)
+
+
+class _Heartbeat:
+    """A daemon thread that rewrites ``heartbeat`` in one run's marker every ``HEARTBEAT_S``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self._stop = run_dir, threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="osteo-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                update_marker(self.run_dir, heartbeat=time.time())
+            except OSError as err:  # a full or vanished disk must not kill the run
+                log.warning(f"Could not update the heartbeat of {self.run_dir}: {err}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+_heartbeat: _Heartbeat | None = None
+
+
+def start_heartbeat(run_dir: str | Path) -> None:
+    """Beat for ``run_dir`` from now on (rank zero; replaces the beat of an earlier run)."""
+    global _heartbeat
+    stop_heartbeat()
+    if rank_zero_only.rank != 0:
+        return
+    update_marker(run_dir, heartbeat=time.time())
+    _heartbeat = _Heartbeat(Path(run_dir))
+    _heartbeat.start()
+
+
+def stop_heartbeat() -> None:
+    """Stop the current run's heartbeat (the run finished or failed)."""
+    global _heartbeat
+    if _heartbeat is not None:
+        _heartbeat.stop()
+        _heartbeat = None
 
 
 def _alive_elsewhere(marker: dict[str, Any]) -> bool:
-    """Whether the process that owns ``marker`` is still running on this host."""
+    """Whether another process still runs the run of ``marker``: on this host, its pid is
+    alive; on another host (a shared filesystem), its heartbeat is younger than ``STALE_S``."""
     pid = marker.get("pid")
-    if marker.get("host") != socket.gethostname() or not pid or pid == os.getpid():
+    if marker.get("host") != socket.gethostname():
+        beat = marker.get("heartbeat")
+        return isinstance(beat, int | float) and time.time() - beat < STALE_S
+    if not pid or pid == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)
     except (OSError, ValueError):
         return False
     return True
+
+
+def _owner(marker: dict[str, Any]) -> str:
+    beat = marker.get("heartbeat")
+    ago = f", heartbeat {time.time() - beat:.0f} s ago" if isinstance(beat, int | float) else ""
+    return f"process {marker.get('pid')} on {marker.get('host')}{ago}"
 
 
 # --------------------------------------------------------------------------- resuming
@@ -147,7 +214,7 @@ def find_resumable(log_dir: str | Path, task_name: str, digest: str) -> Path | N
         if not ckpt.is_file():
             continue
         if rank_zero_only.rank == 0 and _alive_elsewhere(marker):
-            log.info(f"Not resuming {path.parent}: its process {marker['pid']} is still running.")
+            log.info(f"Not resuming {path.parent}: its {_owner(marker)} is still running.")
             continue
         found.append((ckpt.stat().st_mtime, path.parent))
     return max(found)[1] if found else None
@@ -164,6 +231,12 @@ def check_resumable(run_dir: Path, flat: dict[str, Any]) -> None:
         )
     if marker.get("state") == "finished":
         raise ConfigError(f"Cannot resume '{run_dir}': that run has finished.")
+    if rank_zero_only.rank == 0 and _alive_elsewhere(marker):
+        raise ConfigError(
+            f"Cannot resume '{run_dir}': its {_owner(marker)} is still running. Stop it "
+            f"first; a run on another host counts as stopped {STALE_S:.0f} s after its last "
+            "heartbeat."
+        )
     if marker.get("config_hash") != config_hash(flat):
         keys = config_diff(marker.get("config", {}), flat)
         shown = ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else "")
@@ -253,6 +326,7 @@ def start_run(cfg: DictConfig) -> Path:
             resumes=int(marker.get("resumes", 0)) + 1,
         )
         _keep_csv_history(cfg)
+        start_heartbeat(target)
         return target
     output_dir = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:
@@ -267,6 +341,7 @@ def start_run(cfg: DictConfig) -> Path:
         host=socket.gethostname(),
         config=flat,
     )
+    start_heartbeat(output_dir)
     return output_dir
 
 
@@ -280,6 +355,7 @@ def record_loggers(run_dir: str | Path, loggers: Sequence[Any]) -> None:
 
 def finish_run(run_dir: str | Path) -> None:
     """Mark the run ``finished`` (``resume=auto`` will not pick it again)."""
+    stop_heartbeat()
     update_marker(run_dir, state="finished", finished=_now())
 
 

@@ -61,6 +61,7 @@ def record_failed_job(error: BaseException, cfg: DictConfig | None = None) -> di
     Returns:
         The record written to ``error.json``.
     """
+    runs.stop_heartbeat()  # the failed run is over: resume may take it at once
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     job_dir = Path(hydra_cfg.runtime.output_dir)
