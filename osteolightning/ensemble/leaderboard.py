@@ -603,13 +603,16 @@ def _ensemble_rows(
                 log.warning(note)
             notes.append(note)
             continue
-        pooled, per_unit, lines = Pooled(list(class_names)), [], []
+        pooled, per_unit, lines, fitted = Pooled(list(class_names)), [], [], []
         for unit, (paths, labels, probs) in zip(units, aligned, strict=True):
             weights = None
             if method == "weighted_mean":
                 val = [read_predictions(m[unit].path / VAL_PREDICTIONS) for m in by_config]
                 _, val_labels, val_probs = align(val, class_names)
                 weights = fit_fusion_weights(val_probs, val_labels)
+                shown = {n: round(float(w), 4) for n, w in zip(names, weights, strict=True)}
+                fitted.append({"seed": unit[0], "fold": unit[1], "weights": shown})
+                log.info(f"weighted_mean at seed {unit[0]}, fold {unit[1]}: weights {shown}")
             fused, preds = fuse(
                 method, probs, top_k=top_k if method == "fuzzy_rank" else None, weights=weights
             )
@@ -641,6 +644,8 @@ def _ensemble_rows(
             "folds": sorted({u[1] for u in units if u[1] is not None}),
             "mean": mean_std(per_unit),
         }
+        if fitted:  # what produced the row: the weights fitted on each (seed, fold)'s validation
+            row["weights"] = fitted
         _add_pooled(row, pooled, n_resamples, confidence, seed)
         rows.append(row)
         fused_csv[label] = lines

@@ -200,6 +200,27 @@ def test_rows_match_statistics_computed_from_the_files(tmp_path):
             assert low <= value <= high, key
 
 
+def test_weighted_mean_row_records_the_weights_that_produced_it(tmp_path):
+    truth, paths, labels = make_sweep(tmp_path / "sweep")
+    board = build_leaderboard(tmp_path / "sweep", methods=["weighted_mean"], n_resamples=100)
+    row = _row(board, "ensemble:weighted_mean(alexnet+resnet18)")
+    units = {(u["seed"], u["fold"]): u["weights"] for u in row["weights"]}
+    assert set(units) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    y, preds = [], []
+    for (seed, fold), weights in units.items():
+        assert set(weights) == {"alexnet", "resnet18"}
+        assert sum(weights.values()) == pytest.approx(1, abs=1e-3)
+        assert min(weights.values()) >= 0
+        sel, pa, _ = truth[("alexnet", seed, fold)]
+        _, pb, _ = truth[("resnet18", seed, fold)]
+        fused = weights["alexnet"] * np.round(pa, 6) + weights["resnet18"] * np.round(pb, 6)
+        y.append(labels[sel])
+        preds.append(fused.argmax(axis=1))
+    # the recorded (rounded) weights reproduce the row's pooled accuracy
+    acc = accuracy_score(np.concatenate(y), np.concatenate(preds))
+    assert row["pooled"]["test/acc"] == pytest.approx(acc)
+
+
 def test_fuzzy_ensemble_row_from_the_formula(tmp_path):
     truth, paths, labels = make_sweep(tmp_path / "sweep")
     board = build_leaderboard(tmp_path / "sweep", methods=["fuzzy_rank"], n_resamples=100)
