@@ -353,14 +353,11 @@ class KneeDataModule(L.LightningDataModule):
         images = self.cache.load([s.path for s in samples])
         labels = np.array([s.label for s in samples], dtype=np.int64)
         near = self.near_args["max_distance"] is not None
-        copies = find_copies(self.digests, labels, images if near else None, **self.near_args)
+        targets, target_names = self._conflict_targets(labels, masks)
+        copies = find_copies(self.digests, targets, images if near else None, **self.near_args)
         paths = [str(s.path) for s in samples]
-        keep = apply_conflict_policy(
-            copies, self.on_label_conflict, paths, self.label_names, labels
-        )
-        self.conflicts = conflict_rows(
-            copies, self.on_label_conflict, paths, self.label_names, labels
-        )
+        keep = apply_conflict_policy(copies, self.on_label_conflict, paths, target_names, targets)
+        self.conflicts = conflict_rows(copies, self.on_label_conflict, paths, target_names, targets)
         self._log_copies(copies)
         idx = np.flatnonzero(keep)
         self.samples = [samples[i] for i in idx]
@@ -384,6 +381,14 @@ class KneeDataModule(L.LightningDataModule):
             sel = np.flatnonzero(self.split_codes == code)
             self.datasets[name] = self._make_dataset(name, sel, images[sel], labels[sel])
         log.info(self.summary())
+
+    def _conflict_targets(
+        self, labels: np.ndarray, masks: np.ndarray | None
+    ) -> tuple[np.ndarray, list[str]]:
+        """What copies of one image must agree on (hook): an index per image and the names of
+        the indices. Here the class label; copies that disagree are a label conflict
+        (``on_label_conflict``)."""
+        return labels, list(self.label_names)
 
     def _make_dataset(
         self, split_name: str, sel: np.ndarray, images: np.ndarray, labels: np.ndarray

@@ -118,7 +118,8 @@ def apply_conflict_policy(
         ]
         more = f" … and {len(copies.conflicts) - 5} more" if len(copies.conflicts) > 5 else ""
         raise DataSourceError(
-            f"{len(copies.conflicts)} groups of identical images carry different labels: "
+            f"{len(copies.conflicts)} groups of identical images carry different labels "
+            "(segmentation: masks): "
             + "; ".join(shown)
             + more
             + ". Fix the labels, or choose data.on_label_conflict=drop (remove them) or "

@@ -13,6 +13,7 @@ the mask) and intensity transforms touch the image only.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,7 +96,10 @@ class SegmentationDataModule(KneeDataModule):
     manifest's ``mask`` column, a :class:`~osteolightning.data.sources.SegmentationTreeSource`,
     the phantom), of its image's height and width, with values in range; a bad mask stops the
     run naming the file (``on_bad_image="error"``) or is left out and listed in
-    :attr:`skipped` (``"skip"``).
+    :attr:`skipped` (``"skip"``). Identical images with different masks are a conflict, like
+    copies with different labels in classification (``on_label_conflict``: ``drop`` the group,
+    ``keep`` it inside one split, or stop with an ``error`` naming the files; listed in
+    ``label_conflicts.csv``).
 
     Args:
         source: a data source whose samples carry masks.
@@ -202,6 +206,25 @@ class SegmentationDataModule(KneeDataModule):
 
     def _read_sample_mask(self, sample: Sample) -> np.ndarray:
         return read_mask(sample.mask, len(self.class_names), self.mask_format, self.mask_threshold)
+
+    def _conflict_targets(
+        self, labels: np.ndarray, masks: np.ndarray | None
+    ) -> tuple[np.ndarray, list[str]]:
+        """Copies of one image must carry the same mask (and label, where read): identical
+        images with different masks are a conflict, handled by ``on_label_conflict`` and
+        listed in ``label_conflicts.csv`` as ``mask <sha1 of the letterboxed mask>``."""
+        assert masks is not None  # every segmentation sample has one
+        keys = [
+            (int(label), hashlib.sha1(mask.tobytes()).hexdigest()[:10])
+            for label, mask in zip(labels.tolist(), masks, strict=True)
+        ]
+        distinct = sorted(set(keys))
+        index = {key: i for i, key in enumerate(distinct)}
+        names = [
+            f"{self.label_names[label]}, mask {digest}" if label >= 0 else f"mask {digest}"
+            for label, digest in distinct
+        ]
+        return np.array([index[k] for k in keys], dtype=np.int64), names
 
     def _make_dataset(
         self, split_name: str, sel: np.ndarray, images: np.ndarray, labels: np.ndarray

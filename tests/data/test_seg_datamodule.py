@@ -155,6 +155,59 @@ def test_segmentation_tree_with_binary_palette_masks(
     assert "segmentation tree" in dm.summary() and "bone=0." in dm.summary()
 
 
+def _tree_with_copies(phantom_dir: Path, root: Path) -> tuple[Path, list[str]]:
+    """A binary tree plus two copies of its first image: one with the same mask, one with the
+    mask flipped left-right (a different annotation of the same radiograph)."""
+    root = _binary_tree(phantom_dir, root, n=20)
+    first = sorted((root / "images").iterdir())[0]
+    for name, flip in (("copy_same.png", False), ("copy_other.png", True)):
+        shutil.copy(first, root / "images" / name)
+        mask = Image.open(root / "masks" / first.name)
+        (mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else mask).save(
+            root / "masks" / name
+        )
+    return root, [first.name, "copy_same.png", "copy_other.png"]
+
+
+def test_copies_with_different_masks_are_a_conflict(
+    phantom_dir: Path, seg_cache: Path, tmp_path: Path
+) -> None:
+    root, (first, same, other) = _tree_with_copies(phantom_dir, tmp_path / "tree")
+    args = dict(class_names=["background", "bone"], mask_format="binary")
+    with pytest.raises(DataSourceError, match=rf"{first}' \(mask [0-9a-f]{{10}}\).*copy_other"):
+        _dm(SegmentationTreeSource(root), seg_cache, on_label_conflict="error", **args).setup()
+
+    dm = _dm(SegmentationTreeSource(root), seg_cache, on_label_conflict="drop", **args)
+    dm.setup()
+    names = {s.path.name for s in dm.samples}
+    assert len(names) == 19 and {first, same, other}.isdisjoint(names)  # the whole group
+    assert sorted(Path(row[1]).name for row in dm.conflicts) == sorted([first, same, other])
+    assert {row[3] for row in dm.conflicts} == {"dropped"}
+
+    kept = _dm(SegmentationTreeSource(root), seg_cache, on_label_conflict="keep", **args)
+    kept.setup()
+    split = {s.path.name: kept.split_codes[i] for i, s in enumerate(kept.samples)}
+    assert len(split) == 22 and split[first] == split[same] == split[other]
+
+
+def test_copies_with_the_same_mask_are_no_conflict(
+    phantom_dir: Path, seg_cache: Path, tmp_path: Path
+) -> None:
+    root, (first, same, other) = _tree_with_copies(phantom_dir, tmp_path / "tree")
+    (root / "images" / other).unlink()
+    (root / "masks" / other).unlink()
+    dm = _dm(
+        SegmentationTreeSource(root),
+        seg_cache,
+        class_names=["background", "bone"],
+        mask_format="binary",
+        on_label_conflict="error",
+    )
+    dm.setup()
+    split = {s.path.name: dm.split_codes[i] for i, s in enumerate(dm.samples)}
+    assert len(split) == 21 and not dm.conflicts and split[first] == split[same]
+
+
 def test_joint_hflip_keeps_image_and_mask_aligned(phantom_dir: Path, seg_cache: Path) -> None:
     source = ManifestSource(phantom_dir / "manifest.csv")
     plain = _dm(source, seg_cache)
