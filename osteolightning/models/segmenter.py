@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from osteolightning.errors import ConfigError
-from osteolightning.metrics.segmentation import per_image_scores
+from osteolightning.metrics.segmentation import dice_iou, overlap_counts, per_image_scores
 from osteolightning.models.checkpointing import StoresRunConfig
 from osteolightning.models.schedulers import configure_optimizers
 
@@ -222,10 +222,11 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         self.val_best.reset()
 
     def _track(self, split: str, pred: torch.Tensor, masks: torch.Tensor) -> None:
-        scores = per_image_scores(pred, masks, self.num_classes, with_hd95=False)
-        for metric in ("dice", "iou"):
+        # on the batch's device: no copy to the host and back at every step
+        dice, iou = dice_iou(overlap_counts(pred, masks, self.num_classes))
+        for metric, scores in (("dice", dice), ("iou", iou)):
             for c, tracker in enumerate(self.trackers[f"{split}_{metric}"]):
-                tracker.update(scores[metric][:, c].to(self.device))
+                tracker.update(scores[:, c])
 
     def _log_tracked(self, split: str) -> dict[str, torch.Tensor]:
         """Log ``<split>/dice``, ``<split>/iou`` (foreground mean) and per class; reset."""
