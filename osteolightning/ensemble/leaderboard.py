@@ -58,6 +58,7 @@ from osteolightning.ensemble.cli import (
 from osteolightning.ensemble.fusion import FUSIONS, check_method, fit_fusion_weights, fuse
 from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.metrics.report import cluster_bootstrap_report, metric_table
+from osteolightning.utils import runs
 from osteolightning.utils.files import (
     atomic_write_bytes,
     atomic_write_csv,
@@ -65,10 +66,12 @@ from osteolightning.utils.files import (
     atomic_write_text,
 )
 from osteolightning.utils.logging import get_logger
+from osteolightning.utils.sweep import ERROR_FILE as ERROR
+from osteolightning.utils.sweep import describe_error
 
 log = get_logger(__name__)
 
-METRICS, ERROR = "metrics.json", "error.json"
+METRICS = "metrics.json"
 #: Marks a folder written by the leaderboard (its sources and files): only such a folder is
 #: written into again.
 MARKER = ".osteo_leaderboard.json"
@@ -183,13 +186,11 @@ def _error_of(path: Path) -> str:
     record = _read_yaml(path / ERROR)  # JSON is YAML
     if not isinstance(record, dict):
         return f"unreadable {path / ERROR}"
-    kind = str(record.get("type") or "error").rsplit(".", 1)[-1]
-    message = str(record.get("error") or "").strip().splitlines()
-    return f"{kind}: {message[0] if message else ''}".strip()
+    return describe_error(record)
 
 
 def _incomplete_reason(path: Path) -> str:
-    marker = _read_yaml(path / ".osteo_run.json")
+    marker = runs.read_marker(path)
     state = marker.get("state") if isinstance(marker, dict) else None
     if state:
         return f"no {METRICS} (run state: {state})"
@@ -225,7 +226,7 @@ def read_job(path: str | Path, name: str | None = None) -> Job:
 
 
 def _is_job_dir(path: Path) -> bool:
-    return any((path / f).exists() for f in (".hydra", METRICS, ERROR, ".osteo_run.json"))
+    return any((path / f).exists() for f in (".hydra", METRICS, ERROR, runs.MARKER))
 
 
 def _job_order(path: Path) -> tuple[int, int | str]:

@@ -94,6 +94,14 @@ def record_failed_job(error: BaseException, cfg: DictConfig | None = None) -> di
     return record
 
 
+def describe_error(record: dict[str, Any], message: bool = True) -> str:
+    """``"ValueError: <first line of the message>"`` (``message=False``: the type alone) of
+    an ``error.json`` record."""
+    kind = str(record.get("type") or "error").rsplit(".", 1)[-1]
+    lines = str(record.get("error") or "").strip().splitlines()
+    return f"{kind}: {lines[0] if lines else ''}".strip() if message else kind
+
+
 def failed_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """The ``error.json`` records of a multirun directory's jobs, in job order.
 
@@ -135,9 +143,7 @@ class FailedJobsExitStatus(HydraCallback):
         failed = failed_jobs(str(config.hydra.sweep.dir))
         if not failed:
             return
-        jobs = ", ".join(
-            f"{r.get('job_num', '?')} ({r.get('type', 'error').rsplit('.', 1)[-1]})" for r in failed
-        )
+        jobs = ", ".join(f"{r.get('job_num', '?')} ({describe_error(r, False)})" for r in failed)
         log.error(
             f"{len(failed)} job(s) of the sweep in {config.hydra.sweep.dir} failed: {jobs}; "
             f"each job's error.json holds its error and overrides, the other jobs' results are "
