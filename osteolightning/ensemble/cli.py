@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -126,6 +127,13 @@ def run_file(run: str, name: str = PREDICTIONS) -> Path:
     return path / name if path.is_dir() else path if name == PREDICTIONS else path.with_name(name)
 
 
+def fit_validation_weights(members: Sequence[RunPredictions], class_names: list[str]) -> np.ndarray:
+    """The weighted-mean fusion's weights, fitted on the members' validation predictions
+    (aligned image by image; see :func:`~osteolightning.ensemble.fusion.fit_fusion_weights`)."""
+    _, labels, probs = align(list(members), class_names)
+    return fit_fusion_weights(probs, labels)
+
+
 def _fit_weights(runs: list[str], class_names: list[str]) -> np.ndarray:
     files = [run_file(r, VAL_PREDICTIONS) for r in runs]
     if lacking := [str(f) for f in files if not f.is_file()]:
@@ -134,8 +142,7 @@ def _fit_weights(runs: list[str], class_names: list[str]) -> np.ndarray:
             f"not exist: put a {VAL_PREDICTIONS} (validation images, predictions.csv format) beside "
             f"each run's predictions.csv, or use method=fuzzy_rank, mean or majority_vote."
         )
-    _, labels, probs = align([read_predictions(f) for f in files], class_names)
-    return fit_fusion_weights(probs, labels)
+    return fit_validation_weights([read_predictions(f) for f in files], class_names)
 
 
 def ensemble(cfg: DictConfig) -> dict[str, Any]:

@@ -32,9 +32,10 @@ from osteolightning.ensemble.cli import (
     VAL_PREDICTIONS,
     RunPredictions,
     align,
+    fit_validation_weights,
     read_predictions,
 )
-from osteolightning.ensemble.fusion import check_method, fit_fusion_weights, fuse
+from osteolightning.ensemble.fusion import check_method, fuse
 from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.metrics.report import evaluation_report
 from osteolightning.utils import runs
@@ -162,8 +163,7 @@ def validation_weights(ckpts: list[Path], class_names: list[str]) -> np.ndarray:
         ConfigError: a run directory without ``val_predictions.csv``.
     """
     members = [read_predictions(f) for f in validation_files(ckpts)]
-    _, labels, probs = align(_common_paths(members), class_names)
-    return fit_fusion_weights(probs, labels)
+    return fit_validation_weights(_common_paths(members), class_names)
 
 
 def evaluate_ensemble(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:

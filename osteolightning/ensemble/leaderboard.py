@@ -53,9 +53,10 @@ from osteolightning.ensemble.cli import (
     VAL_PREDICTIONS,
     RunPredictions,
     align,
+    fit_validation_weights,
     read_predictions,
 )
-from osteolightning.ensemble.fusion import FUSIONS, check_method, fit_fusion_weights, fuse
+from osteolightning.ensemble.fusion import FUSIONS, check_method, fuse
 from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.metrics.report import cluster_bootstrap_report, metric_table
 from osteolightning.utils import runs
@@ -609,8 +610,7 @@ def _ensemble_rows(
             weights = None
             if method == "weighted_mean":
                 val = [read_predictions(m[unit].path / VAL_PREDICTIONS) for m in by_config]
-                _, val_labels, val_probs = align(val, class_names)
-                weights = fit_fusion_weights(val_probs, val_labels)
+                weights = fit_validation_weights(val, class_names)
                 shown = {n: round(float(w), 4) for n, w in zip(names, weights, strict=True)}
                 fitted.append({"seed": unit[0], "fold": unit[1], "weights": shown})
                 log.info(f"weighted_mean at seed {unit[0]}, fold {unit[1]}: weights {shown}")
