@@ -86,23 +86,23 @@ def class_tree(tmp_path: Path, phantom_dir: Path) -> Path:
     return root
 
 
+def _fit_once(factory: pytest.TempPathFactory, cache_dir: Path, config: str, debug: str):
+    """One tiny fit + test of ``config`` with ``debug=<debug>``: (run_dir, metrics, objects)."""
+    from osteolightning.train import train
+
+    run_dir = factory.mktemp(config) / "run"
+    metrics, objects = train(compose_config(config, run_dir, cache_dir, [f"debug={debug}"]))
+    GlobalHydra.instance().clear()
+    return run_dir, metrics, objects
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
     """One tiny fit + test (``osteo-train debug=tiny``) shared by the tests that need a run."""
-    from osteolightning.train import train
-
-    run_dir = tmp_path_factory.mktemp("train") / "run"
-    metrics, objects = train(compose_config("train", run_dir, cache_dir, ["debug=tiny"]))
-    GlobalHydra.instance().clear()
-    return run_dir, metrics, objects
+    return _fit_once(tmp_path_factory, cache_dir, "train", "tiny")
 
 
 @pytest.fixture(scope="session")
 def segmented(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
     """One tiny segmentation fit + test (``osteo-segment debug=seg_tiny``)."""
-    from osteolightning.train import train
-
-    run_dir = tmp_path_factory.mktemp("segment") / "run"
-    metrics, objects = train(compose_config("segment", run_dir, cache_dir, ["debug=seg_tiny"]))
-    GlobalHydra.instance().clear()
-    return run_dir, metrics, objects
+    return _fit_once(tmp_path_factory, cache_dir, "segment", "seg_tiny")
