@@ -67,7 +67,7 @@ def make_cfg(tmp_path: Path, cache_dir: Path):
 @pytest.fixture(scope="session")
 def phantom_dir(cache_dir: Path) -> Path:
     """The tiny phantom (as data=tiny generates it), for tests that need image files."""
-    from osteolightning.data.phantom import ensure_phantom
+    from osteolightning.data.phantom_files import ensure_phantom
 
     return ensure_phantom(cache_dir / "phantom" / "n60-s0-96px-8bit", n=60, seed=0, size=96).parent
 

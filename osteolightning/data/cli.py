@@ -31,7 +31,8 @@ from rich.console import Console
 
 from osteolightning.data.audit import audit
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
-from osteolightning.data.phantom import CLASS_NAMES, generate_phantom
+from osteolightning.data.phantom import CLASS_NAMES
+from osteolightning.data.phantom_files import generate_phantom
 from osteolightning.data.sources import FolderSource, ManifestSource
 from osteolightning.errors import ConfigError, OsteoError
 from osteolightning.utils.files import atomic_write_json

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from osteolightning.data.phantom import ensure_phantom
+from osteolightning.data.phantom_files import ensure_phantom
 from osteolightning.data.sample import Sample
 from osteolightning.data.sources import ManifestSource
 

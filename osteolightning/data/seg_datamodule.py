@@ -93,7 +93,7 @@ class SegmentationDataModule(KneeDataModule):
     in index order, class 0 being the background. Samples need no image-level label; the split
     is stratified by label when every sample has one (see ``label_names``), else drawn as one
     stratum, and always grouped by patient and by copies. Every sample needs a mask (a
-    manifest's ``mask`` column, a :class:`~osteolightning.data.sources.SegmentationTreeSource`,
+    manifest's ``mask`` column, a :class:`~osteolightning.data.seg_sources.SegmentationTreeSource`,
     the phantom), of its image's height and width, with values in range; a bad mask stops the
     run naming the file (``on_bad_image="error"``) or is left out and listed in
     :attr:`skipped` (``"skip"``). Identical images with different masks are a conflict, like
@@ -129,7 +129,7 @@ class SegmentationDataModule(KneeDataModule):
             no class to balance).
 
     Example:
-        >>> from osteolightning.data.sources import SegmentationTreeSource
+        >>> from osteolightning.data.seg_sources import SegmentationTreeSource
         >>> dm = SegmentationDataModule(  # doctest: +SKIP
         ...     SegmentationTreeSource("data/knee-seg"), ["background", "bone"],
         ...     mask_format="binary", image_size=224)

@@ -9,11 +9,12 @@ file it cannot use is left out and listed in :attr:`skipped` with its reason, an
 (``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, dotfiles, ``__MACOSX``) are always left out and
 always listed there.
 
-Three layouts are supported here:
+Three layouts are supported:
 
 - :class:`FolderSource`: a class-folder tree ``ROOT/<class>/*.png|jpg|jpeg|tif|dcm``;
 - :class:`ManifestSource`: a CSV ``image,label[,mask][,t_score][,patient_id][,age,sex,bmi]``;
-- :class:`SegmentationTreeSource`: a segmentation tree ``ROOT/images/*`` + ``ROOT/masks/*``.
+- :class:`~osteolightning.data.seg_sources.SegmentationTreeSource` (in its own module): a
+  segmentation tree ``ROOT/images/*`` + ``ROOT/masks/*``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ __all__ = [
     "CLASS_ALIASES",
     "FolderSource",
     "ManifestSource",
-    "SegmentationTreeSource",
     "normalize_class_name",
     "resolve_class",
 ]
@@ -146,20 +146,20 @@ def _unknown_class(name: str, lookup: dict[str, int]) -> str:
     return f"Unknown class '{name}'{hint}"
 
 
-def _absolute(path: str | os.PathLike[str]) -> Path:
+def absolute_path(path: str | os.PathLike[str]) -> Path:
     """Absolute, normalised path without resolving symlinks (file names stay meaningful)."""
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
-def _is_system_file(name: str) -> bool:
+def is_system_file(name: str) -> bool:
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(path)
 
 
-def _listing(paths: Sequence[Path], limit: int = MAX_REPORTED) -> str:
+def listing(paths: Sequence[Path], limit: int = MAX_REPORTED) -> str:
     shown = ", ".join(f"'{p}'" for p in paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
@@ -195,7 +195,7 @@ class FolderSource:
     """
 
     def __init__(self, root: str | os.PathLike[str], on_bad_image: str = "error") -> None:
-        self.root = _absolute(root)
+        self.root = absolute_path(root)
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.skipped: list[tuple[Path, str]] = []
 
@@ -227,7 +227,7 @@ class FolderSource:
         ignored: list[tuple[Path, str]] = []
         class_dirs: list[Path] = []
         for entry in sorted(self.root.iterdir()):
-            if _is_system_file(entry.name) or entry.name.lower() in SYSTEM_DIRS:
+            if is_system_file(entry.name) or entry.name.lower() in SYSTEM_DIRS:
                 ignored.append((entry, SYSTEM_FOLDER if entry.is_dir() else SYSTEM_FILE))
             elif entry.is_dir():
                 class_dirs.append(entry)
@@ -246,17 +246,17 @@ class FolderSource:
         not_images: list[Path] = []
         per_class = [0] * len(class_names)
         for folder in class_dirs:
-            images, skipped, others = _scan(folder)
+            images, skipped, others = scan_folder(folder)
             ignored.extend(skipped)
             not_images.extend(others)
             per_class[labels[folder]] += len(images)
             samples.extend(Sample(path=p, label=labels[folder]) for p in images)
         if not_images and self.on_bad_image == "skip":
-            ignored.extend((p, _not_an_image(p)) for p in not_images)
+            ignored.extend((p, not_an_image(p)) for p in not_images)
         elif not_images:
             raise DataSourceError(
                 f"{len(not_images)} file(s) under '{self.root}' are not images: "
-                f"{_listing(not_images)}. Image files end in "
+                f"{listing(not_images)}. Image files end in "
                 f"{', '.join(sorted(IMAGE_EXTENSIONS))} (any case) or are DICOM; remove or "
                 f"move the other files."
             )
@@ -309,7 +309,7 @@ class FolderSource:
         return labels
 
 
-def _not_an_image(path: Path) -> str:
+def not_an_image(path: Path) -> str:
     """The reason recorded for a file that is neither an image nor a system file."""
     return (
         f"not an image: extension '{path.suffix}' is not one of "
@@ -317,7 +317,7 @@ def _not_an_image(path: Path) -> str:
     )
 
 
-def _scan(folder: Path) -> tuple[list[Path], list[tuple[Path, str]], list[Path]]:
+def scan_folder(folder: Path) -> tuple[list[Path], list[tuple[Path, str]], list[Path]]:
     """Walk ``folder`` (following symlinks, each real folder once) and sort its files.
 
     Returns:
@@ -332,16 +332,16 @@ def _scan(folder: Path) -> tuple[list[Path], list[tuple[Path, str]], list[Path]]
         keep = []
         for name in sorted(dirnames):
             sub = os.path.join(dirpath, name)
-            if _is_system_file(name) or name.lower() in SYSTEM_DIRS:
-                ignored.append((_absolute(sub), SYSTEM_FOLDER))
+            if is_system_file(name) or name.lower() in SYSTEM_DIRS:
+                ignored.append((absolute_path(sub), SYSTEM_FOLDER))
             elif os.path.realpath(sub) not in seen:
                 keep.append(name)
         dirnames[:] = keep
         for name in sorted(filenames):
-            path = _absolute(os.path.join(dirpath, name))
-            if _is_system_file(name):
+            path = absolute_path(os.path.join(dirpath, name))
+            if is_system_file(name):
                 ignored.append((path, SYSTEM_FILE))
-            elif _is_image(path):
+            elif is_image_file(path):
                 images.append(path)
             else:
                 others.append(path)
@@ -388,7 +388,7 @@ class ManifestSource:
     MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "none", "null"})
 
     def __init__(self, path: str | os.PathLike[str], on_bad_image: str = "error") -> None:
-        self.path = _absolute(path)
+        self.path = absolute_path(path)
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.skipped: list[tuple[Path, str]] = []
 
@@ -534,7 +534,7 @@ class ManifestSource:
             if required:
                 problems.append(f"empty {column} path")
             return None
-        path = _absolute(self.path.parent / cell)  # an absolute cell replaces the parent
+        path = absolute_path(self.path.parent / cell)  # an absolute cell replaces the parent
         if not path.is_file():
             problems.append(f"{column} '{cell}' does not exist (looked for '{path}')")
             missing.append(path)
@@ -577,151 +577,3 @@ class _MissingFileError(DataSourceError):
     def __init__(self, path: Path, message: str) -> None:
         super().__init__(message)
         self.path = path
-
-
-class SegmentationTreeSource:
-    """A segmentation tree: ``ROOT/images/*`` and ``ROOT/masks/*`` with the same file names.
-
-    Each image under ``images/`` (sub-folders too) is paired with the mask of the same path
-    relative to ``masks/``; failing that, with the one mask of the same name without extension
-    (``images/a/x.jpg`` + ``masks/a/x.png``) when exactly one image and one mask share it.
-    Other entries of the root (a ``manifest.csv``, a README) are ignored, so a phantom folder
-    is a segmentation tree too. System files are skipped and listed as in
-    :class:`FolderSource`. An image without a mask, a mask without an image, an ambiguous pair
-    or a non-image file is an error with ``on_bad_image="error"``; with ``"skip"`` it is left
-    out and listed in :attr:`skipped` with the reason. Masks are not decoded here (see
-    :func:`osteolightning.data.masks.read_mask`).
-
-    Args:
-        root: the tree's root folder.
-        on_bad_image: ``"error"`` (default) or ``"skip"``.
-
-    Attributes:
-        skipped: after :meth:`samples`, ``(path, reason)`` of every file or folder left out,
-            sorted by path.
-
-    Raises:
-        ConfigError: ``on_bad_image`` is not ``"error"`` or ``"skip"``.
-
-    Example:
-        >>> source = SegmentationTreeSource("data/knee-seg")  # doctest: +SKIP
-        >>> source.samples(None)[0]  # doctest: +SKIP
-        Sample(path=PosixPath('/abs/data/knee-seg/images/1.png'), label=-1,
-               mask=PosixPath('/abs/data/knee-seg/masks/1.png'), ...)
-    """
-
-    def __init__(self, root: str | os.PathLike[str], on_bad_image: str = "error") -> None:
-        self.root = _absolute(root)
-        self.on_bad_image = check_on_bad_image(on_bad_image)
-        self.skipped: list[tuple[Path, str]] = []
-
-    def describe(self) -> str:
-        """One line saying what this source reads."""
-        return f"segmentation tree {self.root} (ROOT/images/* + ROOT/masks/*)"
-
-    def _fail(self, problem: str) -> DataSourceError:
-        return DataSourceError(f"{problem}. Expected the layout {SEGMENTATION_LAYOUT}.")
-
-    def samples(self, class_names: Sequence[str] | None = None) -> list[Sample]:
-        """Pair every image with its mask, sorted by image path.
-
-        Args:
-            class_names: accepted for the source interface and not used: a segmentation
-                tree carries no image-level labels (every label is ``-1``).
-
-        Returns:
-            One :class:`Sample` per image, with absolute ``path`` and ``mask``.
-
-        Raises:
-            DataSourceError: the root, ``images/`` or ``masks/`` is missing, or no image is
-                found; (``"error"`` only) an image has no mask, a mask has no image, a name
-                matches several files, or a file is not an image. The message names the
-                files and the folder searched.
-        """
-        self.skipped = []
-        if not self.root.is_dir():
-            what = "is not a folder" if self.root.exists() else "does not exist"
-            raise self._fail(f"Segmentation root '{self.root}' {what}")
-        folders = {name: self.root / name for name in ("images", "masks")}
-        absent = [f"'{name}/'" for name, folder in folders.items() if not folder.is_dir()]
-        if absent:
-            raise self._fail(f"Segmentation root '{self.root}' has no {' and no '.join(absent)}")
-        images, ignored, not_images = _scan(folders["images"])
-        masks, ignored_masks, not_masks = _scan(folders["masks"])
-        ignored.extend(ignored_masks)
-        not_images.extend(not_masks)
-        pairs, problems = _pair_masks(images, masks, folders["images"], folders["masks"])
-        problems.extend((p, _not_an_image(p)) for p in not_images)
-        if problems and self.on_bad_image == "error":
-            raise self._fail(_pairing_report(problems))
-        ignored.extend(problems)
-        self.skipped = sorted(ignored, key=lambda item: str(item[0]))
-        if self.skipped:
-            log.warning(
-                "Skipped %d file(s)/folder(s) under %s, e.g. %s (%s)",
-                len(self.skipped),
-                self.root,
-                *self.skipped[0],
-            )
-        if not pairs:
-            also = f" ({len(self.skipped)} file(s) skipped)" if self.skipped else ""
-            raise self._fail(f"No image with a mask found under '{self.root}'{also}")
-        return sorted(
-            (Sample(path=image, mask=mask) for image, mask in pairs), key=lambda s: str(s.path)
-        )
-
-
-def _pair_masks(
-    images: Sequence[Path], masks: Sequence[Path], image_dir: Path, mask_dir: Path
-) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
-    """Pair images with masks by relative path, else by unique relative path minus extension.
-
-    Returns:
-        ``(pairs, problems)``: ``(image, mask)`` pairs and ``(path, reason)`` of every image
-        without a mask, mask without an image and file of an ambiguous name.
-    """
-    mask_by_rel = {m.relative_to(mask_dir).as_posix(): m for m in masks}
-    pairs: list[tuple[Path, Path]] = []
-    loose_images: dict[str, list[Path]] = {}
-    for image in images:
-        rel = image.relative_to(image_dir)
-        mask = mask_by_rel.pop(rel.as_posix(), None)
-        if mask is not None:
-            pairs.append((image, mask))
-        else:
-            loose_images.setdefault(rel.with_suffix("").as_posix(), []).append(image)
-    loose_masks: dict[str, list[Path]] = {}
-    for rel, mask in mask_by_rel.items():
-        loose_masks.setdefault(Path(rel).with_suffix("").as_posix(), []).append(mask)
-    problems: list[tuple[Path, str]] = []
-    for stem, found in loose_images.items():
-        candidates = loose_masks.pop(stem, [])
-        if len(found) == 1 and len(candidates) == 1:
-            pairs.append((found[0], candidates[0]))
-        elif not candidates:
-            problems.extend(
-                (p, f"no mask named '{p.name}' or '{p.stem}.*' in '{mask_dir}'") for p in found
-            )
-        else:
-            names = ", ".join(f"'{p}'" for p in (*found, *candidates))
-            reason = f"ambiguous name '{stem}.*': {names} cannot be paired one to one"
-            problems.extend((p, reason) for p in (*found, *candidates))
-    for stem, orphans in loose_masks.items():
-        problems.extend(
-            (p, f"no image named '{p.name}' or '{Path(stem).name}.*' in '{image_dir}'")
-            for p in orphans
-        )
-    return pairs, problems
-
-
-def _pairing_report(problems: Sequence[tuple[Path, str]]) -> str:
-    """One message listing (up to ten) unpaired, ambiguous or non-image files."""
-    shown = "\n  ".join(f"'{p}': {reason}" for p, reason in problems[:MAX_REPORTED])
-    more = (
-        f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-    )
-    return (
-        f"{len(problems)} file(s) of the segmentation tree cannot be used:\n  {shown}{more}\n"
-        "Every image needs exactly one mask and every mask one image (or set "
-        "data.on_bad_image=skip to leave such files out and list them in skipped.csv)"
-    )

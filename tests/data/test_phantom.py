@@ -16,17 +16,16 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from osteolightning.data import phantom
+from osteolightning.data import phantom_files
 from osteolightning.data.phantom import (
     CLASS_NAMES,
     MANIFEST_COLUMNS,
     MASK_LABELS,
     draw_cohort,
-    ensure_phantom,
     generate_knee,
-    generate_phantom,
     who_class,
 )
+from osteolightning.data.phantom_files import ensure_phantom, generate_phantom
 from osteolightning.errors import ConfigError
 
 
@@ -257,14 +256,14 @@ def test_ensure_phantom_never_touches_foreign_folders(tmp_path: Path) -> None:
 def test_interrupted_generation_leaves_nothing_that_looks_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_task = phantom._knee_task
+    real_task = phantom_files._knee_task
 
     def failing_task(task: tuple) -> dict[str, str]:
         if task[1] == 2:
             raise KeyboardInterrupt
         return real_task(task)
 
-    monkeypatch.setattr(phantom, "_knee_task", failing_task)
+    monkeypatch.setattr(phantom_files, "_knee_task", failing_task)
     with pytest.raises(KeyboardInterrupt):
         ensure_phantom(tmp_path / "set", n=4, size=64, workers=1)
     assert list(tmp_path.iterdir()) == []
