@@ -35,7 +35,7 @@ from osteolightning.data.cache import letterbox_resize
 from osteolightning.data.io import IMAGE_EXTENSIONS, is_dicom, read_image
 from osteolightning.data.transforms import ToNormalizedTensor
 from osteolightning.errors import ConfigError, DataSourceError, OsteoError
-from osteolightning.evaluate import load_classifier, load_model
+from osteolightning.models.checkpointing import load_model
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: overlays are written at most this many pixels on their long side
@@ -83,15 +83,15 @@ def predict(
 ) -> list[list[str]]:
     """Rows ``[path, prob_<class>..., prediction]`` for every image under ``paths``
     (``model``: the checkpoint's classifier when the caller has loaded it already)."""
-    model = (model or load_classifier(ckpt_path)).eval()
-    hp = model.hparams
-    to_tensor = ToNormalizedTensor(hp.mean, hp.std, hp.in_chans)
+    model = (model or load_model(ckpt_path)).eval()
+    pre = model.preprocessing
+    to_tensor = ToNormalizedTensor(pre.mean, pre.std, pre.in_chans)
     files = list(iter_images(paths))
     rows: list[list[str]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         batch = torch.stack(
-            [to_tensor(letterbox_resize(read_image(p), hp.image_size)) for p in chunk]
+            [to_tensor(letterbox_resize(read_image(p), pre.image_size)) for p in chunk]
         )
         probs = model.predict_proba(batch)  # with the checkpoint's test-time augmentation
         for path, p in zip(chunk, probs.tolist(), strict=True):
@@ -99,7 +99,7 @@ def predict(
                 [
                     str(path),
                     *[f"{v:.6f}" for v in p],
-                    hp.class_names[max(range(len(p)), key=p.__getitem__)],
+                    pre.class_names[max(range(len(p)), key=p.__getitem__)],
                 ]
             )
     return rows
@@ -204,15 +204,15 @@ def export_masks(
         )
     out = Path(out_dir)
     _check_new_folder(out)
-    hp = model.hparams
-    to_tensor = ToNormalizedTensor(hp.mean, hp.std, hp.in_chans)
+    pre = model.preprocessing
+    to_tensor = ToNormalizedTensor(pre.mean, pre.std, pre.in_chans)
     pairs, manifest_labels = _inputs(paths)
     names = _output_names(pairs)
     rows: list[list[str]] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         originals = [read_image(image) for _, image in chunk]
-        batch = torch.stack([to_tensor(letterbox_resize(img, hp.image_size)) for img in originals])
+        batch = torch.stack([to_tensor(letterbox_resize(img, pre.image_size)) for img in originals])
         labels, _ = model.predict_masks(batch)
         for (_, image), name, original, square in zip(
             chunk, names[start : start + batch_size], originals, labels.numpy(), strict=True
@@ -242,9 +242,9 @@ def export_masks(
         out / "masks.json",
         {
             "ckpt_path": str(Path(ckpt_path).resolve()),
-            "class_names": list(hp.class_names),
-            "image_size": int(hp.image_size),
-            "inference": str(hp.inference),
+            "class_names": list(pre.class_names),
+            "image_size": pre.image_size,
+            "inference": str(model.hparams.inference),
             "n_images": len(rows),
         },
     )
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"osteo-predict: error: {err}\n")
     try:
         rows = predict(args.ckpt, args.paths, args.batch_size, model=model)
-        names = model.hparams.class_names
+        names = model.preprocessing.class_names
     except OsteoError as err:
         parser.exit(2, f"osteo-predict: error: {err}\n")
     header = ["path", *[f"prob_{c}" for c in names], "prediction"]

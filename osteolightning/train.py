@@ -21,19 +21,24 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from osteolightning.callbacks import RunArtifacts
-from osteolightning.callbacks.evaluation import (
-    fit_validation_temperature,
-    predict_validation,
-    write_validation_predictions,
-)
 from osteolightning.callbacks.writers import build_writer
+from osteolightning.models.checkpointing import explain_unpickling
 from osteolightning.utils import runs
-from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
+from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container, warn_conflicts
+from osteolightning.utils.console import print_metrics_table
 from osteolightning.utils.logging import get_logger
-from osteolightning.utils.run import close_loggers, print_metrics_table
-from osteolightning.utils.sweep import finish_wandb, record_failed_job
+from osteolightning.utils.sweep import record_failed_job
 
 log = get_logger(__name__)
+
+
+def data_inputs(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """What the model takes from the data: the training split's images per class, for a model
+    whose config has ``class_counts`` (the classifier's class-weighted loss)."""
+    if "class_counts" not in model_cfg or model_cfg.class_counts is not None:
+        return {}
+    datamodule.setup("fit")  # the split; the trainer's own setup call then finds it done
+    return {"class_counts": datamodule.class_counts("train")}
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -47,72 +52,45 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         ConfigError: the output directory holds another run's results, or ``resume`` names a
             run that cannot be continued (see :func:`osteolightning.utils.runs.start_run`).
     """
-    run_dir = runs.start_run(cfg)  # may redirect paths.output_dir: before anything else
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    model: L.LightningModule = hydra.utils.instantiate(cfg.model)
-    writer = build_writer(cfg.evaluation, cfg.paths.output_dir)
-    callbacks = [
-        *instantiate_list(cfg.get("callbacks"), "callbacks"),
-        RunArtifacts(cfg.paths.output_dir, to_container(cfg)),
-        writer,
-    ]
-    loggers = instantiate_list(cfg.get("logger"), "logger")
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    runs.restore_csv_history(loggers, cfg.get("ckpt_path"))
-    for logger in loggers:
-        logger.log_hyperparams(to_container(cfg))
-    runs.record_loggers(run_dir, loggers)
-    weights_only = not cfg.get("allow_unsafe_pickle", False)
-    try:
-        with runs.explain_unpickling():
+    with runs.session(cfg) as run:  # may redirect paths.output_dir: before anything else
+        warn_conflicts(cfg)
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+        model: L.LightningModule = hydra.utils.instantiate(
+            cfg.model, **data_inputs(cfg.model, datamodule)
+        )
+        writer = build_writer(cfg.evaluation, cfg.paths.output_dir)
+        callbacks = [
+            *instantiate_list(cfg.get("callbacks"), "callbacks"),
+            RunArtifacts(cfg.paths.output_dir, to_container(cfg)),
+            writer,
+        ]
+        trainer: L.Trainer = hydra.utils.instantiate(
+            cfg.trainer, callbacks=callbacks, logger=run.loggers
+        )
+        with explain_unpickling():
             trainer.fit(
                 model,
                 datamodule=datamodule,
                 ckpt_path=cfg.get("ckpt_path"),
-                weights_only=weights_only,
+                weights_only=not cfg.get("allow_unsafe_pickle", False),
             )
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
-            best = (
-                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            )
+            checkpoint = trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint else ""
             if not best:
                 log.warning("No best checkpoint was saved; testing the weights of the last step.")
-            # One pass of the tested checkpoint over the validation split, for the temperature
-            # and val_predictions.csv (classifiers only: they have predict_proba).
-            validation = (
-                predict_validation(trainer, model, datamodule, best or None)
-                if callable(getattr(model, "predict_proba", None))
-                else None
-            )
-            if writer.temperature_scaling:  # Guo et al. 2017, fitted on the validation split
-                writer.temperature = fit_validation_temperature(
-                    trainer, model, datamodule, best or None, predictions=validation
-                )
+            # our own checkpoint: plain types only (weights_only)
             trainer.test(
                 model,
                 datamodule=datamodule,
                 ckpt_path=best or None,
                 verbose=False,
-                weights_only=True,  # our own checkpoint: plain types only
+                weights_only=True,
             )
             print_metrics_table(writer.metrics)
             metrics.update(writer.metrics)
-            if validation is not None:  # what the ensemble's weighted_mean fits its weights on
-                write_validation_predictions(
-                    cfg.paths.output_dir,
-                    validation,
-                    list(model.hparams.class_names),
-                    getattr(writer, "temperature", None),
-                )
-        runs.finish_run(run_dir)
-    except BaseException:
-        runs.stop_heartbeat()  # the run stays `running`: resume=auto may continue it at once
-        finish_wandb(exit_code=1)  # the W&B run shows as failed, not as finished
-        raise
-    finally:
-        close_loggers(loggers)
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
 
 
@@ -150,7 +128,7 @@ def run_job(cfg: DictConfig) -> float | None:
         record_failed_job(err, cfg)
         return None
     finally:
-        finish_wandb(exit_code=1)  # a no-op unless a failure left a W&B run open
+        runs.finish_wandb(exit_code=1)  # a no-op unless a failure left a W&B run open
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -12,16 +12,16 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from osteolightning.callbacks.evaluation import (
-    VAL_PREDICTIONS,
     SplitPredictions,
     write_validation_predictions,
 )
-from osteolightning.ensemble.cli import align, read_predictions
 from osteolightning.ensemble.evaluate import evaluate_ensemble, is_ensemble
 from osteolightning.ensemble.fusion import fit_fusion_weights, fuse
+from osteolightning.ensemble.members import align
 from osteolightning.errors import ConfigError
 from osteolightning.evaluate import evaluate
 from osteolightning.metrics.calibration import apply_temperature, probs_to_logits
+from osteolightning.utils.rundir import VAL_PREDICTIONS, read_predictions
 from tests.conftest import compose_config
 
 TINY_EVAL = ["common=tiny", "callbacks=tiny", "logger=tiny", "trainer=tiny"]

@@ -21,7 +21,9 @@ from osteolightning.errors import DataSourceError
 from osteolightning.train import optimized_value, run_job
 from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, sweep_group, sweep_job_name
-from osteolightning.utils.sweep import ERROR_FILE, failed_jobs, finish_wandb
+from osteolightning.utils.rundir import ERROR as ERROR_FILE
+from osteolightning.utils.runs import finish_wandb
+from osteolightning.utils.sweep import failed_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 

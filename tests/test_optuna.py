@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from osteolightning.utils.config import CONFIG_DIR
-from osteolightning.utils.sweep import ERROR_FILE
+from osteolightning.utils.rundir import ERROR as ERROR_FILE
 
 
 @pytest.fixture

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
+import torch
 
 from osteolightning.callbacks.evaluation import (
+    SplitPredictions,
     fit_validation_temperature,
     log_to_wandb,
     recorded_temperature,
 )
+from osteolightning.ensemble.members import align
 from osteolightning.evaluate import evaluate
+from osteolightning.metrics.calibration import apply_temperature, probs_to_logits
 from osteolightning.metrics.figures import write_figures
 from osteolightning.metrics.report import evaluation_report
+from osteolightning.train import train
+from osteolightning.utils.rundir import VAL_PREDICTIONS, read_predictions
 
 TINY_EVAL = ["common=tiny", "data=tiny", "callbacks=tiny", "logger=tiny", "trainer=tiny"]
 CLASSES = ["normal", "osteopenia", "osteoporosis"]
@@ -41,14 +45,31 @@ def test_run_directory_holds_figures_and_the_metrics_table(trained):
 
 
 def test_validation_temperature_of_the_trained_run(trained):
-    _, _, objects = trained
-    best = objects["trainer"].checkpoint_callback.best_model_path
-    # A fresh trainer and copies: predicting with the session's trainer would replace the
-    # test metrics that other tests read from it.
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    model, datamodule = copy.deepcopy(objects["model"]), copy.deepcopy(objects["datamodule"])
-    t = fit_validation_temperature(trainer, model, datamodule, best)
+    run_dir, _, _ = trained
+    # the writer's validation pass of the tested checkpoint (uncalibrated: scaling is off)
+    val = read_predictions(run_dir / VAL_PREDICTIONS)
+    paths, labels, probs = align([val])
+    t = fit_validation_temperature(SplitPredictions(np.arange(len(paths)), paths, labels, probs[0]))
     assert 0.05 <= t <= 20
+
+
+def test_train_fits_the_temperature_on_the_validation_split(make_cfg):
+    cfg = make_cfg("train", ["debug=tiny", "evaluation.temperature_scaling=true"], run="temp")
+    metrics, objects = train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.05 <= saved["temperature"] <= 20 and "test/ece_uncalibrated" in saved
+    assert saved["ckpt_path"] == objects["trainer"].checkpoint_callback.best_model_path
+    # val_predictions.csv: the tested checkpoint on the validation split, calibrated with T
+    val = read_predictions(run_dir / VAL_PREDICTIONS)
+    model, dataset = objects["model"].eval(), objects["datamodule"].datasets["val"]
+    assert len(val.rows) == len(dataset)
+    with torch.no_grad():  # the model holds the tested (best) weights after trainer.test
+        for i in range(len(dataset)):
+            item = dataset[i]
+            raw = model(item["image"][None]).softmax(1).numpy()
+            expected = apply_temperature(probs_to_logits(raw), saved["temperature"])[0]
+            np.testing.assert_allclose(val.rows[item["path"]][1], expected, atol=2e-6)
 
 
 def test_eval_applies_a_fixed_temperature(trained, make_cfg, class_tree):

@@ -9,7 +9,7 @@ import timm
 import torch
 
 from osteolightning.errors import ConfigError
-from osteolightning.evaluate import load_classifier
+from osteolightning.models.checkpointing import load_model as load_classifier
 from osteolightning.models.components.backbone import create_backbone
 from osteolightning.train import train
 from osteolightning.utils import runs

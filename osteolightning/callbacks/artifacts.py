@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from osteolightning.utils import rundir
 from osteolightning.utils.files import atomic_write_csv, atomic_write_json
 
 PACKAGES = (
@@ -83,20 +84,20 @@ class RunArtifacts(L.Callback):
         datamodule = trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "split_rows"):
             atomic_write_csv(
-                self.output_dir / "splits.csv",
+                self.output_dir / rundir.SPLITS,
                 ["split", "path", "label", "patient_id", "group", "sha1"],
                 datamodule.split_rows(),
             )
             # What was left out, and why: never silent.
             atomic_write_csv(
-                self.output_dir / "skipped.csv", ["path", "reason"], datamodule.skipped
+                self.output_dir / rundir.SKIPPED, ["path", "reason"], datamodule.skipped
             )
             atomic_write_csv(
-                self.output_dir / "label_conflicts.csv",
+                self.output_dir / rundir.LABEL_CONFLICTS,
                 ["group", "path", "label", "action"],
                 datamodule.conflicts,
             )
-        atomic_write_json(self.output_dir / "versions.json", environment_versions())
+        atomic_write_json(self.output_dir / rundir.VERSIONS, environment_versions())
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer)

@@ -1,16 +1,17 @@
-"""Collects test predictions on every rank and writes ``predictions.csv``, ``metrics.json``,
-``csv/test_metrics.csv``, ``figures/*.png`` and (with a W&B logger) the W&B report; predicts
-the validation split with the best checkpoint (temperature scaling, ``val_predictions.csv``)."""
+"""The classification report writer: collects test predictions on every rank and writes
+``predictions.csv``, ``metrics.json``, ``csv/test_metrics.csv``, ``figures/*.png`` and (with a
+W&B logger) the W&B report. Before the test it predicts the validation split with the tested
+checkpoint, for temperature scaling and ``val_predictions.csv``."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -26,10 +27,21 @@ from osteolightning.metrics.calibration import (
 )
 from osteolightning.metrics.figures import write_figures
 from osteolightning.metrics.report import ECE_BINS, evaluation_report
+from osteolightning.utils import rundir
 from osteolightning.utils.files import atomic_write_csv, atomic_write_json
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+
+def gather_rows(trainer: L.Trainer, rows: list[Any]) -> list[Any]:
+    """``(index, ...)`` rows of every rank, keyed by sample index (a padded duplicate counts
+    once) and sorted by it; every rank gets them all."""
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        buckets: list[Any] = [None] * trainer.world_size
+        dist.all_gather_object(buckets, rows)
+        rows = [row for bucket in buckets for row in bucket]
+    return sorted({row[0]: row for row in rows}.values(), key=lambda r: r[0])
 
 
 class ReportWriter(L.Callback):
@@ -48,18 +60,10 @@ class ReportWriter(L.Callback):
     def metrics(self) -> dict[str, Any]:
         """The metrics written by the last test run (read from ``metrics.json``, so the values
         are there in the launching process also when the test ran in spawned DDP workers)."""
-        path = self.output_dir / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return rundir.read_metrics(self.output_dir)
 
     def _gather(self, trainer: L.Trainer) -> list[Any]:
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            buckets: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(buckets, self._rows)
-            rows = [row for bucket in buckets for row in bucket]
-        else:
-            rows = self._rows
-        # Keyed by sample index: a padded duplicate (if any sampler padded) counts once.
-        return sorted({row[0]: row for row in rows}.values(), key=lambda r: r[0])
+        return gather_rows(trainer, self._rows)
 
     def _run_facts(self, trainer: L.Trainer) -> dict[str, Any]:
         """The test loss, the tested checkpoint's best validation score, its path, world size."""
@@ -78,25 +82,132 @@ class ReportWriter(L.Callback):
     def _csv_dir(trainer: L.Trainer, output_dir: Path) -> Path:
         return next(
             (Path(lg.log_dir) for lg in trainer.loggers if isinstance(lg, CSVLogger)),
-            output_dir / "csv",
+            output_dir / rundir.CSV_DIR,
         )
+
+    def _write_metrics_table(self, trainer: L.Trainer, metrics: dict[str, Any]) -> None:
+        csv_dir = self._csv_dir(trainer, self.output_dir)
+        atomic_write_csv(csv_dir / rundir.TEST_METRICS_CSV, METRIC_COLUMNS, metric_rows(metrics))
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    """A checkpoint's probabilities on one split, one row per image in sample-index order.
+
+    Attributes:
+        indices: ``(N,)`` indices into the DataModule's ``samples``.
+        paths: ``N`` image paths.
+        labels: ``(N,)`` true class indices.
+        probs: ``(N, K)`` softmax probabilities (uncalibrated; TTA as at test time).
+    """
+
+    indices: np.ndarray
+    paths: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+
+
+def predict_split(
+    trainer: L.Trainer, pl_module: L.LightningModule, split: str = "val"
+) -> SplitPredictions | None:
+    """The module's current weights on one split of ``trainer.datamodule``, every rank's share
+    gathered (so every rank gets every image).
+
+    The module's ``predict_step`` gives ``{"probs", "index"}`` (as
+    :class:`~osteolightning.models.classifier.KneeClassifier` does); it runs in eval mode under
+    the trainer's precision, on the trainer's device.
+
+    Returns:
+        The predictions, or ``None`` when the split is not set up or holds no image (e.g.
+        ``osteo-eval``, whose every image is a test image).
+    """
+    datamodule = trainer.datamodule
+    dataset = getattr(datamodule, "datasets", {}).get(split)
+    if dataset is None or not len(dataset):
+        return None
+    loader = getattr(datamodule, f"{split}_dataloader")()
+    was_training = pl_module.training
+    pl_module.eval()
+    rows = []
+    with torch.inference_mode(), trainer.precision_plugin.predict_step_context():
+        for batch_idx, batch in enumerate(loader):
+            batch = trainer.strategy.batch_to_device(batch)
+            out = pl_module.predict_step(batch, batch_idx)
+            probs = out["probs"].float().cpu().numpy()
+            rows += list(zip(out["index"].tolist(), probs, strict=True))
+    pl_module.train(was_training)
+    rows = gather_rows(trainer, rows)
+    indices = np.array([i for i, _ in rows], dtype=np.int64)
+    samples = datamodule.samples
+    return SplitPredictions(
+        indices=indices,
+        paths=[str(samples[i].path) for i in indices],
+        labels=np.array([samples[i].label for i in indices], dtype=np.int64),
+        probs=np.stack([p for _, p in rows]),
+    )
+
+
+def fit_validation_temperature(predictions: SplitPredictions) -> float:
+    """A temperature (Guo et al. 2017) fitted on validation predictions.
+
+    ``predict_step`` returns softmax probabilities; ``log(probs)`` equals the logits up to a
+    per-sample constant, which softmax ignores (:func:`probs_to_logits`), so fitting on it is
+    fitting on the logits.
+    """
+    temperature = fit_temperature(probs_to_logits(predictions.probs), predictions.labels)
+    log.info(
+        f"Temperature scaling: T={temperature:.4f} fitted on {len(predictions.labels)} "
+        "validation images."
+    )
+    return temperature
+
+
+@rank_zero_only
+def write_validation_predictions(
+    output_dir: str | Path,
+    predictions: SplitPredictions,
+    class_names: list[str],
+    temperature: float | None = None,
+) -> Path:
+    """Write ``val_predictions.csv`` (the ``predictions.csv`` format) into ``output_dir``.
+
+    The fusion ``weighted_mean`` of ``osteo-ensemble`` / ``osteo-eval`` fits its weights on
+    these files; they are calibrated with the test predictions' ``temperature``, if any.
+    """
+    probs = predictions.probs
+    if temperature is not None:
+        probs = apply_temperature(probs_to_logits(probs), temperature)
+    path = rundir.write_predictions(
+        Path(output_dir) / rundir.VAL_PREDICTIONS,
+        predictions.paths,
+        predictions.labels,
+        probs,
+        class_names,
+    )
+    log.info(f"Wrote {len(predictions.labels)} validation predictions to {path}")
+    return path
 
 
 class EvaluationWriter(ReportWriter):
     """Gathers ``(index, label, probs)`` of every test image across ranks, then on rank 0 writes
     one row per image to ``predictions.csv`` and the bootstrap report to ``metrics.json``.
 
+    When the test starts (the tested checkpoint's weights loaded), it predicts the validation
+    split once: with ``temperature_scaling`` it fits the temperature applied to the test
+    probabilities on those predictions, and with ``validation_predictions`` it writes them to
+    ``val_predictions.csv`` (what the ``weighted_mean`` ensembles fit their weights on). Data
+    without a validation split (``osteo-eval``) skips both.
+
     Args:
         output_dir: the run directory.
         n_resamples: bootstrap resamples for the 95 % intervals.
         seed: bootstrap seed.
         ckpt_path: the evaluated checkpoint, recorded when the trainer was given a model object.
-        temperature_scaling: fit a temperature on the validation split before testing
-            (``osteo-train``, which sets :attr:`temperature` via
-            :func:`fit_validation_temperature`).
+        temperature_scaling: fit a temperature on the validation split before testing.
         temperature: a fixed temperature to apply to the test probabilities. ``None``: the one
             recorded in the ``metrics.json`` of the run that wrote ``ckpt_path``, when that run
             fitted one on this very checkpoint (see :func:`recorded_temperature`).
+        validation_predictions: write ``val_predictions.csv`` when there is a validation split.
     """
 
     def __init__(
@@ -107,20 +218,45 @@ class EvaluationWriter(ReportWriter):
         ckpt_path: str | None = None,
         temperature_scaling: bool = False,
         temperature: float | None = None,
+        validation_predictions: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.ckpt_path = ckpt_path
         self.n_resamples, self.seed = n_resamples, seed
-        self.temperature_scaling = temperature_scaling
+        self.temperature_scaling = bool(temperature_scaling)
+        self.validation_predictions = bool(validation_predictions)
         if temperature is not None and not T_MIN <= float(temperature) <= T_MAX:
             raise ConfigError(
                 f"Expected argument `evaluation.temperature` in [{T_MIN}, {T_MAX}], "
                 f"but got {temperature}."
             )
+        if temperature is not None and temperature_scaling:
+            raise ConfigError(
+                "Pass either evaluation.temperature (a fixed temperature) or "
+                "evaluation.temperature_scaling=true (fit one on the validation split), not both."
+            )
         if temperature is None and ckpt_path is not None:
             temperature = recorded_temperature(ckpt_path)
         self.temperature = None if temperature is None else float(temperature)
         self._rows: list[tuple[int, int, np.ndarray]] = []
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not (self.temperature_scaling or self.validation_predictions):
+            return
+        validation = predict_split(trainer, pl_module, "val")
+        if validation is None:
+            if self.temperature_scaling:
+                log.warning(
+                    "evaluation.temperature_scaling is ignored: the data has no validation "
+                    "split (osteo-eval tests every image). Set evaluation.temperature, or let "
+                    "it come from the checkpoint's run (its metrics.json)."
+                )
+            return
+        if self.temperature_scaling:
+            self.temperature = fit_validation_temperature(validation)
+        if self.validation_predictions:
+            names = list(pl_module.hparams.class_names)
+            write_validation_predictions(self.output_dir, validation, names, self.temperature)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows = []
@@ -155,17 +291,23 @@ class EvaluationWriter(ReportWriter):
                 "temperature": self.temperature,
                 "test/ece_uncalibrated": expected_calibration_error(labels, raw, ECE_BINS),
             }
-        self._write_predictions(trainer, rows, probs, class_names)
+        samples = trainer.datamodule.samples
+        rundir.write_predictions(
+            self.output_dir / rundir.PREDICTIONS,
+            [str(samples[i].path) for i, _, _ in rows],
+            labels,
+            probs,
+            class_names,
+        )
         report = evaluation_report(
             labels, probs, class_names, prefix="test/", n_resamples=self.n_resamples, seed=self.seed
         )
         metrics = {**report, **calibration, **self._run_facts(trainer)}
-        atomic_write_json(self.output_dir / "metrics.json", metrics)
+        atomic_write_json(self.output_dir / rundir.METRICS, metrics)
         log.info(f"Wrote {len(rows)} predictions and metrics to {self.output_dir}")
         # Everything below derives from metrics.json, which is safely on disk already.
-        csv_dir = self._csv_dir(trainer, self.output_dir)
-        atomic_write_csv(csv_dir / "test_metrics.csv", METRIC_COLUMNS, metric_rows(metrics))
-        figures = write_figures(labels, probs, class_names, self.output_dir / "figures")
+        self._write_metrics_table(trainer, metrics)
+        figures = write_figures(labels, probs, class_names, self.output_dir / rundir.FIGURES)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 try:
@@ -175,56 +317,6 @@ class EvaluationWriter(ReportWriter):
                         f"Could not log the test report to W&B ({err!r}); "
                         f"metrics.json and figures/ are complete."
                     )
-
-    def _write_predictions(
-        self,
-        trainer: L.Trainer,
-        rows: list[tuple[int, int, np.ndarray]],
-        probs: np.ndarray,
-        class_names: list[str],
-    ) -> None:
-        samples = trainer.datamodule.samples
-        write_predictions_csv(
-            self.output_dir / PREDICTIONS,
-            [str(samples[i].path) for i, _, _ in rows],
-            np.array([y for _, y, _ in rows]),
-            probs,
-            class_names,
-        )
-
-
-#: The test and validation predictions of a run (``path,label,prob_<class>...,prediction``).
-PREDICTIONS, VAL_PREDICTIONS = "predictions.csv", "val_predictions.csv"
-
-
-def write_predictions_csv(
-    path: str | Path,
-    paths: list[str],
-    labels: np.ndarray,
-    probs: np.ndarray,
-    class_names: list[str],
-) -> Path:
-    """Write one ``path,label,prob_<class>...,prediction`` row per image, atomically.
-
-    Args:
-        path: the CSV file.
-        paths: ``N`` image paths.
-        labels: ``(N,)`` true class indices.
-        probs: ``(N, K)`` class probabilities (written with 6 decimals).
-        class_names: ``K`` class names in label-index order.
-
-    Returns:
-        ``path``.
-    """
-    header = ["path", "label", *[f"prob_{c}" for c in class_names], "prediction"]
-    return atomic_write_csv(
-        path,
-        header,
-        [
-            [name, class_names[int(y)], *[f"{v:.6f}" for v in p], class_names[int(p.argmax())]]
-            for name, y, p in zip(paths, labels, probs, strict=True)
-        ],
-    )
 
 
 #: Columns of ``test_metrics.csv`` and of the W&B metrics table.
@@ -293,15 +385,14 @@ def _wandb_roc(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) ->
 def recorded_temperature(ckpt_path: str | Path) -> float | None:
     """The temperature that ``osteo-train`` fitted for this checkpoint, if any.
 
-    Read from ``<run>/metrics.json`` for ``<run>/checkpoints/<name>.ckpt``, and only when that
-    file's ``ckpt_path`` is this same checkpoint: a temperature fitted for ``best.ckpt`` says
-    nothing about ``last.ckpt``.
+    Read from its run's ``metrics.json``, and only when that file's ``ckpt_path`` is this same
+    checkpoint: a temperature fitted for ``best.ckpt`` says nothing about ``last.ckpt``.
     """
     path = Path(ckpt_path).resolve()
-    metrics_file = path.parent.parent / "metrics.json"
-    if not metrics_file.is_file():
+    metrics_file = rundir.run_of_checkpoint(path) / rundir.METRICS
+    recorded = rundir.read_json(metrics_file)
+    if not isinstance(recorded, dict):
         return None
-    recorded = json.loads(metrics_file.read_text())
     temperature, tested = recorded.get("temperature"), recorded.get("ckpt_path")
     if temperature is None:
         return None
@@ -313,145 +404,3 @@ def recorded_temperature(ckpt_path: str | Path) -> float | None:
         return None
     log.info(f"Applying the temperature T={temperature:.4f} recorded in {metrics_file}.")
     return float(temperature)
-
-
-@dataclass(frozen=True)
-class SplitPredictions:
-    """A checkpoint's probabilities on one split, one row per image in sample-index order.
-
-    Attributes:
-        indices: ``(N,)`` indices into the DataModule's ``samples``.
-        paths: ``N`` image paths.
-        labels: ``(N,)`` true class indices.
-        probs: ``(N, K)`` softmax probabilities (uncalibrated; TTA as at test time).
-    """
-
-    indices: np.ndarray
-    paths: list[str]
-    labels: np.ndarray
-    probs: np.ndarray
-
-
-def predict_validation(
-    trainer: L.Trainer, model: L.LightningModule, datamodule: Any, ckpt_path: str | None
-) -> SplitPredictions | None:
-    """Predict the validation split with ``ckpt_path`` (the current weights when ``None``).
-
-    Under DDP each rank predicts its share and the shares are gathered, so every rank gets
-    every image. ``predict_step`` must return ``{"probs", "index"}`` as
-    :class:`~osteolightning.models.classifier.KneeClassifier` does.
-
-    Returns:
-        The predictions, or ``None`` when this process cannot see the whole validation split:
-        with a spawning strategy (``ddp_spawn``) the split lives in the worker processes, and
-        a partial set of predictions is never returned (a warning says so).
-    """
-    expected = len(datamodule.datasets["val"]) if "val" in datamodule.datasets else None
-    if expected is None:
-        log.warning(
-            "The validation split is not set up in this process (a spawning strategy such as "
-            "ddp_spawn keeps it in its workers): no validation predictions."
-        )
-        return None
-    outputs = trainer.predict(
-        model, dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path, weights_only=True
-    )
-    rows = [
-        (i, p)
-        for batch in outputs or []
-        for i, p in zip(batch["index"].tolist(), batch["probs"].float().cpu().numpy(), strict=True)
-    ]
-    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-        buckets: list[Any] = [None] * trainer.world_size
-        dist.all_gather_object(buckets, rows)
-        rows = [row for bucket in buckets for row in bucket]
-    rows = sorted(dict(rows).items())  # keyed by sample index: a padded duplicate counts once
-    if len(rows) != expected:
-        log.warning(
-            f"Predicted {len(rows)} of the {expected} validation images in this process "
-            f"(strategy {type(trainer.strategy).__name__}): no validation predictions."
-        )
-        return None
-    indices = np.array([i for i, _ in rows], dtype=np.int64)
-    k = len(datamodule.class_names)
-    return SplitPredictions(
-        indices=indices,
-        paths=[str(datamodule.samples[i].path) for i in indices],
-        labels=np.array([datamodule.samples[i].label for i in indices], dtype=np.int64),
-        probs=np.stack([p for _, p in rows]) if rows else np.zeros((0, k)),
-    )
-
-
-def fit_validation_temperature(
-    trainer: L.Trainer,
-    model: L.LightningModule,
-    datamodule: Any,
-    ckpt_path: str | None,
-    predictions: SplitPredictions | None = None,
-) -> float:
-    """Fit a temperature on the validation split's predictions of ``ckpt_path``.
-
-    ``predict_step`` returns softmax probabilities; ``log(probs)`` equals the logits up to a
-    per-sample constant, which softmax ignores (:func:`probs_to_logits`), so fitting on it is
-    fitting on the logits. Under DDP each rank predicts its share and the shares are gathered.
-
-    Args:
-        trainer: the trainer that fitted ``model``.
-        model: the classifier.
-        datamodule: its DataModule (set up).
-        ckpt_path: the checkpoint to predict with (``None``: the current weights).
-        predictions: the validation predictions of ``ckpt_path`` when already made (by
-            :func:`predict_validation`); predicted here otherwise.
-
-    Raises:
-        ConfigError: the validation split is empty or not visible in this process.
-    """
-    if predictions is None:
-        predictions = predict_validation(trainer, model, datamodule, ckpt_path)
-    if predictions is None or not len(predictions.labels):
-        raise ConfigError(
-            "Temperature scaling needs a non-empty validation split predicted in this process "
-            "(not under ddp_spawn: use trainer.strategy=ddp); set "
-            "evaluation.temperature_scaling=false or give the data a validation split."
-        )
-    temperature = fit_temperature(probs_to_logits(predictions.probs), predictions.labels)
-    log.info(
-        f"Temperature scaling: T={temperature:.4f} fitted on {len(predictions.labels)} "
-        "validation images."
-    )
-    return temperature
-
-
-@rank_zero_only
-def write_validation_predictions(
-    output_dir: str | Path,
-    predictions: SplitPredictions,
-    class_names: list[str],
-    temperature: float | None = None,
-) -> Path:
-    """Write ``val_predictions.csv`` (the ``predictions.csv`` format) into ``output_dir``.
-
-    The fusion ``weighted_mean`` of ``osteo-ensemble`` / ``osteo-eval`` fits its weights on
-    these files; they are calibrated with the test predictions' ``temperature``, if any.
-
-    Args:
-        output_dir: the run directory.
-        predictions: from :func:`predict_validation`.
-        class_names: ``K`` class names in label-index order.
-        temperature: the temperature applied to the test probabilities (``None``: none).
-
-    Returns:
-        The file written.
-    """
-    probs = predictions.probs
-    if temperature is not None:
-        probs = apply_temperature(probs_to_logits(probs), temperature)
-    path = write_predictions_csv(
-        Path(output_dir) / VAL_PREDICTIONS,
-        predictions.paths,
-        predictions.labels,
-        probs,
-        class_names,
-    )
-    log.info(f"Wrote {len(predictions.labels)} validation predictions to {path}")
-    return path

@@ -15,6 +15,7 @@ from PIL import Image
 from osteolightning.callbacks.evaluation import METRIC_COLUMNS, ReportWriter, metric_rows
 from osteolightning.metrics.seg_figures import write_overlay_grid
 from osteolightning.metrics.segmentation import segmentation_report
+from osteolightning.utils import rundir
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -51,9 +52,6 @@ class SegmentationEvaluationWriter(ReportWriter):
             resolution, the letterboxed ``image_size`` square).
     """
 
-    #: the classification writer's temperature scaling has no meaning here
-    temperature_scaling = False
-
     def __init__(
         self,
         output_dir: str | Path,
@@ -88,7 +86,7 @@ class SegmentationEvaluationWriter(ReportWriter):
             self._rows.append((i, {k: v[j] for k, v in scores.items()}))
             if self.save_masks:  # every rank writes its own images' masks
                 name = self._names[i]
-                atomic_write_bytes(self.output_dir / "test_masks" / name, png_bytes(preds[j]))
+                atomic_write_bytes(self.output_dir / rundir.TEST_MASKS / name, png_bytes(preds[j]))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = self._gather(trainer)
@@ -102,10 +100,9 @@ class SegmentationEvaluationWriter(ReportWriter):
         )
         metrics = {**report, **self._run_facts(trainer)}
         self._write_predictions(trainer, rows, scores, class_names)
-        atomic_write_json(self.output_dir / "metrics.json", metrics)
+        atomic_write_json(self.output_dir / rundir.METRICS, metrics)
         log.info(f"Wrote {len(rows)} per-image scores and metrics to {self.output_dir}")
-        csv_dir = self._csv_dir(trainer, self.output_dir)
-        atomic_write_csv(csv_dir / "test_metrics.csv", METRIC_COLUMNS, metric_rows(metrics))
+        self._write_metrics_table(trainer, metrics)
         figure = self._write_overlays(trainer, rows)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
@@ -145,9 +142,9 @@ class SegmentationEvaluationWriter(ReportWriter):
             for name in scores:
                 line += [cell(float(scores[name][n, c])) for c in fg]
             if self.save_masks:
-                line.append(f"test_masks/{self._names[i]}")
+                line.append(f"{rundir.TEST_MASKS}/{self._names[i]}")
             table.append(line)
-        atomic_write_csv(self.output_dir / "predictions.csv", header, table)
+        atomic_write_csv(self.output_dir / rundir.PREDICTIONS, header, table)
 
     def _write_overlays(
         self, trainer: L.Trainer, rows: list[tuple[int, dict[str, np.ndarray]]]
@@ -162,7 +159,7 @@ class SegmentationEvaluationWriter(ReportWriter):
         picked = [i for i, _ in rows if i in position][:OVERLAY_ROWS]
         images, truths, preds, titles = [], [], [], []
         for i in picked:
-            mask_file = self.output_dir / "test_masks" / self._names[i]
+            mask_file = self.output_dir / rundir.TEST_MASKS / self._names[i]
             if not mask_file.is_file():
                 continue
             images.append(dataset.images[position[i]])
@@ -173,7 +170,7 @@ class SegmentationEvaluationWriter(ReportWriter):
             return None
         try:
             return write_overlay_grid(
-                images, truths, preds, titles, self.output_dir / "figures" / "overlays.png"
+                images, truths, preds, titles, self.output_dir / rundir.FIGURES / "overlays.png"
             )
         except Exception as err:  # noqa: BLE001 - a figure must never cost the report
             log.warning(f"Could not draw figures/overlays.png ({err!r}).")

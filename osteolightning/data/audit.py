@@ -40,6 +40,7 @@ from osteolightning.data.near_duplicates import (
 from osteolightning.data.sample import Sample
 from osteolightning.data.splits import SPLIT_NAMES, group_ids
 from osteolightning.errors import DataSourceError
+from osteolightning.utils import rundir
 
 if TYPE_CHECKING:  # the cache module pulls in Lightning (slow to import); only its type is needed
     from osteolightning.data.cache import PreprocessedCache
@@ -264,7 +265,7 @@ def read_splits_csv(splits: str | Path) -> tuple[Path, list[dict[str, str]]]:
     """
     path = Path(splits)
     if path.is_dir():
-        path = path / "splits.csv"
+        path = path / rundir.SPLITS
     if not path.is_file():
         raise DataSourceError(
             f"Expected `splits` to be a run directory holding splits.csv or a splits.csv file, "

@@ -1,22 +1,181 @@
-"""What every checkpoint of an osteolightning module carries besides its weights."""
+"""Checkpoints: what they carry besides the weights, and how they are loaded safely.
+
+Every checkpoint an osteolightning module writes holds the fully resolved run config
+(:data:`RUN_CONFIG_KEY`) and, in its hyper-parameters, the :class:`Preprocessing` facts the
+network was trained with. From those alone :func:`load_checkpoint` rebuilds the model, and
+``osteo-eval``, ``osteo-predict`` and the ensembles prepare new images the same way.
+
+Checkpoints and weight files load with ``torch.load(weights_only=True)``; a file that needs
+arbitrary unpickling is refused unless an explicit ``allow_unsafe_pickle`` flag is set, since
+unpickling runs code stored in the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import pickle
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+import hydra
+import torch
+
+from osteolightning.errors import ConfigError
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 #: the checkpoint key holding the fully resolved run config (read by ``osteo-eval``,
 #: ``osteo-predict`` and the ensembles to rebuild the network and its preprocessing).
 RUN_CONFIG_KEY = "osteo_config"
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for a network: fixed by the checkpoint, followed by every
+    command that feeds it new images.
+
+    Attributes:
+        class_names: the ``K`` output classes in label-index order (mask classes for a
+            segmenter, background first).
+        image_size: side of the square, letterboxed network input.
+        in_chans: input channels (a grayscale image is repeated to fill them).
+        mean: normalisation mean per channel (length 1 or ``in_chans``).
+        std: normalisation standard deviation per channel.
+    """
+
+    class_names: tuple[str, ...]
+    image_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(
+        cls,
+        class_names: Sequence[str],
+        image_size: int,
+        in_chans: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> Preprocessing:
+        """The facts with plain Python types (so checkpoints load with ``weights_only``)."""
+        return cls(
+            tuple(str(c) for c in class_names),
+            int(image_size),
+            int(in_chans),
+            tuple(float(m) for m in mean),
+            tuple(float(s) for s in std),
+        )
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> Preprocessing:
+        """The facts a module saved in its hyper-parameters (see :meth:`hparams`)."""
+        return cls.of(*(hparams[key] for key in cls.fields()))
+
+    @staticmethod
+    def fields() -> tuple[str, ...]:
+        """The field names, which are also the data config's keys for them."""
+        return ("class_names", "image_size", "in_chans", "mean", "std")
+
+    def hparams(self) -> dict[str, Any]:
+        """As plain lists and numbers, for ``save_hyperparameters`` and a data config."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
 class StoresRunConfig:
     """LightningModule mixin: the resolved run config goes into every checkpoint the module
     writes, weights-only ones included (Lightning calls no callback hook for those, so the
     config cannot come from a callback). :class:`~osteolightning.callbacks.RunArtifacts` sets
-    ``run_config`` when a run starts."""
+    ``run_config`` when a run starts. ``preprocessing`` reads the facts back."""
 
     run_config: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config:
             checkpoint[RUN_CONFIG_KEY] = self.run_config
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How the network's inputs are prepared (:class:`Preprocessing`)."""
+        return Preprocessing.from_hparams(self.hparams)
+
+
+def torch_load(
+    path: str | Path, allow_unsafe_pickle: bool = False, flag: str = "allow_unsafe_pickle"
+) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that needs arbitrary unpickling is
+    refused with a ConfigError naming ``flag``, or (with the flag) loaded with a warning.
+
+    Raises:
+        ConfigError: the file holds pickled Python objects and ``allow_unsafe_pickle`` is false.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not allow_unsafe_pickle:
+            reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else ""
+            raise ConfigError(
+                f"'{path}' holds pickled Python objects beyond tensors and plain types, so it "
+                f"cannot be loaded with weights_only=True ({reason}). Unpickling runs arbitrary "
+                "code stored in the file: only for a file you trust, pass "
+                f"{flag}=true to load it anyway."
+            ) from err
+    log.warning(f"Loading '{path}' with weights_only=False ({flag}=true): it may run code.")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@contextlib.contextmanager
+def explain_unpickling(flag: str = "allow_unsafe_pickle") -> Iterator[None]:
+    """Turn Lightning's weights_only failure on ``ckpt_path`` into a ConfigError naming ``flag``."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        raise ConfigError(
+            "The checkpoint holds pickled Python objects beyond tensors and plain types and "
+            "cannot be loaded with weights_only=True. Unpickling runs arbitrary code: only for "
+            f"a checkpoint you trust, pass {flag}=true."
+        ) from err
+
+
+def load_checkpoint(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) -> tuple[Any, dict]:
+    """Rebuild a trained model (classifier or segmenter) from its checkpoint alone
+    (``weights_only`` loading): the run config stored in the checkpoint names the module.
+
+    Returns:
+        ``(model, run_config)``: the LightningModule with its trained weights, and the resolved
+        config of the run that wrote the checkpoint (its ``evaluation`` names the report
+        writer).
+
+    Raises:
+        ConfigError: a missing file, a checkpoint not written by ``osteo-train`` /
+            ``osteo-segment``, or one that needs arbitrary unpickling while
+            ``allow_unsafe_pickle`` is false.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"Checkpoint '{path}' does not exist. Pass ckpt_path=<run>/checkpoints/<name>.ckpt."
+        )
+    checkpoint = torch_load(path, allow_unsafe_pickle)
+    run_cfg = checkpoint.get(RUN_CONFIG_KEY) if isinstance(checkpoint, dict) else None
+    if not run_cfg or "model" not in run_cfg:
+        raise ConfigError(
+            f"'{path}' holds no osteolightning run config; was it written by osteo-train?"
+        )
+    net_cfg = dict(run_cfg["model"]["net"])
+    if "pretrained" in net_cfg:
+        net_cfg["pretrained"] = False  # the checkpoint's weights replace any initialisation
+    model_cfg = {
+        k: v for k, v in run_cfg["model"].items() if k not in ("net", "optimizer", "scheduler")
+    }
+    model = hydra.utils.instantiate(model_cfg, net=hydra.utils.instantiate(net_cfg))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, run_cfg
+
+
+def load_model(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) -> Any:
+    """The trained model of a checkpoint (see :func:`load_checkpoint`)."""
+    return load_checkpoint(ckpt_path, allow_unsafe_pickle)[0]

@@ -8,13 +8,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
-from osteolightning.models.checkpointing import StoresRunConfig
+from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 from osteolightning.models.schedulers import configure_optimizers
 
@@ -23,6 +22,25 @@ Loss = Callable[..., torch.Tensor]
 
 #: test-time augmentations: name → the image dims it flips (``(B, C, H, W)``).
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,)}
+
+
+def balanced_weights(counts: Sequence[int] | None, k: int, weighting: str) -> torch.Tensor:
+    """Class weights of the loss: inverse training frequency normalised to mean 1 over the
+    classes present (an absent class gets 0: it is never a target), or ones.
+
+    Raises:
+        ConfigError: ``counts`` does not have ``k`` non-negative entries.
+    """
+    if weighting != "balanced" or counts is None:
+        return torch.ones(k)
+    counts = torch.tensor([int(c) for c in counts], dtype=torch.float)
+    if counts.numel() != k or (counts < 0).any() or counts.sum() == 0:
+        raise ConfigError(
+            f"Expected argument `class_counts` to hold {k} non-negative counts, not all zero, "
+            f"but got {counts.tolist()}."
+        )
+    weights = torch.where(counts > 0, counts.sum() / (k * counts.clamp(min=1)), 0.0)
+    return weights / weights[counts > 0].mean()
 
 
 class KneeClassifier(StoresRunConfig, L.LightningModule):
@@ -43,6 +61,9 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         scheduler: partial ``(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
         class_weighting: ``"balanced"`` (inverse training frequency, normalised to mean 1) or
             ``"none"``.
+        class_counts: images per class in the training split (label-index order), passed by
+            the entry point from the data; ``"balanced"`` weighting needs them (``None``: all
+            weights 1, e.g. a model rebuilt from a checkpoint, whose weights come with it).
         label_smoothing: label smoothing in [0, 1), passed to the loss.
         loss: ``loss(logits, targets, weight=, label_smoothing=) -> scalar`` (``_partial_: true``
             in config; see :mod:`osteolightning.models.losses`); None: weighted cross-entropy.
@@ -77,6 +98,7 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         loss: Loss | None = None,
         mixup: Mapping[str, float] | None = None,
         tta: Sequence[str] = (),
+        class_counts: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if class_weighting not in ("balanced", "none"):
@@ -99,23 +121,20 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
                 )
         self.mixup = MixupCutmix(**(mixup or {}))
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
+        preprocessing = Preprocessing.of(class_names, image_size, in_chans, mean, std)
         self.save_hyperparameters(
             {
-                "class_names": [str(c) for c in class_names],
+                **preprocessing.hparams(),
                 "class_weighting": class_weighting,
                 "label_smoothing": float(label_smoothing),
                 "monitor": str(monitor),
-                "image_size": int(image_size),
-                "in_chans": int(in_chans),
-                "mean": [float(m) for m in mean],
-                "std": [float(s) for s in std],
                 "tta": tta,
             }
         )
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         k = len(class_names)
-        self.register_buffer("class_weights", torch.ones(k))
+        self.register_buffer("class_weights", balanced_weights(class_counts, k, class_weighting))
         self.loss_fn = loss if loss is not None else cross_entropy
         # A dry call, so a bad loss argument (e.g. gamma < 0) fails now, not at the first step.
         self.loss_fn(torch.zeros(1, k), torch.zeros(1, dtype=torch.long), weight=self.class_weights)
@@ -128,23 +147,6 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images → ``(B, K)`` logits."""
         return self.net(x)
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.class_weighting == "balanced":
-            counts = torch.tensor(self.trainer.datamodule.class_counts("train"), dtype=torch.float)
-            # Inverse frequency, normalised to mean 1; an absent class gets weight 0 (no target).
-            weights = torch.where(
-                counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0.0
-            )
-            self.class_weights.copy_(weights / weights[counts > 0].mean())
-        sampler = getattr(self.trainer.datamodule, "sampler", None)
-        if stage == "fit" and sampler == "balanced" and self.hparams.class_weighting == "balanced":
-            # Both apply (neither wins): the imbalance is corrected twice.
-            rank_zero_warn(
-                "data.sampler=balanced already draws the classes equally often, and "
-                "model.class_weighting=balanced also weights the loss by inverse frequency: the "
-                "imbalance is corrected twice. Set model.class_weighting=none unless intended."
-            )
 
     def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, probs (B, K), targets (B,))``.

@@ -13,7 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.segmentation import dice_iou, overlap_counts, per_image_scores
-from osteolightning.models.checkpointing import StoresRunConfig
+from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
 from osteolightning.models.schedulers import configure_optimizers
 
 Batch = dict[str, Any]
@@ -119,9 +119,10 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
             )
         n_side = int(getattr(net, "deep_supervision", 0) or 0)
         self.ds_weights = side_output_weights(n_side, deep_supervision_weights)
+        preprocessing = Preprocessing.of(class_names, image_size, in_chans, mean, std)
         self.save_hyperparameters(
             {
-                "class_names": [str(c) for c in class_names],
+                **preprocessing.hparams(),
                 "dice_weight": float(dice_weight),
                 "ce_weight": float(ce_weight),
                 "include_background": bool(include_background),
@@ -132,10 +133,6 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
                 "sw_batch_size": int(sw_batch_size),
                 "hd95_on_test": bool(hd95_on_test),
                 "monitor": str(monitor),
-                "image_size": int(image_size),
-                "in_chans": int(in_chans),
-                "mean": [float(m) for m in mean],
-                "std": [float(s) for s in std],
             }
         )
         self.net = net

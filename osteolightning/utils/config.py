@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from osteolightning.errors import ConfigError
@@ -105,3 +106,15 @@ def instantiate_list(group: DictConfig | None, kind: str) -> list[Any]:
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """The fully resolved config as plain dicts/lists (safe to pickle with weights_only)."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+
+
+def warn_conflicts(cfg: DictConfig) -> None:
+    """Warn about options that all apply where one of them was probably meant."""
+    data, model = cfg.get("data") or {}, cfg.get("model") or {}
+    if data.get("sampler") == "balanced" and model.get("class_weighting") == "balanced":
+        # Both apply (neither wins): the imbalance is corrected twice.
+        rank_zero_warn(
+            "data.sampler=balanced already draws the classes equally often, and "
+            "model.class_weighting=balanced also weights the loss by inverse frequency: the "
+            "imbalance is corrected twice. Set model.class_weighting=none unless intended."
+        )

@@ -13,8 +13,9 @@ state, ``running`` until the run completes, then ``finished``. From it:
   background thread), so ``resume`` leaves a run alone while its process lives, on this host
   (its pid) or on another node of a shared filesystem (a heartbeat younger than ``STALE_S``).
 
-Checkpoints and weight files load with ``torch.load(weights_only=True)``; a file that needs
-arbitrary unpickling is refused unless an explicit ``allow_unsafe_pickle`` flag is set.
+Every entry point runs inside :func:`session`: it claims the run directory (or continues one),
+sets up the loggers, marks the run ``finished`` when the block completes, and on a failure
+stops the heartbeat (the run stays ``running``, resumable) and marks the W&B run failed.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +42,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from osteolightning.errors import ConfigError
+from osteolightning.utils import rundir
+from osteolightning.utils.config import instantiate_list, to_container
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-MARKER = ".osteo_run.json"
-LAST_CKPT = Path("checkpoints") / "last.ckpt"
+MARKER = rundir.MARKER
+LAST_CKPT = rundir.LAST_CKPT
 #: Top-level keys that may differ between a run and its continuation.
 VOLATILE_KEYS = ("resume", "ckpt_path", "paths", "allow_unsafe_pickle")
 #: Keys under ``logger.wandb`` set by resuming (the run name carries a timestamp; a multirun's
@@ -56,8 +60,6 @@ VOLATILE_WANDB_KEYS = ("id", "resume", "name", "group")
 HEARTBEAT_S = 30.0
 #: ... and a run on another host whose heartbeat is older than this is taken as dead.
 STALE_S = 300.0
-#: Files and folders that are a run's results: their presence means the directory is taken.
-RESULTS = ("metrics.json", "predictions.csv", "checkpoints", "csv/metrics.csv", "wandb", MARKER)
 
 
 # --------------------------------------------------------------------------- config hash
@@ -254,7 +256,7 @@ def check_resumable(run_dir: Path, flat: dict[str, Any]) -> None:
 def check_fresh(output_dir: str | Path) -> None:
     """Raise if ``output_dir`` already holds results (of another run) this run would overwrite."""
     output_dir = Path(output_dir)
-    taken = [name for name in RESULTS if (output_dir / name).exists()]
+    taken = [name for name in rundir.RESULTS if (output_dir / name).exists()]
     if taken:
         raise ConfigError(
             f"The output directory '{output_dir}' already holds results of another run "
@@ -369,7 +371,7 @@ def _keep_csv_history(cfg: DictConfig) -> None:
     if csv_cfg is None or rank_zero_only.rank != 0:
         return
     path = Path(csv_cfg.save_dir) / str(csv_cfg.name or "") / str(csv_cfg.version or "")
-    path = path / "metrics.csv"
+    path = path / Path(rundir.CSV_METRICS).name
     if path.is_file():
         os.replace(path, path.with_name("metrics.before-resume.csv"))
 
@@ -394,44 +396,72 @@ def restore_csv_history(loggers: Sequence[Any], ckpt_path: str | None) -> None:
         old.unlink()
 
 
-# --------------------------------------------------------------------------- safe loading
+# --------------------------------------------------------------------------- the lifecycle
 
 
-def torch_load(
-    path: str | Path, allow_unsafe_pickle: bool = False, flag: str = "allow_unsafe_pickle"
-) -> Any:
-    """``torch.load(path, weights_only=True)``; a file that needs arbitrary unpickling is
-    refused with a ConfigError naming ``flag``, or (with the flag) loaded with a warning.
+def finish_wandb(exit_code: int = 0) -> None:
+    """Finish the open W&B run, if any (``exit_code`` 1 marks it failed in W&B).
 
-    Raises:
-        ConfigError: the file holds pickled Python objects and ``allow_unsafe_pickle`` is false.
+    Does nothing when ``wandb`` was never imported or no run is open, so it is safe to call
+    after a run has already been closed.
     """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not allow_unsafe_pickle:
-            reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else ""
-            raise ConfigError(
-                f"'{path}' holds pickled Python objects beyond tensors and plain types, so it "
-                f"cannot be loaded with weights_only=True ({reason}). Unpickling runs arbitrary "
-                "code stored in the file: only for a file you trust, pass "
-                f"{flag}=true to load it anyway."
-            ) from err
-    log.warning(f"Loading '{path}' with weights_only=False ({flag}=true): it may run code.")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+@dataclass
+class Session:
+    """A running run: its directory, its config (redirected when it continues a run) and its
+    loggers (``cfg.logger``, instantiated, hyper-parameters logged)."""
+
+    dir: Path
+    cfg: DictConfig
+    loggers: list[Any] = field(default_factory=list)
 
 
 @contextlib.contextmanager
-def explain_unpickling(flag: str = "allow_unsafe_pickle") -> Iterator[None]:
-    """Turn Lightning's weights_only failure on ``ckpt_path`` into a ConfigError naming ``flag``."""
+def session(cfg: DictConfig, loggers: bool = True) -> Iterator[Session]:
+    """The life of one run, around an entry point's work::
+
+        with runs.session(cfg) as run:          # claims the directory, starts the loggers
+            trainer = instantiate(cfg.trainer, logger=run.loggers, ...)
+            trainer.fit(...); trainer.test(...)
+        # here the run is `finished`; on an exception it stays `running` (resumable)
+
+    On entry: :func:`start_run` (which may point ``cfg`` at the run it continues, so call it
+    before anything reads ``cfg.paths.output_dir``), the loggers of ``cfg.logger`` (with
+    ``loggers``), a resumed CSV log's earlier rows, the hyper-parameters logged and the W&B id
+    recorded. On leaving normally: :func:`finish_run`. On an exception: the heartbeat stops and
+    the W&B run is finished as failed, then the exception propagates. Always: the loggers close.
+
+    Raises:
+        ConfigError: the directory holds another run's results, or ``resume`` names a run that
+            cannot be continued (see :func:`start_run`).
+    """
+    run_dir = start_run(cfg)
+    started: list[Any] = []
     try:
-        yield
-    except pickle.UnpicklingError as err:
-        raise ConfigError(
-            "The checkpoint holds pickled Python objects beyond tensors and plain types and "
-            "cannot be loaded with weights_only=True. Unpickling runs arbitrary code: only for "
-            f"a checkpoint you trust, pass {flag}=true."
-        ) from err
+        if loggers:
+            started = instantiate_list(cfg.get("logger"), "logger")
+        restore_csv_history(started, cfg.get("ckpt_path"))
+        for logger in started:
+            logger.log_hyperparams(to_container(cfg))
+        record_loggers(run_dir, started)
+        yield Session(run_dir, cfg, started)
+        finish_run(run_dir)
+    except BaseException:
+        stop_heartbeat()  # the run stays `running`: resume=auto may continue it at once
+        finish_wandb(exit_code=1)  # the W&B run shows as failed, not as finished
+        raise
+    finally:
+        close_loggers(started)
+
+
+def close_loggers(loggers: Sequence[Any]) -> None:
+    """Finish W&B runs so the next job of a multirun starts its own run."""
+    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        finish_wandb(exit_code=0)
 
 
 class RunDirGuard(HydraCallback):

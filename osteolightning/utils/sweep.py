@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -25,25 +24,11 @@ from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from osteolightning.utils import runs
+from osteolightning.utils import rundir, runs
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-#: A failed job's record, in the job's directory.
-ERROR_FILE = "error.json"
-
-
-def finish_wandb(exit_code: int = 0) -> None:
-    """Finish the open W&B run, if any (``exit_code`` 1 marks it failed in W&B).
-
-    Does nothing when ``wandb`` was never imported or no run is open, so it is safe to call
-    after a run has already been closed.
-    """
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=exit_code)
 
 
 def record_failed_job(error: BaseException, cfg: DictConfig | None = None) -> dict[str, Any]:
@@ -83,12 +68,12 @@ def record_failed_job(error: BaseException, cfg: DictConfig | None = None) -> di
     log.error(
         f"Job {record['job_num']} ({' '.join(overrides) or 'no overrides'}) failed: "
         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
-        f"[{job_dir / ERROR_FILE}]; the sweep goes on.",
+        f"[{job_dir / rundir.ERROR}]; the sweep goes on.",
         exc_info=error,
     )
-    atomic_write_json(job_dir / ERROR_FILE, record)
+    atomic_write_json(job_dir / rundir.ERROR, record)
     if run_dir.resolve() != job_dir.resolve() and run_dir.is_dir():
-        atomic_write_json(run_dir / ERROR_FILE, record)
+        atomic_write_json(run_dir / rundir.ERROR, record)
     if runs.read_marker(run_dir) is not None:
         runs.update_marker(run_dir, last_error=f"{record['type']}: {record['error']}"[:500])
     return record
@@ -112,14 +97,12 @@ def failed_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         One record per failed job (see :func:`record_failed_job`); an unreadable file gives a
         record with its ``error`` saying so.
     """
-    import json
-
     records = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{ERROR_FILE}")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as err:
-            records.append({"error": f"unreadable {path}: {err}", "job_dir": str(path.parent)})
+    for path in sorted(Path(sweep_dir).glob(f"*/{rundir.ERROR}")):
+        record = rundir.read_json(path)
+        if not isinstance(record, dict):
+            record = {"error": f"unreadable {path}", "job_dir": str(path.parent)}
+        records.append(record)
     return sorted(records, key=lambda r: (r.get("job_num") is None, r.get("job_num") or 0))
 
 

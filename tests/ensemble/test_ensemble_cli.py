@@ -85,14 +85,16 @@ def test_fuzzy_ensemble_beats_each_member_and_writes_its_run(make_cfg, tmp_path)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["method"] == "fuzzy_rank" and saved["top_k"] is None
-    assert saved["runs"] == [str((r / "predictions.csv").resolve()) for r in runs]
+    # members.json and metrics.json name members the same way in every command (member, source)
+    assert saved["sources"] == [str((r / "predictions.csv").resolve()) for r in runs]
     for key in ("acc", "f1_macro", "balanced_acc", "auroc_macro", "recall_osteoporosis"):
         low, high = saved[f"test/{key}_ci95"]
         assert low <= saved[f"test/{key}"] <= high
     assert saved["test/n"] == len(labels) and saved["test/bootstrap_resamples"] == 50
 
     members = json.loads((out / "members.json").read_text())
-    assert [m["run"] for m in members] == saved["runs"]
+    assert [m["source"] for m in members] == saved["sources"]
+    assert [m["member"] for m in members] == saved["members"]
     member_acc = [m["test/acc"] for m in members]
     assert all(0.6 < acc < 0.7 for acc in member_acc)  # each is wrong on its own third
     assert saved["test/acc"] == 1.0 > max(member_acc)

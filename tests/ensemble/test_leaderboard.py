@@ -18,7 +18,6 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from osteolightning.ensemble.cli import leaderboard as leaderboard_cli
 from osteolightning.ensemble.leaderboard import (
-    MARKER,
     LeaderboardCallback,
     build_leaderboard,
     configuration_key,
@@ -26,6 +25,7 @@ from osteolightning.ensemble.leaderboard import (
     write_leaderboard,
 )
 from osteolightning.errors import ConfigError, DataSourceError
+from osteolightning.utils.rundir import LEADERBOARD_MARKER as MARKER
 
 CLASSES = ["normal", "osteopenia", "osteoporosis"]
 N_IMAGES = 24  # 8 per class, 2 folds of 12

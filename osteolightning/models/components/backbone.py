@@ -30,8 +30,8 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from osteolightning.errors import ConfigError
+from osteolightning.models.checkpointing import torch_load
 from osteolightning.utils.logging import get_logger
-from osteolightning.utils.runs import torch_load
 
 log = get_logger(__name__)
 

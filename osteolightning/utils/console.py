@@ -1,11 +1,10 @@
-"""What every entry point does around fit/test: the final table, closing loggers."""
+"""The terminal's view of a run: the final metrics table with its intervals."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
@@ -58,13 +57,3 @@ def print_metrics_table(metrics: Mapping[str, Any], title: str = "Test metrics")
     matrix = next((v for k, v in metrics.items() if k.endswith("confusion_matrix")), None)
     if matrix is not None:
         Console().print(f"confusion matrix (rows: true class): {matrix}")
-
-
-def close_loggers(loggers: Sequence[Logger]) -> None:
-    """Finish W&B runs so the next job of a multirun starts its own run."""
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish()

@@ -1,0 +1,84 @@
+"""The leaderboard of a sweep: one row per configuration and per ensemble of configurations.
+
+A *sweep* is a Hydra multirun directory (``logs/train/multiruns/<stamp>/``, one folder per
+job) or any list of run directories. Each job is read from its files alone:
+
+* ``.hydra/overrides.yaml`` (and ``.hydra/config.yaml`` for its seed and fold);
+* its status: ``finished`` (``metrics.json``), ``failed`` (``error.json``, written by the
+  multirun's failed-job handling) or ``incomplete`` (neither: still running, killed, or never
+  started);
+* ``metrics.json`` (flat ``test/*`` keys), ``predictions.csv`` (``path,label,prob_<class>...``)
+  and, where present, ``val_predictions.csv``.
+
+A *configuration* is a job's overrides minus ``seed``, ``data.fold``, ``hydra.*`` and
+``paths.*``: the jobs of one configuration differ only in seed and fold. Its row holds
+
+* mean ± standard deviation (``ddof=1``) over its finished jobs of every scalar ``test/*``
+  metric of their ``metrics.json`` (classification and segmentation alike);
+* for classifiers (``prob_`` columns), the *pooled out-of-fold* metrics: every test prediction of
+  every fold and seed evaluated together, with 95 % intervals from a stratified *cluster*
+  bootstrap that resamples images (an image tested under 3 seeds is drawn with its 3 rows,
+  :func:`osteolightning.metrics.report.cluster_bootstrap_report`).
+
+Ensemble rows fuse configurations (all, or ``members``) per (seed, fold) on that fold's test
+split (rows matched by image path; members whose test sets differ are an error), with each
+fusion method of :mod:`osteolightning.ensemble.fusion`; ``weighted_mean`` fits its weights on the
+members' ``val_predictions.csv`` of the same (seed, fold) and is left out when a member lacks
+one. Ensemble rows get the same statistics: mean ± std over (seed, fold) and pooled.
+
+Failed and incomplete jobs are listed in every output and never stop the leaderboard.
+
+The package, by role: :mod:`.jobs` (reading and grouping jobs), :mod:`.stats` (mean ± std,
+pooled intervals), :mod:`.board` (the rows; ensembles through
+:func:`osteolightning.ensemble.members.fuse_runs`), :mod:`.outputs` (Markdown, CSV, JSON, PNG,
+W&B) and :mod:`.callback` (build, write, print, and the Hydra callback of every multirun).
+
+Example:
+    >>> board = build_leaderboard("logs/train/multiruns/2026-01-01_00-00-00_000000")  # doctest: +SKIP
+    >>> write_leaderboard(board)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from osteolightning.ensemble.leaderboard.board import (
+    EnsembleMismatchError,
+    Leaderboard,
+    build_leaderboard,
+)
+from osteolightning.ensemble.leaderboard.callback import LeaderboardCallback, run_leaderboard
+from osteolightning.ensemble.leaderboard.jobs import (
+    Configuration,
+    Job,
+    configuration_key,
+    find_jobs,
+    group_configurations,
+    read_job,
+)
+from osteolightning.ensemble.leaderboard.outputs import (
+    leaderboard_json,
+    leaderboard_markdown,
+    log_leaderboard_to_wandb,
+    plot_leaderboard,
+    write_leaderboard,
+)
+from osteolightning.ensemble.leaderboard.stats import mean_std
+
+__all__ = [
+    "Configuration",
+    "EnsembleMismatchError",
+    "Job",
+    "Leaderboard",
+    "LeaderboardCallback",
+    "build_leaderboard",
+    "configuration_key",
+    "find_jobs",
+    "group_configurations",
+    "leaderboard_json",
+    "leaderboard_markdown",
+    "log_leaderboard_to_wandb",
+    "mean_std",
+    "plot_leaderboard",
+    "read_job",
+    "run_leaderboard",
+    "write_leaderboard",
+]

@@ -1,0 +1,126 @@
+"""Build, write, print and log a leaderboard (``osteo-ensemble sweep=``), and the Hydra
+callback that does it when a multirun ends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig, OmegaConf
+
+from osteolightning.ensemble.leaderboard.board import (
+    EnsembleMismatchError,
+    Leaderboard,
+    build_leaderboard,
+)
+from osteolightning.ensemble.leaderboard.outputs import (
+    log_leaderboard_to_wandb,
+    print_leaderboard,
+    write_leaderboard,
+)
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def run_leaderboard(
+    sources: str | Path | Sequence[str | Path],
+    out: str | Path | None = None,
+    wandb: bool = False,
+    wandb_project: str = "osteolightning",
+    wandb_offline: bool = True,
+    wandb_group: str | None = None,
+    **options: Any,
+) -> tuple[Leaderboard, dict[str, Path]]:
+    """Build, write, print and (optionally) log a leaderboard: what ``osteo-ensemble sweep=...``
+    and :class:`LeaderboardCallback` do.
+
+    Args:
+        sources: multirun or run directories.
+        out: output folder (see :func:`write_leaderboard`).
+        wandb: log the table and figure to W&B.
+        wandb_project: W&B project.
+        wandb_offline: W&B offline mode.
+        wandb_group: W&B group; the multirun directory's name by default.
+        **options: :func:`build_leaderboard`'s options.
+
+    Returns:
+        ``(board, files)``.
+    """
+    board = build_leaderboard(sources, **options)
+    files = write_leaderboard(board, out)
+    print_leaderboard(board)
+    log.info(f"Leaderboard of {len(board.rows)} rows written to {files['csv'].parent}")
+    if wandb:
+        log_leaderboard_to_wandb(
+            board, files, project=wandb_project, group=wandb_group, offline=wandb_offline
+        )
+    return board, files
+
+
+# --------------------------------------------------------------------------- Hydra callback
+
+
+class LeaderboardCallback(HydraCallback):
+    """Hydra callback: when a multirun ends, build the leaderboard of its directory.
+
+    Configured in ``conf/hydra/default.yaml`` under ``hydra.callbacks.leaderboard``, so every
+    ``osteo-train -m`` sweep ends with ``<multirun>/leaderboard/`` and the Markdown table on the
+    terminal. It logs and never raises: a leaderboard failure must not hide the sweep's results.
+
+    Args:
+        enabled: ``false`` switches it off (``hydra.callbacks.leaderboard.enabled=false``).
+        tasks: the ``task_name`` values it runs for (``train``, ``segment``).
+        methods, members, sort_by, top_k: as :func:`build_leaderboard`.
+        n_resamples: bootstrap resamples; ``None``: the sweep's ``evaluation.n_resamples``.
+        wandb: log to W&B; ``None``: when the sweep's jobs log to W&B (``logger.wandb``), with
+            their project and offline setting.
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        tasks: Sequence[str] = ("train", "segment"),
+        methods: Sequence[str] | None = None,
+        members: Sequence[str] | None = None,
+        sort_by: str | None = None,
+        top_k: int | None = None,
+        n_resamples: int | None = None,
+        wandb: bool | None = None,
+    ) -> None:
+        self.enabled, self.tasks = bool(enabled), [str(t) for t in tasks]
+        self.methods = None if methods is None else [str(m) for m in methods]
+        self.members = None if members is None else [str(m) for m in members]
+        self.sort_by, self.top_k, self.n_resamples, self.wandb = sort_by, top_k, n_resamples, wandb
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled or str(config.get("task_name")) not in self.tasks:
+            return
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            evaluation = config.get("evaluation") or {}
+            wandb_cfg = OmegaConf.select(config, "logger.wandb", default=None)
+            use_wandb = self.wandb if self.wandb is not None else wandb_cfg is not None
+            options = dict(
+                members=self.members,
+                sort_by=self.sort_by,
+                top_k=self.top_k,
+                n_resamples=int(self.n_resamples or evaluation.get("n_resamples", 1000)),
+                seed=int(evaluation.get("seed", 0)),
+                wandb=bool(use_wandb),
+                wandb_project=str((wandb_cfg or {}).get("project") or "osteolightning"),
+                wandb_offline=bool((wandb_cfg or {}).get("offline", True)),
+            )
+            try:
+                run_leaderboard(sweep_dir, methods=self.methods, **options)
+            except EnsembleMismatchError as err:  # e.g. a sweep over the split: no ensembles
+                log.warning(f"{err} The leaderboard is written without ensemble rows.")
+                run_leaderboard(sweep_dir, methods=[], **options)
+        except Exception as err:  # never hide the sweep's results behind a leaderboard error
+            log.error(
+                f"The leaderboard of the sweep failed ({type(err).__name__}: {err}); the jobs' "
+                "results are intact. Build it again with `osteo-ensemble sweep=<multirun dir>`.",
+                exc_info=err,
+            )

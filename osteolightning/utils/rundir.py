@@ -1,0 +1,215 @@
+"""The run directory's files: the one place that names them, writes and reads predictions.
+
+Every command writes into a run directory (``logs/<task>/runs/<stamp>/`` or a multirun job)
+and many read one back (``osteo-eval`` beside a checkpoint, the ensembles, the leaderboard,
+``resume``). The names below are the contract between them; nothing else in the package spells
+a run file's name. A checkpoint's run is the folder above its ``checkpoints/`` folder
+(:func:`run_of_checkpoint`).
+
+Classification predictions (test, validation, fused ensembles) share one format, written by
+:func:`write_predictions` and read by :func:`read_predictions`::
+
+    [extra columns,] path,label,prob_<class>...,prediction
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from osteolightning.errors import DataSourceError
+from osteolightning.utils.files import atomic_write_csv
+
+#: the resolved config and the overrides Hydra saves for every run
+HYDRA_DIR = ".hydra"
+CONFIG = f"{HYDRA_DIR}/config.yaml"
+OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
+#: Hydra's record of a multirun (in the multirun directory, beside the job folders)
+MULTIRUN = "multirun.yaml"
+#: the run's state for ``resume`` (:mod:`osteolightning.utils.runs`)
+MARKER = ".osteo_run.json"
+CHECKPOINTS = "checkpoints"
+#: the full training state, written during training, for ``resume``
+LAST_CKPT = f"{CHECKPOINTS}/last.ckpt"
+#: final metrics: flat ``test/*`` keys with their ``_ci95`` intervals
+METRICS = "metrics.json"
+#: one row per test image; classifiers: the format of :func:`write_predictions`
+PREDICTIONS = "predictions.csv"
+#: the tested checkpoint on the validation split (what ``weighted_mean`` fits its weights on)
+VAL_PREDICTIONS = "val_predictions.csv"
+#: an ensemble's members: one report per member on the fused run's bootstrap
+MEMBERS = "members.json"
+#: ``osteo-eval`` ensemble mode: one folder per member's own evaluation
+MEMBERS_DIR = "members"
+#: every image with its split (audit the split: ``osteo-data audit ROOT splits=<run>``)
+SPLITS = "splits.csv"
+SKIPPED = "skipped.csv"
+LABEL_CONFLICTS = "label_conflicts.csv"
+VERSIONS = "versions.json"
+#: a multirun job that failed: the exception, traceback and overrides
+ERROR = "error.json"
+#: the CSV logger's folder, its per-step file, and the test metrics table beside it
+CSV_DIR = "csv"
+CSV_METRICS = f"{CSV_DIR}/metrics.csv"
+TEST_METRICS_CSV = "test_metrics.csv"
+WANDB_DIR = "wandb"
+FIGURES = "figures"
+TEST_MASKS = "test_masks"
+#: a sweep's leaderboard folder (in the multirun directory) and its marker
+LEADERBOARD = "leaderboard"
+LEADERBOARD_MARKER = ".osteo_leaderboard.json"
+#: files and folders that are a run's results: where one exists, the directory is taken
+RESULTS = (METRICS, PREDICTIONS, CHECKPOINTS, CSV_METRICS, WANDB_DIR, MARKER)
+
+
+def run_of_checkpoint(ckpt_path: str | Path) -> Path:
+    """The run directory of ``<run>/checkpoints/<name>.ckpt`` (symbolic links resolved)."""
+    return Path(ckpt_path).resolve().parent.parent
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content, or ``None`` when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """``<run>/metrics.json`` as a dict; ``{}`` when there is none.
+
+    Raises:
+        DataSourceError: the file exists but is not a JSON object.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataSourceError(f"Cannot read '{path}': {err}") from err
+    if not isinstance(metrics, dict):
+        raise DataSourceError(f"'{path}' is not a JSON object of metrics.")
+    return metrics
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def prediction_header(class_names: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """``[extra..., path, label, prob_<class>..., prediction]``."""
+    return [*extra, "path", "label", *[f"prob_{c}" for c in class_names], "prediction"]
+
+
+def write_predictions(
+    path: str | Path,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    preds: np.ndarray | None = None,
+    extra: Mapping[str, Sequence[Any]] | None = None,
+) -> Path:
+    """Write one ``path,label,prob_<class>...,prediction`` row per image, atomically.
+
+    Every command writes classification predictions through here: a run's test and validation
+    predictions, and the fused predictions of ``osteo-ensemble``, ``osteo-eval`` ensemble mode
+    and the leaderboard, so the same numbers give the same bytes.
+
+    Args:
+        path: the CSV file.
+        paths: ``N`` image paths.
+        labels: ``(N,)`` true class indices.
+        probs: ``(N, K)`` class probabilities (written with 6 decimals).
+        class_names: ``K`` class names in label-index order.
+        preds: ``(N,)`` predicted classes; ``None``: the argmax of ``probs`` (a fusion whose
+            prediction is not the argmax of its probabilities passes its own).
+        extra: leading columns, name → ``N`` values (the leaderboard's ``seed``, ``fold``).
+
+    Returns:
+        ``path``.
+    """
+    extra = dict(extra or {})
+    probs = np.asarray(probs)
+    preds = probs.argmax(axis=1) if preds is None else np.asarray(preds)
+    columns = list(zip(*extra.values(), strict=True)) if extra else [()] * len(paths)
+    rows = [
+        [*lead, name, class_names[int(y)], *[f"{v:.6f}" for v in p], class_names[int(k)]]
+        for lead, name, y, p, k in zip(columns, paths, labels, probs, preds, strict=True)
+    ]
+    return atomic_write_csv(path, prediction_header(class_names, list(extra)), rows)
+
+
+@dataclass(frozen=True)
+class RunPredictions:
+    """One predictions file: ``rows`` maps path → (label name, ``(K,)`` probabilities).
+
+    Attributes:
+        source: the file, resolved.
+        class_names: from its ``prob_`` columns, in column order.
+        rows: path → (label, probabilities), in file order.
+    """
+
+    source: Path
+    class_names: list[str]
+    rows: dict[str, tuple[str, np.ndarray]]
+
+
+def read_predictions(path: str | Path) -> RunPredictions:
+    """Read a predictions CSV (class names from its ``prob_`` columns; extra columns ignored).
+
+    Raises:
+        DataSourceError: a wrong header, a non-numeric probability, a repeated path or no rows.
+    """
+    path = Path(path)
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        names = [c.removeprefix("prob_") for c in header if c.startswith("prob_")]
+        if "path" not in header or "label" not in header or len(names) < 2:
+            raise DataSourceError(
+                f"'{path}' is not a predictions file: expected the header "
+                f"path,label,prob_<class>...,prediction, but got {header}."
+            )
+        rows: dict[str, tuple[str, np.ndarray]] = {}
+        for line, row in enumerate(reader, start=2):
+            if row["path"] in rows:
+                raise DataSourceError(f"'{path}' line {line}: '{row['path']}' appears twice.")
+            try:
+                rows[row["path"]] = (
+                    row["label"],
+                    np.array([float(row[f"prob_{c}"]) for c in names]),
+                )
+            except (TypeError, ValueError) as err:
+                raise DataSourceError(
+                    f"'{path}' line {line}: expected a number in every prob_ column, but got {row}."
+                ) from err
+    if not rows:
+        raise DataSourceError(f"'{path}' holds no predictions.")
+    return RunPredictions(path.resolve(), names, rows)
+
+
+def has_probabilities(path: str | Path) -> bool:
+    """Whether ``path`` is a predictions file with class probabilities (a classifier's, not a
+    segmenter's per-image scores)."""
+    try:
+        with open(path, newline="") as handle:
+            header = handle.readline().strip().split(",")
+    except OSError:
+        return False
+    return sum(c.startswith("prob_") for c in header) >= 2
+
+
+def predictions_file(run: str | Path, name: str = PREDICTIONS) -> Path:
+    """``RUN/name`` for a run directory; for a CSV file, the file itself (``name`` =
+    :data:`PREDICTIONS`) or ``name`` beside it."""
+    path = Path(run)
+    if path.is_dir():
+        return path / name
+    return path if name == PREDICTIONS else path.with_name(name)
