@@ -38,16 +38,21 @@ DELONG_KEYS = ("auc_a", "auc_b", "diff", "var_a", "var_b", "cov", "se", "z", "p_
 
 
 def _vector(x: object, name: str, dtype: type = np.float64, min_len: int = 2) -> np.ndarray:
-    """``x`` as a finite 1-D array of at least ``min_len`` entries, or a ConfigError naming it."""
-    arr = np.asarray(x, dtype=dtype)
+    """``x`` as a finite 1-D array of at least ``min_len`` entries (integers for an integer
+    ``dtype``), or a ConfigError naming it."""
+    arr = np.asarray(x)
     if arr.ndim != 1 or len(arr) < min_len:
         raise ConfigError(
             f"Expected argument `{name}` to be 1-D with at least {min_len} entries, but got "
             f"shape {arr.shape}."
         )
-    if dtype is np.float64 and not np.isfinite(arr).all():
-        raise ConfigError(f"Expected argument `{name}` to be finite, but it holds NaN or inf.")
-    return arr
+    kinds, what = ("iub", "integers") if dtype is np.int64 else ("iubf", "numbers")
+    if arr.dtype.kind not in kinds or not np.isfinite(arr.astype(np.float64)).all():
+        raise ConfigError(
+            f"Expected argument `{name}` to hold finite {what}, but got dtype {arr.dtype} with "
+            f"values like {arr[:3].tolist()}."
+        )
+    return arr.astype(dtype)
 
 
 def _same_length(n: int, **arrays: Sequence[object]) -> None:
@@ -78,7 +83,7 @@ def _probs(p: np.ndarray, name: str, n: int, k: int) -> np.ndarray:
 
 
 def _undefined(x: float) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
+    return None if not np.isfinite(x) else float(x)
 
 
 def _ratio(num: float, se: float) -> float:
@@ -92,7 +97,7 @@ def _summarise(a: float, b: float, boot_diff: np.ndarray, confidence: float) -> 
     """Point values, percentile interval and two-sided bootstrap p-value of ``a - b``.
 
     ``p = min(1, 2 min((#{d* <= 0} + 1) / (R + 1), (#{d* >= 0} + 1) / (R + 1)))`` over the
-    ``R`` resamples where the difference is defined: twice the smaller tail, i.e. the
+    ``R`` resamples where the difference is defined: twice the smaller tail, about the
     smallest ``alpha`` whose ``1 - alpha`` percentile interval excludes 0, with the +1 of
     Davison & Hinkley (1997, ch. 4) so that a finite bootstrap never reports ``p = 0``.
     """
@@ -162,6 +167,7 @@ def paired_bootstrap(
         raise ConfigError(f"Expected argument `labels` in [0, {k}), but got {sorted(set(y))}.")
     _check_resampling(n_resamples, confidence)
     points = [metric_table(y[None], p[None], class_names) for p in probs]
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     for name in metrics:
         if name not in points[0]:
             close = difflib.get_close_matches(name, points[0], n=2)
@@ -425,7 +431,10 @@ def holm(
     defined = [i for i, p in enumerate(values) if p is not None]
     for i in defined:
         if not 0 <= values[i] <= 1:
-            raise ConfigError(f"Expected p-values in [0, 1] or None, but got {values[i]}.")
+            raise ConfigError(
+                f"Expected argument `pvalues` to hold p-values in [0, 1] or None, but got "
+                f"{values[i]}."
+            )
     out: list[float | None] = [None] * len(values)
     if defined:
         adjusted = multipletests([values[i] for i in defined], method="holm")[1]

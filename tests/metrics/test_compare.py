@@ -117,7 +117,7 @@ def test_paired_bootstrap_reports_undefined_metrics_as_none():
     keep = labels != 2  # osteoporosis absent: its one-vs-rest AUROC is undefined
     out = paired_bootstrap(
         labels[keep], pa[keep], pb[keep], clusters[keep], CLASSES,
-        metrics=("auroc_osteoporosis", "auroc_normal"), n_resamples=50,
+        metrics=["auroc_osteoporosis", "auroc_normal"], n_resamples=50,
     )  # fmt: skip
     assert out["auroc_osteoporosis"] == {
         "a": None, "b": None, "diff": None, "ci": None, "p_value": None, "n_defined": 0,
@@ -303,6 +303,8 @@ def test_mcnemar_equals_statsmodels(n):
     assert mcnemar_test(labels, preds_a, preds_a)["p_value"] == 1.0
     with pytest.raises(ConfigError, match="`preds_b`"):
         mcnemar_test(labels, preds_a, preds_b[:-1])
+    with pytest.raises(ConfigError, match="`labels` to hold finite integers"):
+        mcnemar_test(labels + 0.5, preds_a, preds_b)
 
 
 # --- corrected resampled t-test -------------------------------------------------------------
@@ -350,7 +352,7 @@ def test_holm_hand_example_and_statsmodels():
     assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]), abs=1e-15)
     assert holm({"a-b": 0.2, "a-c": None, "b-c": 0.01}) == {"a-b": 0.2, "a-c": None, "b-c": 0.02}
     assert holm([None, None]) == [None, None] and holm([]) == []
-    with pytest.raises(ConfigError, match="1.5"):
+    with pytest.raises(ConfigError, match="`pvalues`.*1.5"):
         holm([0.1, 1.5])
 
 
