@@ -56,20 +56,30 @@ def test_distinct_knees_are_not_paired_at_the_defaults(knees):
     assert max(correlation(a, b) for a in knees for b in knees if a is not b) < 0.95
 
 
-def test_vectorised_search_equals_brute_force():
+@pytest.mark.parametrize("max_distance", [6, 20])  # multi-index search, blocked scan
+def test_vectorised_search_equals_brute_force(max_distance):
     rng = np.random.default_rng(1)
     hashes = [int(h) for h in rng.integers(0, 2**64, size=2000, dtype=np.uint64)]
     hashes[7] = hashes[1500] ^ 0b101  # planted: distance 2
     hashes[8] = (1 << 63) | 1  # top bit set: uint64 handled as unsigned
     hashes[9] = 1 << 63
+    hashes[10] = hashes[11] = hashes[1500]  # copies: distance 0 between them
     expected = []
     for i, a in enumerate(hashes):  # the reference: a plain double loop
         for j in range(i + 1, len(hashes)):
             distance = (a ^ hashes[j]).bit_count()
-            if distance <= 20:
+            if distance <= max_distance:
                 expected.append((i, j, distance))
-    assert near_duplicate_pairs(hashes, max_distance=20) == expected
-    assert (7, 1500, 2) in expected and (8, 9, 1) in expected
+    assert near_duplicate_pairs(hashes, max_distance=max_distance) == expected
+    assert (7, 1500, 2) in expected and (8, 9, 1) in expected and (10, 11, 0) in expected
+
+
+def test_copies_of_one_image_are_paired_and_confirmed(knees):
+    images = [knees[0], knees[1], knees[0].copy(), knees[2], knees[0].copy()]
+    hashes = [perceptual_hash(i) for i in images]
+    assert near_duplicate_pairs(hashes, images=images) == [(0, 2, 0), (0, 4, 0), (2, 4, 0)]
+    assert near_duplicate_pairs([], max_distance=0) == []
+    assert near_duplicate_pairs([hashes[0]], images=images[:1]) == []
 
 
 def test_correlation_matches_numpy_reference():
