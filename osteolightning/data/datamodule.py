@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from osteolightning.data.cache import PreprocessedCache
 from osteolightning.data.hygiene import (
@@ -30,6 +30,14 @@ from osteolightning.data.masks import image_shape, letterbox_mask, read_foregrou
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
 from osteolightning.data.privacy import dicom_patient_id, load_salt, pseudonym
 from osteolightning.data.sample import Sample
+from osteolightning.data.sampling import (
+    Key,
+    SeededBalanced,
+    SeededShuffle,
+    WithEpoch,
+    item_seed,
+    split_key,
+)
 from osteolightning.data.splits import SPLIT_NAMES, TEST, assign_splits, group_ids
 from osteolightning.data.transforms import ToNormalizedTensor, compose
 from osteolightning.errors import ConfigError, DataSourceError
@@ -48,6 +56,9 @@ class ArrayDataset(Dataset):
 
     Each item is ``{"image": (C, H, W) float32, "label": int64, "index": int64, "path": str}``
     where ``index`` points into the DataModule's ``samples`` (to name the file in predictions).
+    An item is asked for by its position or by ``(position, epoch)``
+    (:class:`~osteolightning.data.sampling.WithEpoch`); its augmentation is seeded from
+    ``(seed, epoch, index)``, so it is the same in any worker process and any run of the seed.
     """
 
     def __init__(
@@ -58,17 +69,25 @@ class ArrayDataset(Dataset):
         to_tensor: ToNormalizedTensor,
         augment: A.Compose | None = None,
         paths: Sequence[str] | None = None,
+        seed: int = 0,
     ) -> None:
         self.images, self.labels, self.indices = images, labels, indices
         self.paths = list(paths) if paths is not None else [""] * len(indices)
-        self.to_tensor, self.augment = to_tensor, augment
+        self.to_tensor, self.augment, self.seed = to_tensor, augment, int(seed)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def seed_augment(self, i: int, epoch: int) -> None:
+        """Seed the augmentation for item ``i`` in ``epoch``."""
+        if self.augment is not None:
+            self.augment.set_random_seed(item_seed(self.seed, epoch, int(self.indices[i])))
+
+    def __getitem__(self, key: int | Key) -> dict[str, Any]:
+        i, epoch = split_key(key)
         image = self.images[i]  # (H, W) uint8
         if self.augment is not None:
+            self.seed_augment(i, epoch)
             image = self.augment(image=image)["image"]
         return {
             "image": self.to_tensor(image),
@@ -126,6 +145,8 @@ class KneeDataModule(L.LightningDataModule):
             from the source (a manifest's ``mask`` column, e.g. the manifest the mask export
             writes), must have its image's size and is letterboxed like it; an image without a
             mask is an error.
+        seed: the run's seed: the training order of each epoch and each image's augmentation
+            are drawn from it (see :mod:`osteolightning.data.sampling`).
 
     Attributes:
         require_labels: (class attribute) every sample needs a class label.
@@ -167,6 +188,7 @@ class KneeDataModule(L.LightningDataModule):
         near_duplicate_correlation: float = DEFAULT_MIN_CORRELATION,
         sampler: str | None = None,
         mask_input: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -206,6 +228,7 @@ class KneeDataModule(L.LightningDataModule):
                 f"{mask_input!r}."
             )
         self.mask_input = mask_input
+        self.seed = int(seed)
         self.label_names: list[str] = self.class_names
         self.masks: np.ndarray | None = None
         self.near_args = dict(
@@ -409,6 +432,7 @@ class KneeDataModule(L.LightningDataModule):
             self.to_tensor,
             augment,
             paths=[str(self.samples[i].path) for i in sel],
+            seed=self.seed,
         )
 
     def _log_copies(self, copies: CopyGroups) -> None:
@@ -468,50 +492,48 @@ class KneeDataModule(L.LightningDataModule):
         return "\n".join(lines)
 
     # -- loaders ---------------------------------------------------------------------------
-    def _balanced_sampler(self, world: int) -> Sampler:
-        """Inverse-class-frequency draws with replacement, ``len(train)`` per epoch."""
-        labels = torch.as_tensor(self.datasets["train"].labels)
-        counts = torch.bincount(labels, minlength=len(self.class_names)).double()
-        # Every rank must draw the same list for the wrapper to hand out disjoint shares: one
-        # generator seeded alike on every rank (seed_everything), advanced once per epoch.
-        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
-        sampler = WeightedRandomSampler(
-            (1.0 / counts)[labels], len(labels), replacement=True, generator=generator
-        )
-        if world == 1:
-            return sampler
-        return DistributedSamplerWrapper(
-            sampler, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
-        )
+    def _train_sampler(self, dataset: Dataset, world: int) -> Sampler:
+        """The training order, drawn from ``(seed, epoch)``: a shuffle or balanced draws; under
+        DDP each rank takes its share (every rank draws the same list first)."""
+        if self.sampler == "balanced":
+            inner: Sampler = SeededBalanced(dataset.labels, self.seed)
+            if world > 1:
+                inner = DistributedSamplerWrapper(
+                    inner, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
+                )
+        elif world > 1:
+            inner = DistributedSampler(
+                dataset, num_replicas=world, rank=self.trainer.global_rank, seed=self.seed
+            )
+        else:
+            inner = SeededShuffle(len(dataset), self.seed)
+        return WithEpoch(inner, clock=self.trainer)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
-        sampler = None
         world = self.trainer.world_size if self.trainer is not None else 1
-        if train and self.sampler == "balanced":
-            sampler = self._balanced_sampler(world)
+        if train:
+            sampler: Sampler | None = self._train_sampler(dataset, world)
         elif world > 1:
-            rank = self.trainer.global_rank
-            # Training: a shuffled, equal share per rank. Evaluation: every image exactly once
-            # across ranks (no padding duplicates), so synced test metrics equal a 1-device run.
-            sampler_cls = DistributedSampler if train else UnrepeatedDistributedSampler
-            sampler = sampler_cls(
-                dataset,
-                num_replicas=world,
-                rank=rank,
-                shuffle=train,
-                seed=int(self.split_args["seed"]),
+            # every image exactly once across ranks (no padding duplicates), so synced test
+            # metrics equal a 1-device run
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
             )
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             # A last batch of one image breaks BatchNorm in training mode.
             drop_last=train and len(dataset) > self.batch_size,
+            # the workers' base seed from the loader's own generator, not the global one, so
+            # making a loader draws nothing from the stream that dropout and mixup use
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

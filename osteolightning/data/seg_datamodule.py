@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from osteolightning.data.datamodule import KneeDataModule
+from osteolightning.data.datamodule import ArrayDataset, KneeDataModule
 from osteolightning.data.masks import check_mask_format, check_mask_threshold, read_mask
 from osteolightning.data.sample import Sample
+from osteolightning.data.sampling import Key, split_key
 from osteolightning.data.sources import FolderSource
 from osteolightning.data.splits import SPLIT_NAMES
 from osteolightning.data.transforms import ToNormalizedTensor
@@ -33,7 +34,7 @@ from osteolightning.errors import ConfigError
 __all__ = ["MaskArrayDataset", "SegmentationDataModule"]
 
 
-class MaskArrayDataset(Dataset):
+class MaskArrayDataset(ArrayDataset):
     """Preprocessed uint8 images with their letterboxed label masks.
 
     Each item is ``{"image": (C, H, W) float32, "mask": (H, W) int64, "index": int64,
@@ -47,6 +48,8 @@ class MaskArrayDataset(Dataset):
         augment: albumentations pipeline applied jointly (``augment(image=..., mask=...)``).
         paths: the image files, to name a batch's files.
         labels: ``(N,)`` image-level labels (``-1`` when unknown), kept for reference.
+        seed: the run's seed; each item's augmentation is seeded from it, the epoch and the
+            image (as in :class:`~osteolightning.data.datamodule.ArrayDataset`).
     """
 
     def __init__(
@@ -58,23 +61,23 @@ class MaskArrayDataset(Dataset):
         augment: A.Compose | None = None,
         paths: Sequence[str] | None = None,
         labels: np.ndarray | None = None,
+        seed: int = 0,
     ) -> None:
         if images.shape != masks.shape:
             raise ValueError(
                 f"Expected images and masks of the same shape, but got {images.shape} and "
                 f"{masks.shape}."
             )
-        self.images, self.masks, self.indices = images, masks, indices
-        self.labels = labels if labels is not None else np.full(len(indices), -1, np.int64)
-        self.paths = list(paths) if paths is not None else [""] * len(indices)
-        self.to_tensor, self.augment = to_tensor, augment
+        if labels is None:
+            labels = np.full(len(indices), -1, np.int64)
+        super().__init__(images, labels, indices, to_tensor, augment, paths, seed)
+        self.masks = masks
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | Key) -> dict[str, Any]:
+        i, epoch = split_key(key)
         image, mask = self.images[i], self.masks[i]  # (H, W) uint8 each
         if self.augment is not None:
+            self.seed_augment(i, epoch)
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {
@@ -239,6 +242,7 @@ class SegmentationDataModule(KneeDataModule):
             augment,
             paths=[str(self.samples[i].path) for i in sel],
             labels=labels,
+            seed=self.seed,
         )
 
     # -- facts other layers read -----------------------------------------------------------

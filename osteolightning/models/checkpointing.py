@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 
 from osteolightning.errors import ConfigError
@@ -30,6 +32,48 @@ log = get_logger(__name__)
 #: the checkpoint key holding the fully resolved run config (read by ``osteo-eval``,
 #: ``osteo-predict`` and the ensembles to rebuild the network and its preprocessing).
 RUN_CONFIG_KEY = "osteo_config"
+#: the checkpoint key holding the process's random states (Python, NumPy, torch, CUDA)
+RNG_KEY = "osteo_rng"
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random states, as tensors and plain types (``weights_only``-loadable)."""
+    numpy_state = np.random.get_state(legacy=False)
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": numpy_state["bit_generator"],
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_states` saved (the parts present)."""
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in states:
+        n = states["numpy"]
+        np.random.set_state(
+            {
+                "bit_generator": n["bit_generator"],
+                "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                "has_gauss": n["has_gauss"],
+                "gauss": n["gauss"],
+            }
+        )
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 @dataclass(frozen=True)
@@ -89,13 +133,25 @@ class StoresRunConfig:
     """LightningModule mixin: the resolved run config goes into every checkpoint the module
     writes, weights-only ones included (Lightning calls no callback hook for those, so the
     config cannot come from a callback). :class:`~osteolightning.callbacks.RunArtifacts` sets
-    ``run_config`` when a run starts. ``preprocessing`` reads the facts back."""
+    ``run_config`` when a run starts. ``preprocessing`` reads the facts back.
+
+    The process's random states go in too and are restored when training continues from the
+    checkpoint (``resume``, ``ckpt_path``), so dropout and mixup draw what an uninterrupted
+    run would have drawn (the data order and augmentation depend on the seed and epoch only;
+    see :mod:`osteolightning.data.sampling`).
+    """
 
     run_config: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config:
             checkpoint[RUN_CONFIG_KEY] = self.run_config
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainer = getattr(self, "_trainer", None)
+        if RNG_KEY in checkpoint and trainer is not None and trainer.training:
+            set_rng_states(checkpoint[RNG_KEY])
 
     @property
     def preprocessing(self) -> Preprocessing:

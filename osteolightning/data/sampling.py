@@ -1,0 +1,129 @@
+"""Samplers and per-image random seeds that make a run's data stream a function of its seed.
+
+The order of the training images and every image's augmentation are drawn from the run's
+``seed``, the epoch and the image's index alone, never from a random state that lives in a
+process: so two runs of one config give the same batches whatever the number of DataLoader
+workers (each worker holds its own copy of the augmentation pipeline, which used to draw the
+same sequence in every worker and a different one for every worker count), on every rank of a
+DDP run, and after ``resume`` from an end-of-epoch checkpoint.
+
+* :class:`SeededShuffle`: a permutation per epoch from ``(seed, epoch)``;
+* :class:`SeededBalanced`: draws with replacement, inverse class frequency, from ``(seed, epoch)``;
+* :class:`WithEpoch`: wraps any of them (or a ``DistributedSampler``) and yields
+  ``(index, epoch)`` keys, so the dataset can seed the image's augmentation with
+  :func:`item_seed`. Lightning calls ``set_epoch`` on the loader's sampler every epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+#: An item key: the dataset position and the epoch it is drawn in.
+Key = tuple[int, int]
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed for one image's augmentation in one epoch (NumPy's ``SeedSequence``, so
+    nearby ``(seed, epoch, index)`` give independent streams)."""
+    return int(
+        np.random.SeedSequence([int(seed) % 2**63, int(epoch), int(index)]).generate_state(1)[0]
+    )
+
+
+def split_key(key: int | Key) -> Key:
+    """``(index, epoch)`` of a dataset key: a plain index (a loader without :class:`WithEpoch`,
+    e.g. evaluation) is epoch 0."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), 0
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    """The epoch's order stream (two words of entropy: never an image's stream, which has three)."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(epoch)]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class SeededShuffle(Sampler[int]):
+    """``range(n)`` in a random order drawn from ``(seed, epoch)``.
+
+    Args:
+        n: the number of items.
+        seed: the run's seed.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=_generator(self.seed, self.epoch)).tolist())
+
+
+class SeededBalanced(Sampler[int]):
+    """``len(labels)`` draws with replacement, each image weighted 1 / its class count, from
+    ``(seed, epoch)``: classes come equally often.
+
+    Args:
+        labels: ``(N,)`` class index per image.
+        seed: the run's seed.
+    """
+
+    def __init__(self, labels: Sequence[int], seed: int) -> None:
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        counts = torch.bincount(labels).double()
+        self.weights = (1.0 / counts)[labels]
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self) -> Iterator[int]:
+        draws = torch.multinomial(
+            self.weights, len(self.weights), True, generator=_generator(self.seed, self.epoch)
+        )
+        return iter(draws.tolist())
+
+
+class WithEpoch(Sampler[Key]):
+    """Yields ``(index, epoch)`` for every index of ``sampler``; forwards ``set_epoch``.
+
+    Lightning calls ``set_epoch`` at the start of each epoch, but a loader with worker
+    processes starts drawing indices when its iterator is made, which Lightning does *before*
+    ``set_epoch`` in the first epoch of a resumed run. So when ``clock`` (the trainer) is given,
+    the epoch is read from its ``current_epoch`` whenever an epoch's iteration starts.
+
+    Args:
+        sampler: any sampler of dataset positions.
+        clock: an object with a ``current_epoch`` attribute (the Lightning trainer), or None.
+    """
+
+    def __init__(self, sampler: Sampler[int] | Any, clock: Any = None) -> None:
+        self.sampler, self.clock, self.epoch = sampler, clock, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[Key]:
+        if self.clock is not None:
+            self.set_epoch(int(self.clock.current_epoch))
+        epoch = self.epoch
+        return ((int(i), epoch) for i in self.sampler)
