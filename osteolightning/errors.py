@@ -1,14 +1,42 @@
 """Typed errors raised at the framework's boundaries.
 
 Every error names the offending file, row or value and says what would be accepted, so a
-user can fix the input without reading the source.
+user can fix the input without reading the source. A message stays short: a list of offending
+files shows a few (:func:`shorten`) and the error carries the full list as ``details``, which
+the command writes to a file that its last line names (see
+:func:`osteolightning.utils.failures.user_errors`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+#: How many items of a list an error message shows before "and N more".
+SHOWN_ITEMS = 5
+
+
+def shorten(items: Sequence[object], limit: int = SHOWN_ITEMS, quote: bool = True) -> str:
+    """``'a', 'b', 'c' and 7 more``: the first ``limit`` items of a list for a message.
+
+    Example:
+        >>> shorten(["x.png", "y.png", "z.png"], limit=2)
+        "'x.png', 'y.png' and 1 more"
+    """
+    shown = ", ".join(f"'{item}'" if quote else str(item) for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
 
 class OsteoError(Exception):
-    """Base class of all errors raised by osteolightning."""
+    """Base class of all errors raised by osteolightning.
+
+    Args:
+        message: what is wrong and what would be accepted.
+        details: the full list the message shortened (one line each), if any.
+    """
+
+    def __init__(self, message: str = "", details: Sequence[object] | None = None) -> None:
+        super().__init__(message)
+        self.details = [str(d) for d in details] if details else []
 
 
 class ConfigError(OsteoError, ValueError):

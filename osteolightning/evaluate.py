@@ -21,6 +21,7 @@ from osteolightning.models.checkpointing import load_checkpoint
 from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
 from osteolightning.utils.console import print_metrics_table
+from osteolightning.utils.failures import user_errors
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -72,10 +73,11 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: one checkpoint, or ensemble mode (``ckpt_path=[A,B,...]``,
     ``ensemble=<method>``; see :mod:`osteolightning.ensemble.evaluate`)."""
-    if is_ensemble(cfg):
-        evaluate_ensemble(cfg)
-    else:
-        evaluate(cfg)
+    with user_errors("osteo-eval", cfg.paths.output_dir):
+        if is_ensemble(cfg):
+            evaluate_ensemble(cfg)
+        else:
+            evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ from omegaconf import DictConfig
 
 from osteolightning import train as _train
 from osteolightning.utils.config import CONFIG_DIR
+from osteolightning.utils.failures import user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="segment")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric (validation Dice) for sweepers."""
-    return _train.run_job(cfg)
+    with user_errors("osteo-segment", cfg.paths.output_dir):
+        return _train.run_job(cfg)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from osteolightning.models.checkpointing import explain_unpickling
 from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container, warn_conflicts
 from osteolightning.utils.console import print_metrics_table
+from osteolightning.utils.failures import user_errors
 from osteolightning.utils.logging import get_logger
 from osteolightning.utils.sweep import record_failed_job
 
@@ -133,8 +134,10 @@ def run_job(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the optimised metric for sweepers."""
-    return run_job(cfg)
+    """Hydra entry point; returns the optimised metric for sweepers. A framework error ends it
+    with its message and exit status 1 (:func:`~osteolightning.utils.failures.user_errors`)."""
+    with user_errors("osteo-train", cfg.paths.output_dir):
+        return run_job(cfg)
 
 
 if __name__ == "__main__":

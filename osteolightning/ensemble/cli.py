@@ -24,6 +24,7 @@ from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.utils import rundir, runs
 from osteolightning.utils.config import CONFIG_DIR
 from osteolightning.utils.console import print_metrics_table
+from osteolightning.utils.failures import user_errors
 from osteolightning.utils.logging import get_logger
 from osteolightning.utils.rundir import predictions_file, read_predictions
 
@@ -145,10 +146,11 @@ def leaderboard(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="ensemble")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: the leaderboard with ``sweep=...``, else the ensemble of ``runs``."""
-    if cfg.get("sweep"):
-        leaderboard(cfg)
-    else:
-        ensemble(cfg)
+    with user_errors("osteo-ensemble", cfg.paths.output_dir):
+        if cfg.get("sweep"):
+            leaderboard(cfg)
+        else:
+            ensemble(cfg)
 
 
 if __name__ == "__main__":

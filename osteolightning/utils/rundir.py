@@ -54,6 +54,8 @@ LABEL_CONFLICTS = "label_conflicts.csv"
 VERSIONS = "versions.json"
 #: a multirun job that failed: the exception, traceback and overrides
 ERROR = "error.json"
+#: the full list behind an error message that shows a few items (``and N more``)
+ERROR_DETAILS = "error_details.txt"
 #: the CSV logger's folder, its per-step file, and the test metrics table beside it
 CSV_DIR = "csv"
 CSV_METRICS = f"{CSV_DIR}/metrics.csv"

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from osteolightning.utils import rundir, runs
+from osteolightning.utils.failures import log_failure
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -65,12 +66,12 @@ def record_failed_job(error: BaseException, cfg: DictConfig | None = None) -> di
     }
     if rank_zero_only.rank != 0:
         return record
-    log.error(
+    message = (
         f"Job {record['job_num']} ({' '.join(overrides) or 'no overrides'}) failed: "
         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
-        f"[{job_dir / rundir.ERROR}]; the sweep goes on.",
-        exc_info=error,
+        f"[{job_dir / rundir.ERROR}]; the sweep goes on."
     )
+    log_failure(log, error, message)
     atomic_write_json(job_dir / rundir.ERROR, record)
     if run_dir.resolve() != job_dir.resolve() and run_dir.is_dir():
         atomic_write_json(run_dir / rundir.ERROR, record)
