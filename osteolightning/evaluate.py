@@ -17,8 +17,10 @@ from omegaconf import DictConfig, open_dict
 from osteolightning.callbacks import RunArtifacts
 from osteolightning.callbacks.writers import build_writer
 from osteolightning.ensemble.evaluate import evaluate_ensemble, is_ensemble
+from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_checkpoint
 from osteolightning.utils import runs
+from osteolightning.utils.checks import check_config
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
 from osteolightning.utils.console import print_metrics_table
 from osteolightning.utils.failures import user_errors
@@ -40,10 +42,34 @@ def prepare_like_checkpoint(data_cfg: DictConfig, model: L.LightningModule) -> N
             data_cfg.mask_classes = list(model.preprocessing.class_names)
 
 
+def check_task(ckpt_path: Any, model: L.LightningModule, data_cfg: DictConfig) -> None:
+    """Raise when the checkpoint's task (classification, segmentation) is not the data's.
+
+    Raises:
+        ConfigError: a segmentation checkpoint with classification data, or the reverse.
+    """
+    segmenter = callable(getattr(model, "predict_masks", None))
+    masks = "mask_classes" in data_cfg
+    if segmenter and not masks:
+        raise ConfigError(
+            f"'{ckpt_path}' is a segmentation checkpoint (osteo-segment), but the data config is "
+            "for classification. Evaluate it on masks: data=seg_folder data.root=DIR "
+            "(DIR/images + DIR/masks) or data=seg_manifest data.root=CSV."
+        )
+    if masks and not segmenter:
+        raise ConfigError(
+            f"'{ckpt_path}' is a classification checkpoint (osteo-train), but the data config is "
+            "for segmentation. Evaluate it on labelled images: data=folder data.root=DIR or "
+            "data=manifest data.root=CSV."
+        )
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test ``cfg.ckpt_path`` on ``cfg.data`` (every image in the test split)."""
+    check_config(cfg)
     with runs.session(cfg) as run:
         model, run_cfg = load_checkpoint(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
+        check_task(cfg.ckpt_path, model, cfg.data)
         prepare_like_checkpoint(cfg.data, model)
         datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
         evaluation = dict(cfg.evaluation)

@@ -24,6 +24,7 @@ from osteolightning.callbacks import RunArtifacts
 from osteolightning.callbacks.writers import build_writer
 from osteolightning.models.checkpointing import explain_unpickling
 from osteolightning.utils import runs
+from osteolightning.utils.checks import check_config, check_monitors
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container, warn_conflicts
 from osteolightning.utils.console import print_metrics_table
 from osteolightning.utils.failures import user_errors
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         ConfigError: the output directory holds another run's results, or ``resume`` names a
             run that cannot be continued (see :func:`osteolightning.utils.runs.start_run`).
     """
+    check_config(cfg)  # before the run claims a directory: a typo costs nothing
     with runs.session(cfg) as run:  # may redirect paths.output_dir: before anything else
         warn_conflicts(cfg)
         L.seed_everything(cfg.seed, workers=True)
@@ -60,6 +62,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         model: L.LightningModule = hydra.utils.instantiate(
             cfg.model, **data_inputs(cfg.model, datamodule)
         )
+        check_monitors(cfg, model.monitorable)
         writer = build_writer(cfg.evaluation, cfg.paths.output_dir)
         callbacks = [
             *instantiate_list(cfg.get("callbacks"), "callbacks"),

@@ -148,6 +148,13 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         """``(B, C, H, W)`` images → ``(B, K)`` logits."""
         return self.net(x)
 
+    @property
+    def monitorable(self) -> list[str]:
+        """The keys logged once per validation epoch, which callbacks and sweepers may monitor."""
+        keys = [*self.val_metrics.keys(), "val/loss"]
+        keys += [f"val/auroc_{c}" for c in self.hparams.class_names]
+        return [k for k in keys if k != "val/auroc"] + [f"{self.hparams.monitor}_best"]
+
     def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, probs (B, K), targets (B,))``.
 

@@ -243,6 +243,14 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         self.log_dict(values)
         return values
 
+    @property
+    def monitorable(self) -> list[str]:
+        """The keys logged once per validation epoch, which callbacks and sweepers may monitor."""
+        names = self.hparams.class_names
+        keys = ["val/loss", "val/dice", "val/iou"]
+        keys += [f"val/{m}_{names[c]}" for m in ("dice", "iou") for c in range(1, len(names))]
+        return [*keys, f"{self.hparams.monitor}_best"]
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         outputs = self(batch["image"])
         loss = self.compute_loss(outputs, batch["mask"])

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from osteolightning.errors import OsteoError
+from osteolightning.errors import SHOWN_ITEMS, OsteoError
 from osteolightning.utils import rundir
 from osteolightning.utils.files import atomic_write_text
 
@@ -56,7 +56,7 @@ def describe(err: OsteoError, folder: str | Path | None = None) -> str:
     ``<folder>/error_details.txt`` (the working folder by default, the temporary folder when
     that is not writable) and the message ends by naming the file."""
     message = str(err).strip()
-    if not err.details:
+    if len(err.details) <= SHOWN_ITEMS:  # the message shows them all already
         return message
     text = "\n".join(err.details) + "\n"
     for target in (Path(folder or os.getcwd()), Path(tempfile.gettempdir())):

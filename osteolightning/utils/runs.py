@@ -450,8 +450,11 @@ def session(cfg: DictConfig, loggers: bool = True) -> Iterator[Session]:
         record_loggers(run_dir, started)
         yield Session(run_dir, cfg, started)
         finish_run(run_dir)
-    except BaseException:
-        stop_heartbeat()  # the run stays `running`: resume=auto may continue it at once
+    except BaseException as err:
+        stop_heartbeat()
+        if not (run_dir / LAST_CKPT).is_file():  # nothing to continue: the run has failed
+            update_marker(run_dir, state="failed", error=f"{type(err).__name__}: {err}"[:500])
+        # else the run stays `running`: resume=auto may continue it from last.ckpt at once
         finish_wandb(exit_code=1)  # the W&B run shows as failed, not as finished
         raise
     finally:

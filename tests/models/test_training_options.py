@@ -121,7 +121,8 @@ def test_balanced_sampler_draws_classes_uniformly(tmp_path):
     drawn: Counter = Counter()
     loader = dm.train_dataloader()  # once per fit, as Lightning does
     epochs = []
-    for _ in range(10):
+    for epoch in range(10):
+        loader.sampler.set_epoch(epoch)  # as Lightning does at each epoch's start
         epochs.append(torch.cat([b["index"] for b in loader]))
         assert len(epochs[-1]) == 100  # num_samples = len(train)
         drawn.update(dm.datasets["train"].labels[epochs[-1].numpy()].tolist())

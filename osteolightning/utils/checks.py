@@ -1,0 +1,187 @@
+"""The config checked before any work: what would otherwise fail minutes or hours later.
+
+* settings without a value (``???``, e.g. ``data.root``) or with an empty one;
+* arguments that the configured class does not take (``trainer.max_epoch=3``, a typo in a
+  callback's or the data's options), with "did you mean";
+* options that contradict each other;
+* monitored metrics (``monitor``, the callbacks' ``monitor``, ``optimized_metric``) that the
+  model does not log (:func:`check_monitors`, once the model exists).
+
+Every finding is a :class:`~osteolightning.errors.ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from osteolightning.errors import ConfigError, shorten
+
+#: Keys of an instantiable node that Hydra reads itself.
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+#: Top-level groups whose nodes are instantiated, and whose keys are checked.
+INSTANTIATED = ("trainer", "data", "model", "callbacks", "logger")
+#: Settings that must name something: an empty value is as bad as none.
+NON_EMPTY = ("data.root",)
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``known``, or ``""``."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check ``cfg`` before anything is built (see the module docstring).
+
+    Raises:
+        ConfigError: the first finding, naming the key and what would be accepted.
+    """
+    check_values(cfg)
+    for key, node in _nodes(cfg):
+        check_arguments(node, key)
+    check_conflicts(cfg)
+
+
+def missing_keys(cfg: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???`` (not those that merely interpolate one)."""
+    found = []
+    keys = range(len(cfg)) if isinstance(cfg, ListConfig) else list(cfg.keys())
+    for key in keys:
+        node = cfg._get_node(key)
+        name = f"{prefix}[{key}]" if isinstance(cfg, ListConfig) else f"{prefix}{key}"
+        if node._is_interpolation():
+            continue
+        if node._is_missing():
+            found.append(name)
+        elif isinstance(node, DictConfig | ListConfig) and not node._is_none():
+            found += missing_keys(node, f"{name}." if isinstance(node, DictConfig) else name)
+    return found
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Raise for settings with no value (``???``) or an empty one where one is needed."""
+    missing = sorted(k for k in missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        examples = " ".join(f"{k}=..." for k in missing[:3])
+        raise ConfigError(
+            f"Expected a value for {shorten(missing)}, but none was given. Set it on the "
+            f"command line, e.g. `{examples}`.",
+            details=missing,
+        )
+    for key in NON_EMPTY:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None and not str(value).strip():
+            raise ConfigError(
+                f"Expected `{key}` to name a folder or a CSV manifest, but it is empty "
+                "(an empty value would read the current folder). Pass e.g. "
+                f"{key}=/data/knees."
+            )
+
+
+def _nodes(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:
+    """Every instantiable node under the instantiated groups, with its dotted key."""
+
+    def walk(node: Any, key: str) -> Iterator[tuple[str, DictConfig]]:
+        if isinstance(node, DictConfig):
+            if "_target_" in node:
+                yield key, node
+            for name in node:
+                if name not in HYDRA_KEYS:
+                    yield from walk(node._get_node(name), f"{key}.{name}")
+        elif isinstance(node, ListConfig):
+            for i, item in enumerate(node):
+                yield from walk(item, f"{key}[{i}]")
+
+    for group in INSTANTIATED:
+        if group in cfg and cfg[group] is not None:
+            yield from walk(cfg[group], group)
+
+
+def check_arguments(node: DictConfig, key: str) -> None:
+    """Raise when ``node`` has keys its ``_target_`` does not take (targets that take any
+    ``**kwargs`` are not checked).
+
+    Raises:
+        ConfigError: an unknown key, with the accepted ones and a "did you mean".
+    """
+    target = node.get("_target_")
+    try:
+        obj = hydra.utils.get_object(str(target))
+    except Exception as err:  # noqa: BLE001 - any import failure of the configured target
+        raise ConfigError(
+            f"`{key}._target_` is {target!r}, which cannot be imported ({err}). Expected the "
+            "dotted path of a class or function."
+        ) from err
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in node if k not in HYDRA_KEYS and k not in params]
+    if unknown:
+        accepted = sorted(p for p in params if p not in ("self", "args", "kwargs"))
+        raise ConfigError(
+            f"`{key}.{unknown[0]}` is not an argument of {target}.{did_you_mean(unknown[0], accepted)} "
+            f"It takes: {', '.join(accepted)}."
+        )
+
+
+def check_conflicts(cfg: DictConfig) -> None:
+    """Raise for options that contradict each other."""
+    evaluation = cfg.get("evaluation") or {}
+    data = cfg.get("data") or {}
+    trainer = cfg.get("trainer") or {}
+    if (
+        evaluation.get("temperature_scaling")
+        and not data.get("evaluate_all")
+        and data.get("val_fraction") is not None
+        and float(data.get("val_fraction")) <= 0
+    ):
+        raise ConfigError(
+            "evaluation.temperature_scaling=true fits the temperature on the validation split, "
+            "but data.val_fraction=0 leaves none. Give the data a validation split or turn "
+            "temperature scaling off."
+        )
+    folds, fold = data.get("num_folds"), data.get("fold")
+    if folds is not None and fold is not None and not 0 <= int(fold) < int(folds):
+        raise ConfigError(
+            f"Expected `data.fold` in [0, {int(folds) - 1}] for data.num_folds={folds}, but got "
+            f"{fold}."
+        )
+    low, high = trainer.get("min_epochs"), trainer.get("max_epochs")
+    if low is not None and high is not None and high >= 0 and int(low) > int(high):
+        raise ConfigError(
+            f"Expected trainer.min_epochs <= trainer.max_epochs, but got {low} > {high}."
+        )
+
+
+def check_monitors(cfg: DictConfig, logged: Sequence[str]) -> None:
+    """Raise when a monitored metric is not one the model logs every validation epoch.
+
+    Args:
+        cfg: the run config (``monitor``, ``callbacks.*.monitor``, ``optimized_metric``).
+        logged: the keys the model logs (its ``monitorable``).
+
+    Raises:
+        ConfigError: naming the key, the metric, a "did you mean" and what is logged.
+    """
+    wanted = [("monitor", cfg.get("monitor"))]
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if isinstance(node, DictConfig) and node.get("monitor") is not None:
+            wanted.append((f"callbacks.{name}.monitor", node.monitor))
+    if cfg.get("optimized_metric"):
+        wanted.append(("optimized_metric", cfg.optimized_metric))
+    for key, metric in wanted:
+        if metric is not None and str(metric) not in logged:
+            raise ConfigError(
+                f"Expected `{key}` to be a metric the model logs every validation epoch, but "
+                f"got {metric!r}.{did_you_mean(str(metric), logged)} It logs: "
+                f"{', '.join(logged)}."
+            )
