@@ -26,52 +26,49 @@ import io
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
 from osteolightning.data.cache import letterbox_resize
-from osteolightning.data.io import IMAGE_EXTENSIONS, is_dicom, read_image
+from osteolightning.data.inputs import Inputs, find_inputs
+from osteolightning.data.io import ON_BAD_IMAGE, read_image
 from osteolightning.data.transforms import ToNormalizedTensor
-from osteolightning.errors import ConfigError, DataSourceError, OsteoError
+from osteolightning.errors import ConfigError, DataSourceError, ImageReadError
 from osteolightning.models.checkpointing import load_model
+from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: overlays are written at most this many pixels on their long side
 OVERLAY_MAX_SIDE = 1024
 
 
-def iter_images(paths: Sequence[str | Path]) -> Iterator[Path]:
-    """Image files named directly or found under folders (sorted).
+def read_inputs(
+    inputs: Inputs, on_bad_image: str = "error"
+) -> Iterator[tuple[Path, Path, np.ndarray]]:
+    """``(root, image, pixels)`` of every input that reads; an unreadable one (permissions, a
+    broken or truncated file) stops the command (``error``, naming it) or is listed in
+    ``inputs.skipped`` with its reason (``skip``)."""
+    for root, image in inputs.pairs:
+        try:
+            yield root, image, read_image(image)
+        except ImageReadError as err:
+            if on_bad_image == "error":
+                raise
+            inputs.skipped.append((image, err.reason))
 
-    Raises:
-        DataSourceError: a path that does not exist, or a folder with no image in it.
-    """
-    for _, path in iter_images_with_roots(paths):
-        yield path
 
-
-def iter_images_with_roots(paths: Sequence[str | Path]) -> Iterator[tuple[Path, Path]]:
-    """``(root, image)`` pairs: the folder an image was found under (its parent when named
-    directly), so outputs can keep the image's path relative to it."""
-    for raw in paths:
-        path = Path(raw)
-        if path.is_file():
-            yield path.parent, path
-        elif path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and (p.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(p))
-            )
-            if not found:
-                raise DataSourceError(
-                    f"No images under '{path}'; accepted: {sorted(IMAGE_EXTENSIONS)}."
-                )
-            yield from ((path, f) for f in found)
-        else:
-            raise DataSourceError(f"'{path}' does not exist; pass image files or folders.")
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @torch.no_grad()
@@ -80,21 +77,22 @@ def predict(
     paths: Sequence[str | Path],
     batch_size: int = 16,
     model: L.LightningModule | None = None,
+    inputs: Inputs | None = None,
+    on_bad_image: str = "error",
 ) -> list[list[str]]:
     """Rows ``[path, prob_<class>..., prediction]`` for every image under ``paths``
-    (``model``: the checkpoint's classifier when the caller has loaded it already)."""
+    (``model``: the checkpoint's classifier when the caller has loaded it already; ``inputs``:
+    the images when the caller has found them already, whose ``skipped`` gets what is left
+    out)."""
     model = (model or load_model(ckpt_path)).eval()
     pre = model.preprocessing
     to_tensor = ToNormalizedTensor(pre.mean, pre.std, pre.in_chans)
-    files = list(iter_images(paths))
+    inputs = inputs or find_inputs(list(paths), on_bad_image)
     rows: list[list[str]] = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        batch = torch.stack(
-            [to_tensor(letterbox_resize(read_image(p), pre.image_size)) for p in chunk]
-        )
+    for chunk in _batches(read_inputs(inputs, on_bad_image), batch_size):
+        batch = torch.stack([to_tensor(letterbox_resize(img, pre.image_size)) for *_, img in chunk])
         probs = model.predict_proba(batch)  # with the checkpoint's test-time augmentation
-        for path, p in zip(chunk, probs.tolist(), strict=True):
+        for (_, path, _), p in zip(chunk, probs.tolist(), strict=True):
             rows.append(
                 [
                     str(path),
@@ -119,37 +117,6 @@ def _output_names(pairs: list[tuple[Path, Path]]) -> list[Path]:
     return names
 
 
-def _inputs(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], dict[Path, str]]:
-    """``(root, image)`` pairs of files, folders and CSV manifests (their ``image`` column,
-    relative to the CSV), and the labels a manifest gives (its ``label`` column, if any)."""
-    pairs: list[tuple[Path, Path]] = []
-    labels: dict[Path, str] = {}
-    for raw in paths:
-        path = Path(raw)
-        if path.is_file() and path.suffix.lower() == ".csv":
-            with open(path, newline="") as handle:
-                reader = csv.DictReader(handle)
-                if "image" not in (reader.fieldnames or []):
-                    raise DataSourceError(
-                        f"Manifest '{path}' has no `image` column; expected the header "
-                        f"image[,label,...], but got {reader.fieldnames}."
-                    )
-                for line, row in enumerate(reader, start=2):
-                    image = (path.parent / row["image"]).resolve()
-                    if not image.is_file():
-                        raise DataSourceError(
-                            f"Manifest '{path}' line {line}: image '{row['image']}' does not exist."
-                        )
-                    base = path.parent.resolve()
-                    # images outside the manifest's folder are named by their file name
-                    pairs.append((base if image.is_relative_to(base) else image.parent, image))
-                    if row.get("label"):
-                        labels[image] = row["label"]
-        else:
-            pairs.extend(iter_images_with_roots([path]))
-    return pairs, labels
-
-
 def _check_new_folder(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(
@@ -168,6 +135,8 @@ def export_masks(
     overlays: bool = True,
     allow_unsafe_pickle: bool = False,
     model: L.LightningModule | None = None,
+    inputs: Inputs | None = None,
+    on_bad_image: str = "error",
 ) -> Path:
     """Segment every image under ``paths`` and write masks, overlays and a manifest.
 
@@ -181,6 +150,9 @@ def export_masks(
         overlays: also write ``overlays/``.
         allow_unsafe_pickle: see ``osteo-eval``.
         model: the checkpoint's model when the caller has loaded it already.
+        inputs: the images when the caller has found them already (its ``skipped`` gets what
+            is left out).
+        on_bad_image: ``error`` (stop at an unreadable image, naming it) or ``skip``.
 
     Returns:
         The manifest path (``out_dir/manifest.csv``: ``image,mask[,label]``, image paths
@@ -206,17 +178,18 @@ def export_masks(
     _check_new_folder(out)
     pre = model.preprocessing
     to_tensor = ToNormalizedTensor(pre.mean, pre.std, pre.in_chans)
-    pairs, manifest_labels = _inputs(paths)
-    names = _output_names(pairs)
+    inputs = inputs or find_inputs(list(paths), on_bad_image)
+    manifest_labels = inputs.labels
+    names = dict(zip(inputs.pairs, _output_names(inputs.pairs), strict=True))
     rows: list[list[str]] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        originals = [read_image(image) for _, image in chunk]
+    for chunk in _batches(read_inputs(inputs, on_bad_image), batch_size):
+        originals = [img for *_, img in chunk]
         batch = torch.stack([to_tensor(letterbox_resize(img, pre.image_size)) for img in originals])
         labels, _ = model.predict_masks(batch)
-        for (_, image), name, original, square in zip(
-            chunk, names[start : start + batch_size], originals, labels.numpy(), strict=True
+        for (root, image, _), original, square in zip(
+            chunk, originals, labels.numpy(), strict=True
         ):
+            name = names[(root, image)]
             mask = unletterbox(square, original.shape)
             atomic_write_bytes(out / "masks" / name, png_bytes(mask))
             if overlays:
@@ -253,12 +226,22 @@ def export_masks(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="osteo-predict", description=__doc__.split("\n")[0])
-    parser.add_argument("ckpt", help="checkpoint written by osteo-train")
-    parser.add_argument("paths", nargs="+", help="image files or folders")
+    parser.add_argument("ckpt", help="checkpoint written by osteo-train or osteo-segment")
+    parser.add_argument("paths", nargs="+", help="image files, folders or CSV manifests")
     parser.add_argument(
         "--out",
         help="classification: write the CSV here instead of stdout; segmentation: the new "
         "folder for masks/, overlays/ and manifest.csv (required)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="classification: replace an existing --out file"
+    )
+    parser.add_argument(
+        "--on-bad-image",
+        choices=ON_BAD_IMAGE,
+        default="error",
+        help="an unreadable image or broken link: stop, naming it (error), or leave it out and "
+        "list it (skip)",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
@@ -268,37 +251,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-overlays", action="store_true", help="segmentation: skip overlays/")
     args = parser.parse_args(argv)
-    try:
-        model = load_model(args.ckpt)
-        if hasattr(model, "predict_masks"):
-            if not args.out:
-                raise ConfigError("A segmentation checkpoint needs --out DIR (a new folder).")
-            manifest = export_masks(
-                args.ckpt,
-                args.paths,
-                args.out,
-                batch_size=args.batch_size,
-                label_from_folder=args.label_from_folder,
-                overlays=not args.no_overlays,
-                model=model,
-            )
-            print(f"Wrote masks, overlays and {manifest}")
-            return 0
-    except OsteoError as err:
-        parser.exit(2, f"osteo-predict: error: {err}\n")
-    try:
-        rows = predict(args.ckpt, args.paths, args.batch_size, model=model)
-        names = model.preprocessing.class_names
-    except OsteoError as err:
-        parser.exit(2, f"osteo-predict: error: {err}\n")
-    header = ["path", *[f"prob_{c}" for c in names], "prediction"]
-    if args.out:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
-        atomic_write_text(args.out, buffer.getvalue())
+    with user_errors("osteo-predict", Path(args.out).parent if args.out else None):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """osteo-predict's work; every input is either used or reported, and the count is printed."""
+    model = load_model(args.ckpt)
+    inputs = find_inputs(args.paths, args.on_bad_image)
+    if hasattr(model, "predict_masks"):
+        if not args.out:
+            raise ConfigError("A segmentation checkpoint needs --out DIR (a new folder).")
+        manifest = export_masks(
+            args.ckpt,
+            args.paths,
+            args.out,
+            batch_size=args.batch_size,
+            label_from_folder=args.label_from_folder,
+            overlays=not args.no_overlays,
+            model=model,
+            inputs=inputs,
+            on_bad_image=args.on_bad_image,
+        )
+        done = f"wrote {len(inputs.pairs) - _unread(inputs)} masks, overlays and {manifest}"
     else:
-        csv.writer(sys.stdout, lineterminator="\n").writerows([header, *rows])
+        if args.out and Path(args.out).exists() and not args.overwrite:
+            raise ConfigError(
+                f"--out '{args.out}' exists; osteo-predict does not write over it. Pass a new "
+                "file, or --overwrite to replace it."
+            )
+        rows = predict(
+            args.ckpt,
+            [],
+            args.batch_size,
+            model=model,
+            inputs=inputs,
+            on_bad_image=args.on_bad_image,
+        )
+        header = ["path", *[f"prob_{c}" for c in model.preprocessing.class_names], "prediction"]
+        if args.out:
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+            atomic_write_text(args.out, buffer.getvalue())
+        else:
+            csv.writer(sys.stdout, lineterminator="\n").writerows([header, *rows])
+        done = f"wrote {len(rows)} predictions to {args.out or 'stdout'}"
+    for path, reason in inputs.skipped:
+        sys.stderr.write(f"osteo-predict: skipped '{path}': {reason}\n")
+    left_out = f" ({len(inputs.skipped)} skipped, listed above)" if inputs.skipped else ""
+    sys.stderr.write(f"osteo-predict: {done}{left_out}.\n")
     return 0
+
+
+def _unread(inputs: Inputs) -> int:
+    """How many of ``inputs.pairs`` were skipped while reading."""
+    found = {image for _, image in inputs.pairs}
+    return sum(1 for path, _ in inputs.skipped if path in found)
 
 
 if __name__ == "__main__":

@@ -394,7 +394,8 @@ def audit(
 
     by_sha: dict[str, list[str]] = defaultdict(list)
     for p, d in sha_of.items():
-        by_sha[d].append(p)
+        if d is not None:  # an unreadable file is reported by the decoding step
+            by_sha[d].append(p)
     exact = [
         DuplicateGroup("exact", d, sorted(fs), [label_of[f] for f in sorted(fs)])
         for d, fs in sorted(by_sha.items(), key=lambda kv: sorted(kv[1])[0])

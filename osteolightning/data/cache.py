@@ -35,6 +35,13 @@ log = get_logger(__name__)
 PREPROCESS_VERSION = 2  # 2: 8-bit images decoded in float32 (memory); minimum side 32 px
 
 
+def unreadable_reason(path: Path, err: OSError) -> str:
+    """Why the system cannot open ``path`` (a broken link, no permission, ...)."""
+    if path.is_symlink() and not path.exists():
+        return f"it is a broken symbolic link (to '{os.readlink(path)}')."
+    return f"the file cannot be opened ({err.strerror or err})."
+
+
 def letterbox_resize(image: np.ndarray, size: int) -> np.ndarray:
     """Pad an image to a square (centred, zero fill) and resize it, keeping its aspect ratio.
 
@@ -89,12 +96,16 @@ class PreprocessedCache:
         self.image_size = int(image_size)
         self.workers = workers or min(8, os.cpu_count() or 1)
         self._hash_index_path = self.root / "hash_index.json"
+        #: path → why the system could not open it (filled by :meth:`hashes`)
+        self.unreadable: dict[str, str] = {}
 
     def _entry(self, sha1: str) -> Path:
         return self.root / f"s{self.image_size}-v{PREPROCESS_VERSION}" / sha1[:2] / f"{sha1}.npy"
 
-    def hashes(self, paths: Sequence[Path]) -> list[str]:
-        """SHA-1 of each file's content, memoised by (path, size, mtime) in the cache folder."""
+    def hashes(self, paths: Sequence[Path]) -> list[str | None]:
+        """SHA-1 of each file's content, memoised by (path, size, mtime) in the cache folder;
+        ``None`` for a file the system cannot open (a broken link, no permission), whose reason
+        goes to :attr:`unreadable`."""
         index: dict[str, list] = {}
         if self._hash_index_path.exists():
             try:
@@ -104,13 +115,18 @@ class PreprocessedCache:
         changed = False
         result = []
         for path in paths:
-            stat = path.stat()
-            key = str(path.resolve())
-            memo = index.get(key)
-            if memo and memo[0] == stat.st_size and memo[1] == stat.st_mtime_ns:
-                result.append(memo[2])
+            try:
+                stat = path.stat()
+                key = str(path.resolve())
+                memo = index.get(key)
+                if memo and memo[0] == stat.st_size and memo[1] == stat.st_mtime_ns:
+                    result.append(memo[2])
+                    continue
+                digest = file_sha1(path)
+            except OSError as err:
+                self.unreadable[str(path)] = unreadable_reason(path, err)
+                result.append(None)
                 continue
-            digest = file_sha1(path)
             index[key] = [stat.st_size, stat.st_mtime_ns, digest]
             result.append(digest)
             changed = True
@@ -153,6 +169,10 @@ class PreprocessedCache:
         digests = self.hashes(paths)
         todo: dict[str, Path] = {}  # digest → first path with that content
         for path, digest in zip(paths, digests, strict=True):
+            if digest is None:
+                if on_bad_image == "error":
+                    raise ImageReadError(path, self.unreadable[str(path)])
+                continue
             if digest not in todo and not self._entry(digest).exists():
                 todo[digest] = path
         failed: dict[str, ImageReadError] = {}
@@ -166,7 +186,9 @@ class PreprocessedCache:
                 failed = {d: e for d, e in zip(todo, errors, strict=True) if e is not None}
         result = PrepareResult(digests=list(digests))
         for i, (path, digest) in enumerate(zip(paths, digests, strict=True)):
-            if digest in failed:
+            if digest is None:
+                result.skipped.append((path, self.unreadable[str(path)]))
+            elif digest in failed:
                 exc = failed[digest]
                 if on_bad_image == "error":
                     raise exc if Path(exc.path) == path else ImageReadError(path, exc.reason)

@@ -132,6 +132,24 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a radiograph as a normalised 2-D grayscale array (see :func:`_read_image` for the
+    rules); a file that the system cannot open (permissions, a broken link, a folder named like
+    an image) is an :class:`~osteolightning.errors.ImageReadError` naming it, as is any other
+    unreadable file."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ImageReadError(path, f"it is a broken symbolic link (to '{os.readlink(path)}').")
+    try:
+        return _read_image(path)
+    except ImageReadError:
+        raise
+    except OSError as err:
+        raise ImageReadError(
+            path, f"the file cannot be opened ({err.strerror or err}). {ACCEPTED}"
+        ) from err
+
+
+def _read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a radiograph as a normalised 2-D grayscale array.
 
     The content decides the decoder, never the name: a file with the DICOM ``DICM`` magic is
