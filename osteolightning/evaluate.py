@@ -16,10 +16,11 @@ from omegaconf import DictConfig, open_dict
 
 from osteolightning.callbacks import RunArtifacts
 from osteolightning.callbacks.writers import build_writer
+from osteolightning.data.audit import read_splits_csv
 from osteolightning.ensemble.evaluate import evaluate_ensemble, is_ensemble
 from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_checkpoint
-from osteolightning.utils import runs
+from osteolightning.utils import rundir, runs
 from osteolightning.utils.checks import check_config
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
 from osteolightning.utils.console import print_metrics_table
@@ -64,6 +65,34 @@ def check_task(ckpt_path: Any, model: L.LightningModule, data_cfg: DictConfig) -
         )
 
 
+#: osteo-eval warns when more than this share of the evaluated images trained the checkpoint
+SEEN_WARNING = 0.5
+
+
+def warn_if_seen(ckpt_path: Any, datamodule: Any) -> float | None:
+    """Warn when most evaluated images were in the checkpoint's training split (by content:
+    the SHA-1 in its run's ``splits.csv``), so the metrics are not a held-out estimate.
+
+    Returns:
+        The share of evaluated images that were training images, or ``None`` when the run has
+        no ``splits.csv``.
+    """
+    splits = rundir.run_of_checkpoint(ckpt_path) / rundir.SPLITS
+    if not splits.is_file() or not getattr(datamodule, "digests", None):
+        return None
+    _, rows = read_splits_csv(splits)
+    trained = {row.get("sha1") for row in rows if row.get("split") == "train"}
+    seen = sum(d in trained for d in datamodule.digests)
+    share = seen / len(datamodule.digests)
+    if share > SEEN_WARNING:
+        log.warning(
+            f"{seen} of the {len(datamodule.digests)} evaluated images ({share:.0%}) were in the "
+            f"training split of the checkpoint's run ({splits}): these metrics are not a "
+            "held-out estimate. Evaluate on images the model has not seen."
+        )
+    return share
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test ``cfg.ckpt_path`` on ``cfg.data`` (every image in the test split)."""
     check_config(cfg)
@@ -72,6 +101,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         check_task(cfg.ckpt_path, model, cfg.data)
         prepare_like_checkpoint(cfg.data, model)
         datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+        datamodule.setup("test")
+        warn_if_seen(cfg.ckpt_path, datamodule)
         evaluation = dict(cfg.evaluation)
         trained_writer = (run_cfg.get("evaluation") or {}).get("_target_")
         if trained_writer and "_target_" not in evaluation:

@@ -147,3 +147,18 @@ def test_a_framework_error_wrapped_by_hydra_is_found():
     except InstantiationException as outer:
         assert isinstance(user_error(outer), ConfigError)
         assert describe(user_error(outer)).startswith("Expected argument `x`")
+
+
+def test_eval_warns_when_most_images_trained_the_checkpoint(trained, make_cfg, class_tree, caplog):
+    ckpt = trained[0] / "checkpoints" / "last.ckpt"
+    cfg = make_cfg(
+        "eval",
+        ["common=tiny", "callbacks=tiny", "logger=tiny", "trainer=tiny"]
+        + [f"ckpt_path={ckpt}", "data=folder", f"data.root={class_tree}"],
+    )
+    with caplog.at_level("WARNING"):
+        evaluate(cfg)
+    warned = [r.message for r in caplog.records if "training split" in r.message]
+    assert warned and "not a held-out estimate" in warned[0]
+    n_train = len(trained[2]["datamodule"].datasets["train"])
+    assert f"{n_train} of the 60 evaluated images" in warned[0]
