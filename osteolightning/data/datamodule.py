@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from osteolightning.data.cache import PreprocessedCache
+from osteolightning.data.cache import PREPROCESS_VERSION, PreprocessedCache
 from osteolightning.data.hygiene import (
     POLICIES,
     CopyGroups,
@@ -26,7 +27,12 @@ from osteolightning.data.hygiene import (
     find_copies,
 )
 from osteolightning.data.io import check_on_bad_image
-from osteolightning.data.masks import image_shape, letterbox_mask, read_foreground
+from osteolightning.data.masks import (
+    crop_to_foreground,
+    image_shape,
+    letterbox_mask,
+    read_foreground,
+)
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
 from osteolightning.data.privacy import dicom_patient_id, load_salt, pseudonym
 from osteolightning.data.sample import Sample
@@ -40,15 +46,16 @@ from osteolightning.data.sampling import (
 )
 from osteolightning.data.splits import SPLIT_NAMES, TEST, assign_splits, group_ids
 from osteolightning.data.transforms import ToNormalizedTensor, compose
-from osteolightning.errors import ConfigError, DataSourceError
+from osteolightning.errors import ConfigError, DataSourceError, shorten
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 #: training samplers by ``sampler`` name (``None``: shuffle).
 SAMPLERS = (None, "balanced")
-#: what a classifier does with each sample's mask: nothing, or zero the image outside it.
-MASK_INPUTS = (None, "apply")
+#: what a classifier does with each sample's mask: nothing, zero the image outside it, or crop
+#: the image to it.
+MASK_INPUTS = (None, "apply", "crop")
 
 
 class ArrayDataset(Dataset):
@@ -70,10 +77,14 @@ class ArrayDataset(Dataset):
         augment: A.Compose | None = None,
         paths: Sequence[str] | None = None,
         seed: int = 0,
+        keys: Sequence[str] | None = None,
+        groups: np.ndarray | None = None,
     ) -> None:
         self.images, self.labels, self.indices = images, labels, indices
         self.paths = list(paths) if paths is not None else [""] * len(indices)
         self.to_tensor, self.augment, self.seed = to_tensor, augment, int(seed)
+        self.keys = list(keys) if keys is not None else None
+        self.groups = np.asarray(groups) if groups is not None else np.asarray(indices)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -94,6 +105,11 @@ class ArrayDataset(Dataset):
             "label": torch.tensor(self.labels[i], dtype=torch.long),
             "index": torch.tensor(self.indices[i], dtype=torch.long),
             "path": self.paths[i],  # names the files of a batch whose loss turns NaN
+            # the pixels' identity (file content, preprocessing, mask): what a feature cache
+            # is keyed on, unless the item was augmented
+            **({"key": self.keys[i]} if self.keys is not None else {}),
+            "augmented": self.augment is not None,
+            "group": torch.tensor(self.groups[i], dtype=torch.long),  # patient / copy group
         }
 
 
@@ -144,9 +160,18 @@ class KneeDataModule(L.LightningDataModule):
             the segmented bone (the segmentation → classification cascade). The mask comes
             from the source (a manifest's ``mask`` column, e.g. the manifest the mask export
             writes), must have its image's size and is letterboxed like it; an image without a
-            mask is an error.
+            mask is an error. ``"crop"``: crop each image to the square around its mask's
+            foreground (the bone) taken from the image letterboxed at ``mask_crop_from``
+            pixels, resized to ``image_size``: the bone at a higher resolution than the whole
+            knee would get (:func:`~osteolightning.data.masks.crop_to_foreground`).
         seed: the run's seed: the training order of each epoch and each image's augmentation
             are drawn from it (see :mod:`osteolightning.data.sampling`).
+        mask_crop_from: ``mask_input="crop"``: the side the image is letterboxed to before
+            cropping (``None``: 4 × ``image_size``).
+        mask_crop_margin: ``mask_input="crop"``: context around the mask's box, a fraction.
+        drop_last: drop the last, incomplete training batch (a batch of one image breaks
+            BatchNorm in training mode); ``False`` for models that must see every image (the
+            fitted-head models).
 
     Attributes:
         require_labels: (class attribute) every sample needs a class label.
@@ -189,6 +214,9 @@ class KneeDataModule(L.LightningDataModule):
         sampler: str | None = None,
         mask_input: str | None = None,
         seed: int = 0,
+        drop_last: bool = True,
+        mask_crop_from: int | None = None,
+        mask_crop_margin: float = 0.05,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -229,6 +257,7 @@ class KneeDataModule(L.LightningDataModule):
             )
         self.mask_input = mask_input
         self.seed = int(seed)
+        self.drop_last = bool(drop_last)
         self.label_names: list[str] = self.class_names
         self.masks: np.ndarray | None = None
         self.near_args = dict(
@@ -236,7 +265,15 @@ class KneeDataModule(L.LightningDataModule):
         )
         self.skipped: list[tuple[str, str]] = []
         self.conflicts: list[tuple[int, str, str, str]] = []
-        self.cache = PreprocessedCache(cache_dir, image_size)
+        self.image_size = int(image_size)
+        self.mask_crop_margin = float(mask_crop_margin)
+        source = int(mask_crop_from or 4 * image_size) if mask_input == "crop" else image_size
+        if source < image_size:
+            raise ConfigError(
+                f"Expected `mask_crop_from` >= image_size ({image_size}): the crop is taken at a "
+                f"higher resolution than the network's input, but got {mask_crop_from}."
+            )
+        self.cache = PreprocessedCache(cache_dir, source)
         self.to_tensor = ToNormalizedTensor(mean, std, in_chans)
         self.train_augment = compose(train_transforms)
         self.eval_augment = compose(eval_transforms)
@@ -244,6 +281,7 @@ class KneeDataModule(L.LightningDataModule):
         self.split_codes = np.zeros(0, dtype=np.int64)
         self.groups = np.zeros(0, dtype=np.int64)
         self.digests: list[str] = []
+        self.pixel_keys: list[str] = []
         self.datasets: dict[str, ArrayDataset] = {}
 
     # -- building ---------------------------------------------------------------------------
@@ -389,6 +427,9 @@ class KneeDataModule(L.LightningDataModule):
         self.masks = masks[idx] if masks is not None else None
         if self.mask_input == "apply":
             images[self.masks == 0] = 0  # bone-only input: zero outside the mask
+        elif self.mask_input == "crop":
+            images, self.masks = self._crop_to_masks(images, self.masks)
+        self.pixel_keys = self._pixel_keys()
         keys = [
             [f"patient:{s.patient_id}" if s.patient_id else None, f"copy:{c}"]
             for s, c in zip(self.samples, component.tolist(), strict=True)
@@ -404,6 +445,32 @@ class KneeDataModule(L.LightningDataModule):
             sel = np.flatnonzero(self.split_codes == code)
             self.datasets[name] = self._make_dataset(name, sel, images[sel], labels[sel])
         log.info(self.summary())
+
+    def _crop_to_masks(
+        self, images: np.ndarray, masks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each image cropped to its mask's foreground; an empty mask names its image."""
+        empty = [str(self.samples[i].path) for i, m in enumerate(masks) if not m.any()]
+        if empty:
+            raise DataSourceError(
+                f"mask_input=crop needs bone in every mask, but {len(empty)} mask(s) are all "
+                f"background: {shorten(empty)}. Fix or leave out those images.",
+                details=empty,
+            )
+        return crop_to_foreground(images, masks, self.image_size, self.mask_crop_margin)
+
+    def _pixel_keys(self) -> list[str]:
+        """A key per sample naming its preprocessed pixels: the file's content hash, the
+        preprocessing (size, version) and, where a mask changes the input, the mask's hash."""
+        base = f"s{self.cache.image_size}-v{PREPROCESS_VERSION}"
+        if self.mask_input == "crop":
+            base += f"-crop{self.image_size}m{self.mask_crop_margin:g}"
+        if self.masks is None or self.mask_input is None:
+            return [f"{d}-{base}" for d in self.digests]
+        return [
+            f"{d}-{base}-{self.mask_input}{hashlib.sha1(m.tobytes()).hexdigest()[:12]}"
+            for d, m in zip(self.digests, self.masks, strict=True)
+        ]
 
     def _conflict_targets(
         self, labels: np.ndarray, masks: np.ndarray | None
@@ -433,6 +500,8 @@ class KneeDataModule(L.LightningDataModule):
             augment,
             paths=[str(self.samples[i].path) for i in sel],
             seed=self.seed,
+            keys=[self.pixel_keys[i] for i in sel],
+            groups=self.groups[sel],
         )
 
     def _log_copies(self, copies: CopyGroups) -> None:
@@ -530,7 +599,7 @@ class KneeDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             # A last batch of one image breaks BatchNorm in training mode.
-            drop_last=train and len(dataset) > self.batch_size,
+            drop_last=train and self.drop_last and len(dataset) > self.batch_size,
             # the workers' base seed from the loader's own generator, not the global one, so
             # making a loader draws nothing from the stream that dropout and mixup use
             generator=torch.Generator().manual_seed(self.seed),

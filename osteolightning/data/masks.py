@@ -466,3 +466,44 @@ def _dicom_shape(path: Path) -> tuple[int, int]:
         raise ImageReadError(
             path, f"not a readable DICOM file with Rows/Columns ({type(exc).__name__}: {exc})."
         ) from exc
+
+
+def crop_to_foreground(
+    images: np.ndarray, masks: np.ndarray, size: int, margin: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop each image (and its mask) to the square around its mask's foreground, resized to
+    ``size``: the region of the bone at the resolution of ``images``, not of the whole knee.
+
+    The square is centred on the foreground's bounding box, its side the box's longer side
+    plus ``margin`` of it on each side, kept inside the image (shifted, and shrunk only when
+    the image is smaller).
+
+    Args:
+        images: ``(N, S, S)`` uint8 letterboxed images.
+        masks: ``(N, S, S)`` uint8 masks aligned with them (foreground: non-zero).
+        size: output side.
+        margin: extra context around the box, as a fraction of its side.
+
+    Returns:
+        ``(N, size, size)`` uint8 images and masks (area-averaged images, nearest masks).
+
+    Raises:
+        DataSourceError: a mask without foreground (its index named).
+    """
+    out_images = np.empty((len(images), size, size), np.uint8)
+    out_masks = np.empty((len(images), size, size), np.uint8)
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        rows, cols = np.nonzero(mask)
+        if not len(rows):
+            raise DataSourceError(f"Mask {i} has no foreground: there is no region to crop to.")
+        side = int(
+            np.ceil(max(rows.max() - rows.min(), cols.max() - cols.min()) * (1 + 2 * margin))
+        )
+        side = min(max(side, 8), image.shape[0])
+        top = int(np.clip((rows.min() + rows.max() - side) // 2, 0, image.shape[0] - side))
+        left = int(np.clip((cols.min() + cols.max() - side) // 2, 0, image.shape[1] - side))
+        window = (slice(top, top + side), slice(left, left + side))
+        interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+        out_images[i] = cv2.resize(image[window], (size, size), interpolation=interpolation)
+        out_masks[i] = cv2.resize(mask[window], (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+    return out_images, out_masks
