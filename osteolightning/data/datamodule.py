@@ -44,7 +44,17 @@ from osteolightning.data.sampling import (
     item_seed,
     split_key,
 )
-from osteolightning.data.splits import SPLIT_NAMES, TEST, assign_splits, group_ids
+from osteolightning.data.splits import (
+    EXCLUDED,
+    SPLIT_NAMES,
+    TEST,
+    assign_nested_splits,
+    assign_splits,
+    group_ids,
+    permute_group_labels,
+    split_name,
+    subsample_training,
+)
 from osteolightning.data.transforms import ToNormalizedTensor, compose
 from osteolightning.errors import ConfigError, DataSourceError, shorten
 from osteolightning.utils.logging import get_logger
@@ -169,6 +179,14 @@ class KneeDataModule(L.LightningDataModule):
         mask_crop_from: ``mask_input="crop"``: the side the image is letterboxed to before
             cropping (``None``: 4 × ``image_size``).
         mask_crop_margin: ``mask_input="crop"``: context around the mask's box, a fraction.
+        inner_folds: nested cross-validation: with ``num_folds`` and ``fold``, the outer test
+            fold is left out entirely and the test split is fold ``inner_fold`` of
+            ``inner_folds`` of the rest (:func:`~osteolightning.data.splits.assign_nested_splits`).
+        inner_fold: the inner test fold.
+        train_fraction: keep this share of the training images (whole groups, stratified;
+            a learning curve's point); the rest is left out.
+        permute_labels: a seed: shuffle the labels between groups of images (a permutation
+            test's null); ``None``: the true labels.
         drop_last: drop the last, incomplete training batch (a batch of one image breaks
             BatchNorm in training mode); ``False`` for models that must see every image (the
             fitted-head models).
@@ -217,6 +235,10 @@ class KneeDataModule(L.LightningDataModule):
         drop_last: bool = True,
         mask_crop_from: int | None = None,
         mask_crop_margin: float = 0.05,
+        inner_folds: int | None = None,
+        inner_fold: int = 0,
+        train_fraction: float = 1.0,
+        permute_labels: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -238,6 +260,14 @@ class KneeDataModule(L.LightningDataModule):
             fold=fold,
         )
         self.evaluate_all = evaluate_all
+        if inner_folds is not None and num_folds is None:
+            raise ConfigError(
+                "data.inner_folds (nested cross-validation) needs data.num_folds and data.fold: "
+                "the outer fold whose images the inner runs must never see."
+            )
+        self.nested = dict(inner_folds=inner_folds, inner_fold=inner_fold)
+        self.train_fraction = float(train_fraction)
+        self.permute_labels = permute_labels
         check_on_bad_image(on_bad_image)
         if on_label_conflict not in POLICIES:
             raise ConfigError(
@@ -440,7 +470,17 @@ class KneeDataModule(L.LightningDataModule):
         else:
             # stratified by label when every image has one, else one stratum
             strata = labels if len(labels) and labels.min() >= 0 else np.zeros_like(labels)
-            self.split_codes = assign_splits(strata, self.groups, **self.split_args)
+            self.split_codes = self._split(strata)
+        if self.permute_labels is not None:
+            labels = permute_group_labels(labels, self.groups, int(self.permute_labels))
+            self.samples = [
+                dataclasses.replace(s, label=int(y))
+                for s, y in zip(self.samples, labels, strict=True)
+            ]
+            log.warning(
+                f"data.permute_labels={self.permute_labels}: the labels are shuffled between "
+                "image groups (a permutation test's null run); its metrics measure chance."
+            )
         for code, name in enumerate(SPLIT_NAMES):
             sel = np.flatnonzero(self.split_codes == code)
             self.datasets[name] = self._make_dataset(name, sel, images[sel], labels[sel])
@@ -458,6 +498,29 @@ class KneeDataModule(L.LightningDataModule):
                 details=empty,
             )
         return crop_to_foreground(images, masks, self.image_size, self.mask_crop_margin)
+
+    def _split(self, strata: np.ndarray) -> np.ndarray:
+        """Split codes: hold-out or K-fold (:func:`assign_splits`), or an inner split of nested
+        cross-validation; then, for a learning curve, a share of the training groups."""
+        args = self.split_args
+        if self.nested["inner_folds"] is not None:
+            codes = assign_nested_splits(
+                strata,
+                self.groups,
+                int(args["num_folds"]),
+                int(args["fold"]),
+                int(self.nested["inner_folds"]),
+                int(self.nested["inner_fold"]),
+                val_fraction=args["val_fraction"],
+                seed=int(args["seed"]),
+            )
+        else:
+            codes = assign_splits(strata, self.groups, **args)
+        if self.train_fraction < 1:
+            codes = subsample_training(
+                codes, strata, self.groups, self.train_fraction, int(args["seed"]) + 11
+            )
+        return codes
 
     def _pixel_keys(self) -> list[str]:
         """A key per sample naming its preprocessed pixels: the file's content hash, the
@@ -531,7 +594,7 @@ class KneeDataModule(L.LightningDataModule):
         """
         return [
             (
-                SPLIT_NAMES[c],
+                split_name(c),
                 str(s.path),
                 self.label_names[s.label] if s.label >= 0 else "",
                 s.patient_id or "",
@@ -553,6 +616,12 @@ class KneeDataModule(L.LightningDataModule):
             counts = self.class_counts(name)
             per_class = ", ".join(f"{c}={n}" for c, n in zip(self.class_names, counts, strict=True))
             lines.append(f"  {name:5s}: {sum(counts):5d} ({per_class})")
+        excluded = int((self.split_codes == EXCLUDED).sum())
+        if excluded:
+            lines.append(
+                f"  not used: {excluded} (an outer test fold of nested CV, or left out of a "
+                "learning curve's training share; listed as `excluded` in splits.csv)"
+            )
         if self.skipped or dropped:
             lines.append(
                 f"  left out: {len(self.skipped)} unreadable or non-image files (skipped.csv), "

@@ -132,3 +132,102 @@ def assign_splits(
     val_in_rest = _one_fold(labels_arr[rest], groups_arr[rest], n_val_splits, 0, seed + 1)
     codes[rest[val_in_rest]] = VAL
     return codes
+
+
+#: The split code of an image a run must not see at all: an outer test fold under nested
+#: cross-validation, or training images left out for a learning curve.
+EXCLUDED = 3
+
+
+def split_name(code: int) -> str:
+    """``train``, ``val``, ``test`` or ``excluded``."""
+    return "excluded" if code == EXCLUDED else SPLIT_NAMES[code]
+
+
+def assign_nested_splits(
+    labels: Sequence[int],
+    groups: Sequence[int],
+    num_folds: int,
+    fold: int,
+    inner_folds: int,
+    inner_fold: int,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """An inner split of nested cross-validation: the outer test fold ``fold`` of
+    ``num_folds`` is :data:`EXCLUDED` (the run never sees it), the inner fold ``inner_fold`` of
+    ``inner_folds`` of the rest is the test split, and validation is carved from what remains.
+
+    The outer folds are those of :func:`assign_splits` with the same ``num_folds`` and
+    ``seed``, so the outer run of a fold and its inner runs agree on its test images.
+
+    Returns:
+        ``(N,)`` int64 split codes (train, val, test, excluded).
+
+    Raises:
+        ConfigError: a fold outside its range, too few groups.
+    """
+    labels_arr, groups_arr = np.asarray(labels), np.asarray(groups)
+    if inner_folds < 2 or not 0 <= inner_fold < inner_folds:
+        raise ConfigError(
+            f"Expected `data.inner_fold` in [0, {inner_folds - 1}] with data.inner_folds >= 2, "
+            f"but got inner_fold={inner_fold}, inner_folds={inner_folds}."
+        )
+    outer = _one_fold(labels_arr, groups_arr, num_folds, fold, seed)
+    codes = np.full(len(labels_arr), EXCLUDED, dtype=np.int64)
+    rest = np.flatnonzero(~outer)
+    inner = assign_splits(
+        labels_arr[rest],
+        groups_arr[rest],
+        val_fraction=val_fraction,
+        seed=seed + 7,
+        num_folds=inner_folds,
+        fold=inner_fold,
+    )
+    codes[rest] = inner
+    return codes
+
+
+def subsample_training(
+    codes: np.ndarray, labels: Sequence[int], groups: Sequence[int], fraction: float, seed: int
+) -> np.ndarray:
+    """Keep about ``fraction`` of the training images (whole groups, stratified by label);
+    the others become :data:`EXCLUDED` (a point of a learning curve). Validation and test are
+    unchanged."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"Expected argument `train_fraction` in (0, 1], but got {fraction}.")
+    codes = codes.copy()
+    if fraction == 1:
+        return codes
+    labels_arr, groups_arr = np.asarray(labels), np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    train = np.flatnonzero(codes == TRAIN)
+    for label in np.unique(labels_arr[train]):
+        own = np.unique(groups_arr[train][labels_arr[train] == label])
+        keep = rng.choice(own, size=max(1, round(fraction * len(own))), replace=False)
+        drop = train[(labels_arr[train] == label) & ~np.isin(groups_arr[train], keep)]
+        codes[drop] = EXCLUDED
+    return codes
+
+
+def permute_group_labels(labels: Sequence[int], groups: Sequence[int], seed: int) -> np.ndarray:
+    """The labels shuffled between groups, for a permutation test: groups of equal size trade
+    their label lists (a patient's two knees move together, with their own labels), so the
+    images and the folds stay and only the link between them and the labels goes.
+
+    Example:
+        >>> permute_group_labels([0, 0, 1, 2], [0, 0, 1, 2], seed=0).tolist()[:2]  # one group
+        [0, 0]
+    """
+    labels_arr, groups_arr = np.asarray(labels), np.asarray(groups)
+    out = labels_arr.copy()
+    rng = np.random.default_rng(seed)
+    members = {g: np.flatnonzero(groups_arr == g) for g in np.unique(groups_arr).tolist()}
+    by_size: dict[int, list[int]] = {}
+    for g, rows in members.items():
+        by_size.setdefault(len(rows), []).append(g)
+    for same in by_size.values():
+        donors = rng.permutation(len(same))
+        for g, d in zip(same, donors, strict=True):
+            out[members[g]] = labels_arr[members[same[d]]]
+    return out

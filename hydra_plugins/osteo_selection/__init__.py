@@ -1,0 +1,1 @@
+"""Hydra plugin of osteolightning: the nested cross-validation sweeper (``hydra/sweeper=nested_cv``)."""

@@ -1,0 +1,200 @@
+"""``hydra/sweeper=nested_cv``: nested, grouped cross-validation as one multirun.
+
+``osteo-train experiment=knee_select data=folder data.root=DIR`` (the experiment sets
+``hydra.mode: MULTIRUN`` and this sweeper) runs, through the configured launcher (in this
+process, local processes, or SLURM jobs):
+
+1. every recipe on every inner fold of every outer fold (inner runs, which never see their
+   outer test fold);
+2. per outer fold, the recipe its inner runs chose, trained on the outer training part and
+   tested on the outer fold (outer runs);
+3. for fitted-head recipes, the permutation test and the learning curve, in this process from
+   the outer runs' files; for others, ``job_permutations`` reruns of the outer runs with
+   shuffled labels (``data.permute_labels``).
+
+It writes ``<sweep>/selection/{selection.json,selection.md,predictions.csv}``
+(:mod:`osteolightning.selection.nested`) and prints the table.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NestedCVConf:
+    _target_: str = "hydra_plugins.osteo_selection.nested_cv.NestedCVSweeper"
+    #: the candidates: [{name: ..., overrides: [...]}, ...]
+    recipes: list[Any] = field(default_factory=list)
+    outer_folds: int = 5
+    inner_folds: int = 3
+    #: the metric of the pooled inner predictions that chooses a recipe (higher is better)
+    select_by: str = "auroc_macro"
+    #: label shuffles of the permutation test (fitted-head recipes: in this process)
+    permutations: int = 200
+    #: outer reruns with shuffled labels when a chosen recipe is not a fitted-head one
+    job_permutations: int = 0
+    #: training shares of the learning curve ([] : none)
+    learning_curve: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    n_resamples: int = 1000
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="nested_cv", node=NestedCVConf)
+
+
+class NestedCVSweeper(Sweeper):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        recipes: list[Any],
+        outer_folds: int = 5,
+        inner_folds: int = 3,
+        select_by: str = "auroc_macro",
+        permutations: int = 200,
+        job_permutations: int = 0,
+        learning_curve: list[float] | None = None,
+        n_resamples: int = 1000,
+    ) -> None:
+        from osteolightning.selection.nested import NestedPlan
+
+        items = OmegaConf.to_container(recipes) if OmegaConf.is_config(recipes) else recipes
+        if not isinstance(items, list) or not all(
+            isinstance(r, dict) and set(r) == {"name", "overrides"} for r in items
+        ):
+            from osteolightning.errors import ConfigError
+
+            raise ConfigError(
+                "Expected `hydra.sweeper.recipes` to be a list of {name: ..., overrides: [...]}, "
+                f"but got {items!r}."
+            )
+        self.plan = NestedPlan(
+            {str(r["name"]): [str(o) for o in r["overrides"]] for r in items},
+            int(outer_folds),
+            int(inner_folds),
+            str(select_by),
+        )
+        self.permutations, self.job_permutations = int(permutations), int(job_permutations)
+        self.fractions = [float(f) for f in (learning_curve or [])]
+        self.n_resamples = int(n_resamples)
+        self.next_job = 0
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _launch(self, jobs: list[Any], arguments: list[str]) -> dict[Any, Path]:
+        """Run ``jobs`` (base ``arguments`` first, the job's own overrides after) and return
+        each job's run directory."""
+        overrides = [[*arguments, *job.overrides] for job in jobs]
+        returns = self.launcher.launch(overrides, initial_job_idx=self.next_job)
+        self.next_job += len(jobs)
+        dirs = {}
+        for job, ret in zip(jobs, returns, strict=True):
+            if ret.status == JobStatus.FAILED:
+                log.error(f"{job.stage} job {job} failed: {ret._return_value}")
+            dirs[job] = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+        return dirs
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from osteolightning.selection.nested import choose, finished, markdown, report
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        plan = self.plan
+        inner = self._launch(plan.inner_jobs(), arguments)
+        chosen, scores = choose(plan, inner)
+        for k, recipe in chosen.items():
+            log.info(f"Outer fold {k}: the inner folds chose `{recipe}` ({scores[k]}).")
+        outer_jobs = [plan.outer_job(k, chosen[k]) for k in range(plan.outer_folds)]
+        outer = {job.outer: d for job, d in self._launch(outer_jobs, arguments).items()}
+        if not all(finished(d) for d in outer.values()):
+            raise RuntimeError(f"An outer run failed; see the error.json files under {sweep_dir}.")
+        extra = self._null_tests(outer, outer_jobs, arguments)
+        evaluation = self.config.get("evaluation") or {}
+        result = report(
+            plan,
+            chosen,
+            scores,
+            outer,
+            sweep_dir / "selection",
+            n_resamples=self.n_resamples,
+            seed=int(evaluation.get("seed", 0)),
+            extra=extra,
+        )
+        print(markdown(result), flush=True)
+        return result
+
+    def _null_tests(
+        self, outer: dict[int, Path], outer_jobs: list[Any], arguments: list[str]
+    ) -> dict[str, Any]:
+        from osteolightning.errors import ConfigError
+        from osteolightning.selection import null
+
+        extra: dict[str, Any] = {}
+        try:
+            folds = [null.load_fold(outer[k]) for k in sorted(outer)]
+        except ConfigError as err:  # a chosen recipe is not a fitted-head one
+            log.warning(
+                f"{err} Permutation test by reruns: job_permutations={self.job_permutations}."
+            )
+            if self.job_permutations:
+                extra["permutation"] = self._job_permutations(outer, outer_jobs, arguments)
+            return extra
+        if self.permutations:
+            extra["permutation"] = null.permutation_test(
+                folds, self.permutations, self.plan.select_by
+            )
+        if self.fractions:
+            extra["learning_curve"] = null.learning_curve(
+                folds, self.fractions, n_resamples=self.n_resamples
+            )
+        return extra
+
+    def _job_permutations(
+        self, outer: dict[int, Path], outer_jobs: list[Any], arguments: list[str]
+    ) -> dict[str, Any]:
+        """The permutation test by reruns of the outer runs on shuffled labels (any recipe)."""
+        import numpy as np
+
+        from osteolightning.selection.nested import Job, Pool
+
+        metric = self.plan.select_by
+        observed_pool = Pool()
+        for k in sorted(outer):
+            observed_pool.add_run(outer[k])
+        observed = observed_pool.metrics()[metric]
+        jobs = [
+            Job("outer", j.outer, j.recipe, None, (*j.overrides, f"data.permute_labels={p}"))
+            for p in range(self.job_permutations)
+            for j in outer_jobs
+        ]
+        dirs = self._launch(jobs, arguments)
+        null = []
+        for p in range(self.job_permutations):
+            pool = Pool()
+            for job in jobs[p * len(outer_jobs) : (p + 1) * len(outer_jobs)]:
+                pool.add_run(dirs[job])
+            null.append(pool.metrics().get(metric, float("nan")))
+        values = np.array(null)
+        return {
+            "metric": metric,
+            "observed": float(observed),
+            "null_mean": float(np.nanmean(values)),
+            "null_q95": float(np.nanquantile(values, 0.95)),
+            "p_value": (1 + int(np.sum(values >= observed))) / (1 + len(values)),
+            "n_permutations": len(values),
+            "null": [float(v) for v in values],
+        }

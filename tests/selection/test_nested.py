@@ -1,0 +1,165 @@
+"""Nested cross-validation, the permutation test and the learning curve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from osteolightning.data.splits import (
+    EXCLUDED,
+    TEST,
+    TRAIN,
+    assign_nested_splits,
+    assign_splits,
+    permute_group_labels,
+    subsample_training,
+)
+from osteolightning.errors import ConfigError
+from osteolightning.selection.nested import NestedPlan
+from osteolightning.selection.null import Fold, learning_curve, permutation_test
+
+
+def _data(n: int = 90, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(3), n // 3)
+    groups = np.arange(n) // 2  # pairs of copies / knees
+    labels = labels[groups * 2]  # a group holds one label
+    return labels, groups, rng
+
+
+def test_inner_runs_never_see_their_outer_test_fold():
+    labels, groups, _ = _data()
+    outer = assign_splits(labels, groups, num_folds=3, fold=1, seed=5)
+    for j in range(3):
+        codes = assign_nested_splits(labels, groups, 3, 1, 3, j, seed=5)
+        assert np.array_equal(codes == EXCLUDED, outer == TEST)  # the same outer fold
+        assert set(np.unique(codes)) == {0, 1, 2, EXCLUDED}
+    tests = [assign_nested_splits(labels, groups, 3, 1, 3, j, seed=5) == TEST for j in range(3)]
+    assert np.array_equal(np.sum(tests, axis=0), (outer != TEST).astype(int))  # a partition
+    with pytest.raises(ConfigError, match="inner_fold"):
+        assign_nested_splits(labels, groups, 3, 1, 3, 3)
+
+
+def test_a_learning_curve_keeps_whole_groups_of_each_class():
+    labels, groups, _ = _data()
+    codes = assign_splits(labels, groups, num_folds=3, fold=0)
+    half = subsample_training(codes, labels, groups, 0.5, seed=1)
+    kept = (half == TRAIN).sum() / (codes == TRAIN).sum()
+    assert 0.35 < kept < 0.65 and np.array_equal(half[codes != TRAIN], codes[codes != TRAIN])
+    for g in np.unique(groups):  # a group is kept or dropped whole
+        assert len(set(half[groups == g]) - {TEST, 1}) <= 1
+
+
+def test_permuted_labels_keep_groups_and_counts():
+    labels, groups, _ = _data()
+    shuffled = permute_group_labels(labels, groups, seed=3)
+    assert np.array_equal(np.bincount(shuffled), np.bincount(labels))
+    assert not np.array_equal(shuffled, labels)
+    for g in np.unique(groups):
+        assert len(set(shuffled[groups == g])) == 1
+
+
+def _folds(labels, groups, features, k: int = 3) -> list[Fold]:
+    hparams = SimpleNamespace(class_names=["a", "b", "c"], C=0.3, Cs=[0.3], inner_folds=3)
+    model = SimpleNamespace(hparams=hparams)
+    return [
+        Fold(
+            paths=[f"img{i}" for i in range(len(labels))],
+            features=features,
+            labels=labels,
+            groups=groups,
+            codes=assign_splits(labels, groups, num_folds=k, fold=f),
+            model=model,
+        )
+        for f in range(k)
+    ]
+
+
+def test_the_permutation_test_finds_a_planted_signal_and_no_other():
+    labels, groups, rng = _data(120)
+    features = rng.normal(size=(len(labels), 6))
+    signal = features.copy()
+    signal[:, 0] += 1.5 * labels  # the images carry their class
+    found = permutation_test(_folds(labels, groups, signal), n_permutations=39)
+    assert found["p_value"] == pytest.approx(1 / 40) and found["observed"] > 0.7
+    nothing = permutation_test(_folds(labels, groups, features), n_permutations=39)
+    assert nothing["p_value"] > 0.1 and 0.3 < nothing["observed"] < 0.7
+    curve = learning_curve(_folds(labels, groups, signal), (0.3, 1.0), repeats=2, n_resamples=50)
+    assert [p["fraction"] for p in curve] == [0.3, 1.0]
+    assert curve[0]["n_train"] < curve[1]["n_train"]
+    low, high = curve[1]["test/auroc_macro_ci95"]
+    assert low <= curve[1]["test/auroc_macro"] <= high
+
+
+def test_a_plan_lists_every_recipe_on_every_inner_fold():
+    plan = NestedPlan({"a": ["model=texture"], "b": ["model=linear_probe"]}, 3, 2)
+    jobs = plan.inner_jobs()
+    assert len(jobs) == 3 * 2 * 2
+    assert jobs[0].overrides[-4:] == (
+        "data.num_folds=3",
+        "data.fold=0",
+        "data.inner_folds=2",
+        "data.inner_fold=0",
+    )
+    assert plan.outer_job(2, "b").overrides == (
+        "model=linear_probe",
+        "data.num_folds=3",
+        "data.fold=2",
+    )
+    with pytest.raises(ConfigError, match="outer_folds"):
+        NestedPlan({"a": []}, 1, 2)
+
+
+def _split_rows(run_dir: Path) -> dict[str, str]:
+    with open(run_dir / "splits.csv", newline="") as handle:
+        return {row["path"]: row["split"] for row in csv.DictReader(handle)}
+
+
+def test_knee_select_runs_end_to_end(tmp_path, cache_dir, phantom_dir):
+    """One recipe, 2 outer × 2 inner folds of the tiny phantom: the selection report, and no
+    outer test image in any inner run of its fold (from the runs' own splits.csv)."""
+    env = {**os.environ, "OSTEO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
+    args = [
+        "experiment=knee_select_tiny",
+        "hydra.sweeper.recipes=[{name:texture,overrides:['model=texture','model.C=0.1']}]",
+        "hydra.sweeper.permutations=9",
+        "hydra.sweeper.learning_curve=[0.5,1.0]",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "osteolightning.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    result = json.loads((sweep / "selection" / "selection.json").read_text())
+    assert result["chosen"] == {"0": "texture", "1": "texture"}
+    assert result["pooled"]["test/n"] == 60  # every image tested once, by its outer fold
+    assert 0 < result["permutation"]["p_value"] <= 1 and len(result["learning_curve"]) == 2
+    assert "Nested CV" in (sweep / "selection" / "selection.md").read_text()
+    for k in ("0", "1"):
+        outer = _split_rows(Path(result["outer_runs"][k]))
+        held_out = {p for p, s in outer.items() if s == "test"}
+        inner_runs = [
+            d
+            for d in sweep.iterdir()
+            if (d / ".hydra" / "overrides.yaml").is_file()
+            and f"data.fold={k}" in (d / ".hydra" / "overrides.yaml").read_text()
+            and "data.inner_fold=" in (d / ".hydra" / "overrides.yaml").read_text()
+        ]
+        assert len(inner_runs) == 2
+        for run in inner_runs:
+            rows = _split_rows(run)
+            assert all(rows[p] == "excluded" for p in held_out)
+            assert not held_out & {p for p, s in rows.items() if s != "excluded"}
