@@ -91,7 +91,7 @@ def test_audit_verb_passes_a_clean_tree(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OSTEO_CACHE_DIR", str(tmp_path / "env-cache"))
     assert main(["audit", str(tree), "--strict", "image_size=64"]) == 0
-    assert (tmp_path / "audit.json").is_file()  # default out: the current folder
+    assert not list(tmp_path.glob("*.json"))  # audit.json only where asked (out=)
     assert (tmp_path / "env-cache" / "preprocessed").is_dir()  # OSTEO_CACHE_DIR honoured
 
 
@@ -104,5 +104,6 @@ def test_audit_verb_bad_arguments(tmp_path, capsys):
     assert "extra" in capsys.readouterr().err
     assert main(["audit"]) == 2
     assert "root=" in capsys.readouterr().err
-    assert main(["audit", str(tmp_path / "missing")]) == 2
-    assert "missing" in capsys.readouterr().err
+    assert main(["audit", str(tmp_path / "missing")]) == 1  # a data error, not an argument
+    err = capsys.readouterr().err
+    assert "missing" in err and "Traceback" not in err
