@@ -117,10 +117,10 @@ def _audit(
             f"Expected argument `class_names` to be a list of names such as "
             f"[normal,osteopenia,osteoporosis], but got {class_names!r}."
         )
-    from osteolightning.data.cache import PreprocessedCache  # imports Lightning: only when used
-
     path = Path(str(root))
     source = ManifestSource(path) if path.suffix.lower() == ".csv" else FolderSource(path)
+    from osteolightning.data.cache import PreprocessedCache  # imports Lightning: only when used
+
     # Same default as conf/data/_knee.yaml: ${oc.env:OSTEO_CACHE_DIR,.cache}/preprocessed.
     cache_dir = cache_dir or os.path.join(
         os.environ.get("OSTEO_CACHE_DIR", ".cache"), "preprocessed"

@@ -59,6 +59,10 @@ class Finding:
         return asdict(self)
 
 
+def _ratio(info: ImageInfo) -> float:
+    return max(info.height, info.width) / max(1, min(info.height, info.width))
+
+
 def image_findings(
     paths: Sequence[object], infos: Sequence[ImageInfo], image_size: int
 ) -> list[Finding]:
@@ -77,7 +81,7 @@ def image_findings(
     found = []
     partial = [(str(p), i) for p, i in zip(paths, infos, strict=True) if i.partial_depth]
     if partial:
-        depths = Counter(f"{i.scale_bits} bits ({i.depth_from})" for _, i in partial)
+        depths = Counter(f"{i.scale_bits}-bit by {i.depth_from}" for _, i in partial)
         listed = ", ".join(f"{d}: {n}" for d, n in sorted(depths.items()))
         mixed = (
             "; they were scaled by different depths, so their brightness is not comparable "
@@ -95,26 +99,25 @@ def image_findings(
                 [p for p, _ in partial],
             )
         )
-    wide = [
-        (str(p), i)
-        for p, i in zip(paths, infos, strict=True)
-        if max(i.height, i.width) > MAX_ASPECT_RATIO * min(i.height, i.width)
-    ]
+    wide = [(str(p), i) for p, i in zip(paths, infos, strict=True) if _ratio(i) > MAX_ASPECT_RATIO]
     if wide:
-        path, info = max(
-            wide, key=lambda w: max(w[1].height, w[1].width) / min(w[1].height, w[1].width)
+        path, info = max(wide, key=lambda w: _ratio(w[1]))
+        rows = max(1, round(image_size / _ratio(info)))
+        worst = (
+            f"'{path}' ({info.height}x{info.width} pixels, height x width, {_ratio(info):.0f}:1) "
+            f"spans {rows} of {image_size} rows (or columns) of the network input after "
+            f"letterboxing"
         )
-        rows = max(
-            1, round(image_size * min(info.height, info.width) / max(info.height, info.width))
+        what = (
+            f"1 image is more than {MAX_ASPECT_RATIO:g} times as long as wide: {worst}."
+            if len(wide) == 1
+            else f"{len(wide)} images are more than {MAX_ASPECT_RATIO:g} times as long as wide "
+            f"({shorten([p for p, _ in wide], 3)}); the most extreme, {worst}."
         )
         found.append(
             Finding(
                 "extreme_aspect_ratio",
-                f"{len(wide)} image(s) are more than {MAX_ASPECT_RATIO:g} times as long as "
-                f"wide, e.g. {shorten([p for p, _ in wide], 3)}; the most extreme, '{path}' "
-                f"({info.height}x{info.width} pixels, height x width), spans {rows} of "
-                f"{image_size} rows (or columns) of the network input after letterboxing. Crop "
-                f"such images to the anatomy or leave them out.",
+                f"{what} Crop such images to the anatomy or leave them out.",
                 [p for p, _ in wide],
             )
         )

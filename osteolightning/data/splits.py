@@ -142,7 +142,7 @@ def assign_splits(
         n_test_splits, test_fold = num_folds, fold
         rest_share = 1.0 - 1.0 / num_folds
     if class_names is not None:
-        check_class_counts(labels_arr, groups_arr, class_names)
+        check_class_counts(labels_arr, groups_arr, class_names, num_folds)
     codes = np.full(len(labels_arr), TRAIN, dtype=np.int64)
     test_mask = _one_fold(labels_arr, groups_arr, n_test_splits, test_fold, seed)
     codes[test_mask] = TEST
@@ -160,12 +160,19 @@ def _counts(labels: np.ndarray, class_names: Sequence[str]) -> str:
     return ", ".join(f"{c}={int(n)}" for c, n in zip(class_names, per_class, strict=False))
 
 
-def check_class_counts(labels: np.ndarray, groups: np.ndarray, class_names: Sequence[str]) -> None:
-    """Every class needs images, in at least three independent groups (one per split).
+def check_class_counts(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    class_names: Sequence[str],
+    num_folds: int | None = None,
+) -> None:
+    """Every class needs images, in at least three independent groups (one per split) and, with
+    ``num_folds``, at least one per fold (each fold is a test split once).
 
     Raises:
         DataSourceError: naming the first class that has none or too few, with every count.
     """
+    needed = max(len(SPLIT_NAMES), num_folds or 0)
     for c, name in enumerate(class_names):
         members = labels == c
         n_groups = len(np.unique(groups[members]))
@@ -175,14 +182,16 @@ def check_class_counts(labels: np.ndarray, groups: np.ndarray, class_names: Sequ
                 f"{_counts(labels, class_names)}). Every class of class_names needs images to "
                 f"train and test on: add images of it, or leave it out of class_names."
             )
-        if n_groups < len(SPLIT_NAMES):
+        if n_groups < needed:
+            folds = f" and each of the num_folds={num_folds} test folds" if num_folds else ""
             raise DataSourceError(
                 f"Cannot split class '{name}' ({int(members.sum())} image(s) in {n_groups} "
                 f"independent group(s): a patient's images and copies of an image form one) "
-                f"into train, val and test: each split needs at least one group of every "
-                f"class, so at least {len(SPLIT_NAMES)}. Images per class: "
-                f"{_counts(labels, class_names)}. Add images of it, or leave it out of "
-                f"class_names."
+                f"into train, val and test{folds}: each needs at least one group of every "
+                f"class, so at least {needed}. Images per class: "
+                f"{_counts(labels, class_names)}. Add images of it, "
+                + ("use fewer folds, " if num_folds else "")
+                + "or leave it out of class_names."
             )
 
 
