@@ -178,7 +178,7 @@ def bench_cache(n: int, files: int, side: int, image_size: int, seed: int) -> li
     method = f"{side}px JPEG → {image_size}px, {cache.workers} threads"
     return [
         row("cache cold", f"prepare, {method}", files, cold_s, n),
-        row("cache warm", "load (memoised SHA-1, .npy)", files, warm_s, n),
+        row("cache warm", "load (memoised SHA-1, checked entries)", files, warm_s, n),
     ]
 
 

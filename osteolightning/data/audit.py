@@ -7,8 +7,11 @@
   perceptual hash, then a pixel correlation check, see :mod:`.near_duplicates`);
 - label conflicts: duplicate groups whose copies carry different labels;
 - files that cannot be decoded, each with the reason;
+- input that is valid but suspicious (:mod:`.quality`): 16-bit images of partial depth,
+  extreme aspect ratios, all-background masks (of a manifest's mask column), classes with
+  fewer images than a train/val/test split needs;
 - with a run's ``splits.csv``: leakage, i.e. a duplicate group or a patient found in more
-  than one split.
+  than one split, and which label conflicts the run kept (in its split) or dropped.
 
 Pixels come from the :class:`~osteolightning.data.cache.PreprocessedCache`, so an audit
 decodes each image once and a training run on the same data reuses the work (and vice versa).
@@ -25,18 +28,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import pydicom
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from osteolightning.data.io import is_dicom
+from osteolightning.data.masks import read_foreground
 from osteolightning.data.near_duplicates import (
     DEFAULT_MAX_DISTANCE,
     DEFAULT_MIN_CORRELATION,
     near_duplicate_pairs,
     perceptual_hash,
 )
+from osteolightning.data.quality import Finding, image_findings, mask_findings
 from osteolightning.data.sample import Sample
 from osteolightning.data.splits import SPLIT_NAMES, group_ids
 from osteolightning.errors import DataSourceError
@@ -116,6 +122,9 @@ class AuditReport:
     leakage: list[LeakageGroup] | None = None  # None: no splits given
     splits_file: str | None = None
     not_in_splits: int = 0
+    #: with splits: the label conflicts whose copies the run kept in its split
+    conflicts_in_split: list[DuplicateGroup] | None = None
+    findings: list[Finding] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -124,9 +133,16 @@ class AuditReport:
         return [g for g in self.exact_duplicates + (self.near_duplicates or []) if g.conflict]
 
     def problems(self, strict: bool = True) -> list[str]:
-        """One sentence per kind of problem; ``strict`` also counts unreadable files."""
+        """One sentence per kind of problem; ``strict`` also counts unreadable files. With a
+        run's splits, only the label conflicts the run kept in its split count (those it
+        dropped cannot mislead it)."""
         found = []
-        if self.label_conflicts:
+        if self.conflicts_in_split is not None:
+            if self.conflicts_in_split:
+                found.append(
+                    f"{len(self.conflicts_in_split)} label-conflict group(s) in the run's split"
+                )
+        elif self.label_conflicts:
             found.append(f"{len(self.label_conflicts)} label-conflict group(s)")
         if self.leakage:
             found.append(f"{len(self.leakage)} group(s) leak across splits")
@@ -151,6 +167,8 @@ class AuditReport:
         problems = self._problem_table()
         if problems.row_count:
             console.print(problems)
+        for finding in self.findings:
+            console.print(f"[yellow]WARNING[/yellow] ({finding.kind}): {finding.message}")
 
     # -- rendering -------------------------------------------------------------------------
     def _summary_table(self) -> Table:
@@ -177,9 +195,16 @@ class AuditReport:
             (
                 "label conflicts",
                 f"{len(conflicts)} ({sum(g.kind == 'exact' for g in conflicts)} exact, "
-                f"{sum(g.kind == 'near' for g in conflicts)} near)",
+                f"{sum(g.kind == 'near' for g in conflicts)} near)"
+                + (
+                    ""
+                    if self.conflicts_in_split is None
+                    else f"; {len(self.conflicts_in_split)} kept in the run's split, "
+                    f"{len(conflicts) - len(self.conflicts_in_split)} dropped by it"
+                ),
             ),
             ("unreadable files", str(len(self.unreadable))),
+            ("warnings (valid but suspicious)", ", ".join(f.kind for f in self.findings) or "0"),
             (
                 "leakage across splits",
                 "not checked (no splits given)"
@@ -255,6 +280,63 @@ def _decode_all(cache: PreprocessedCache, paths: Sequence[Path]) -> dict[str, st
     """Fill the cache for every decodable file; return ``{path: reason}`` for the others."""
     skipped = cache.prepare(paths, on_bad_image="skip").skipped
     return {str(path): reason for path, reason in skipped}
+
+
+def _kept_conflicts(
+    conflicts: Sequence[DuplicateGroup], sha_of: dict[str, str], rows: list[dict[str, str]]
+) -> list[DuplicateGroup]:
+    """The conflict groups whose copies in the run's split (by path or content) still carry
+    different labels; a group the run dropped has none there."""
+    by_path = {os.path.abspath(r["path"]): r for r in rows}
+    by_sha: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        if r.get("sha1"):
+            by_sha[r["sha1"]].append(r)
+    kept = []
+    for g in conflicts:
+        in_run = {
+            os.path.abspath(f): by_path[os.path.abspath(f)]
+            for f in g.files
+            if os.path.abspath(f) in by_path
+        }
+        for sha in {sha_of.get(f) for f in g.files} - {None}:
+            in_run.update({os.path.abspath(r["path"]): r for r in by_sha.get(sha, [])})
+        if len({r.get("label", "") for r in in_run.values()}) > 1:
+            kept.append(g)
+    return kept
+
+
+def _source_findings(
+    samples: Sequence[Sample], class_names: Sequence[str], counts: Counter
+) -> tuple[list[Finding], dict[str, str]]:
+    """Classes too small to split, and all-background masks (of samples with masks); with the
+    masks that cannot be read (path → reason)."""
+    few = {n: counts.get(n, 0) for n in class_names if counts.get(n, 0) < len(SPLIT_NAMES)}
+    found = []
+    if few:
+        shown = ", ".join(f"{name}={n}" for name, n in few.items())
+        found.append(
+            Finding(
+                "few_images",
+                f"{len(few)} class(es) have fewer than {len(SPLIT_NAMES)} images ({shown}): a "
+                f"train/val/test split needs at least {len(SPLIT_NAMES)} independent images of "
+                f"every class, so osteo-train stops with an error (evaluating a checkpoint on "
+                f"this data is fine).",
+            )
+        )
+    masked = [s for s in samples if s.mask is not None]
+    empty, bad = [], {}
+    for s in masked:
+        try:
+            empty.append(not read_foreground(s.mask).any())
+        except DataSourceError as exc:
+            bad[str(s.mask)] = str(exc)
+            empty.append(False)
+    try:
+        found += mask_findings([s.mask for s in masked], empty, [0] * len(masked), None)
+    except DataSourceError as exc:  # every mask empty: a finding here, an error in training
+        found.append(Finding("empty_mask", str(exc), exc.details))
+    return found, bad
 
 
 def read_splits_csv(splits: str | Path) -> tuple[Path, list[dict[str, str]]]:
@@ -403,9 +485,17 @@ def audit(
     ]
 
     bad = _decode_all(cache, paths)  # always: finding unreadable files is part of the audit
+    contents = [d for d, fs in by_sha.items() if not any(f in bad for f in fs)]
+    arrays, infos = cache.load_with_info([Path(by_sha[d][0]) for d in contents])  # (U, S, S)
+    findings = image_findings(
+        [f for d in contents for f in by_sha[d]],
+        [info for d, info in zip(contents, infos, strict=True) for _ in by_sha[d]],
+        cache.image_size,
+    )
+    source_findings, bad_masks = _source_findings(samples, class_names, counts)
     near = None
     if near_duplicates:
-        near = _near_groups(cache, by_sha, bad, label_of, max_distance, min_correlation)
+        near = _near_groups(contents, arrays, by_sha, label_of, max_distance, min_correlation)
     class_counts = {n: counts.get(n, 0) for n in class_names}
     if counts.get("unlabelled"):
         class_counts["unlabelled"] = counts["unlabelled"]
@@ -420,7 +510,8 @@ def audit(
         formats=dict(Counter(h[3] for h in headers).most_common()),
         exact_duplicates=exact,
         near_duplicates=near,
-        unreadable=[{"path": p, "reason": r} for p, r in sorted(bad.items())],
+        unreadable=[{"path": p, "reason": r} for p, r in sorted({**bad, **bad_masks}.items())],
+        findings=findings + source_findings,
         settings={
             "near_duplicates": near_duplicates,
             "max_distance": max_distance,
@@ -433,20 +524,20 @@ def audit(
         report.leakage, report.not_in_splits = _leakage(
             exact + (near or []), sha_of, splits_rows[1]
         )
+        report.conflicts_in_split = _kept_conflicts(report.label_conflicts, sha_of, splits_rows[1])
     return report
 
 
 def _near_groups(
-    cache: PreprocessedCache,
+    contents: list[str],
+    arrays: np.ndarray,
     by_sha: dict[str, list[str]],
-    bad: dict[str, str],
     label_of: dict[str, str],
     max_distance: int,
     min_correlation: float,
 ) -> list[DuplicateGroup]:
-    """Near-duplicate groups over distinct contents (a pure exact-copy group is never one)."""
-    contents = [d for d, fs in by_sha.items() if not any(f in bad for f in fs)]
-    arrays = cache.load([Path(by_sha[d][0]) for d in contents])  # (U, S, S) uint8
+    """Near-duplicate groups over distinct contents (``arrays``: ``(U, S, S)`` uint8 of
+    ``contents``); a pure exact-copy group is never one."""
     hashes = [perceptual_hash(a) for a in arrays]
     pairs = near_duplicate_pairs(hashes, max_distance, list(arrays), min_correlation)
     keys: list[list[str | None]] = [[f"c{i}"] for i in range(len(contents))]

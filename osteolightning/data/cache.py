@@ -2,9 +2,18 @@
 
 A 2000-pixel JPEG takes far longer to decode than a training step takes to run; decoding it
 every epoch would leave the GPU idle. Each image is therefore decoded once, letterboxed to a
-square, resized, quantised to uint8 and stored as ``.npy`` under a key made of the file's
-content hash and the preprocessing settings. Renaming or moving a file keeps its cache entry;
-editing it invalidates it.
+square, resized, quantised to uint8 and stored under a key made of the file's content hash and
+the preprocessing settings. Renaming or moving a file keeps its cache entry; editing it
+invalidates it.
+
+An entry is one file: a 48-byte header (a magic number, the SHA-1 of the source image, the
+side, the source's height, width and bit depth, and a CRC-32 of the pixels) followed by the
+``side x side`` uint8 pixels. An entry that is truncated, corrupt or foreign (written for
+another image or size, or not written by this cache at all) is found by its size (checked
+before every run) or its header and checksum (checked at every load, ~10 µs per entry), logged
+naming the entry and its image, and rebuilt from the image: a damaged cache heals itself. A
+cache folder that cannot be written (read-only, full) is a :class:`ConfigError` naming the
+folder and ``OSTEO_CACHE_DIR``.
 
 A file that cannot be decoded either stops the run with an error naming it
 (``on_bad_image="error"``) or is left out and listed with its reason (``"skip"``); see
@@ -13,10 +22,13 @@ A file that cannot be decoded either stops the run with an error naming it
 
 from __future__ import annotations
 
-import io
+import contextlib
+import errno
 import json
 import os
-from collections.abc import Sequence
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +36,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from osteolightning.data.io import check_on_bad_image, read_image
-from osteolightning.errors import ImageReadError
+from osteolightning.data.io import ImageInfo, check_on_bad_image, read_image_info
+from osteolightning.data.privacy import load_salt
+from osteolightning.errors import ConfigError, ImageReadError, shorten
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, file_sha1
 from osteolightning.utils.logging import get_logger
+from osteolightning.utils.progress import progress
 
 log = get_logger(__name__)
 
 #: Bump when the preprocessing below changes, so stale entries are not reused.
-PREPROCESS_VERSION = 2  # 2: 8-bit images decoded in float32 (memory); minimum side 32 px
+#: 2: 8-bit images decoded in float32 (memory); minimum side 32 px.
+#: 3: 16-bit images scaled by their own bit depth (sBIT or range); entries carry a header.
+PREPROCESS_VERSION = 3
+
+#: The environment variable that moves the cache (conf/paths: ``paths.cache_dir``).
+CACHE_VARIABLE = "OSTEO_CACHE_DIR"
+
+_MAGIC = b"OSTEOPX\x03"
+# magic, source SHA-1 (raw), side, source height, width, bits, scale_bits, depth_from, CRC-32
+_HEADER = struct.Struct("<8s20sIIIHBBI")
+_DEPTH_FROM = ("file", "sBIT", "range", "min-max")
+# errors that mean "this folder cannot take the cache", not a bug
+_UNWRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
 def unreadable_reason(path: Path, err: OSError) -> str:
@@ -61,6 +87,18 @@ def letterbox_resize(image: np.ndarray, size: int) -> np.ndarray:
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     resized = cv2.resize(canvas, (size, size), interpolation=interpolation)
     return np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+
+
+def cache_folder_error(root: Path, exc: OSError) -> ConfigError:
+    """The error for a cache folder that cannot be written (read-only, full, no permission)."""
+    what = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConfigError(
+        f"Cannot write to the cache folder '{root}' ({what}"
+        + (f": '{exc.filename}'" if exc.filename else "")
+        + "). Preprocessed images are kept there. Make it writable or free space, or point "
+        f"the environment variable {CACHE_VARIABLE} at a writable folder with space (the "
+        f"cache is then ${CACHE_VARIABLE}/preprocessed), or set data.cache_dir=DIR."
+    )
 
 
 @dataclass
@@ -98,9 +136,25 @@ class PreprocessedCache:
         self._hash_index_path = self.root / "hash_index.json"
         #: path → why the system could not open it (filled by :meth:`hashes`)
         self.unreadable: dict[str, str] = {}
+        self._entry_bytes = _HEADER.size + self.image_size * self.image_size
 
     def _entry(self, sha1: str) -> Path:
-        return self.root / f"s{self.image_size}-v{PREPROCESS_VERSION}" / sha1[:2] / f"{sha1}.npy"
+        return self.root / f"s{self.image_size}-v{PREPROCESS_VERSION}" / sha1[:2] / f"{sha1}.px"
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn "read-only", "no permission" and "disk full" into the cache folder's error."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in _UNWRITABLE:
+                raise cache_folder_error(self.root, exc) from exc
+            raise
+
+    def salt(self) -> str:
+        """The patient-ID salt kept in the cache folder (see :mod:`.privacy`)."""
+        with self._writing():
+            return load_salt(self.root)
 
     def hashes(self, paths: Sequence[Path]) -> list[str | None]:
         """SHA-1 of each file's content, memoised by (path, size, mtime) in the cache folder;
@@ -110,8 +164,10 @@ class PreprocessedCache:
         if self._hash_index_path.exists():
             try:
                 index = json.loads(self._hash_index_path.read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 index = {}  # a corrupt memo is only a memo: rebuild it
+            if not isinstance(index, dict):
+                index = {}
         changed = False
         result = []
         for path in paths:
@@ -119,7 +175,11 @@ class PreprocessedCache:
                 stat = path.stat()
                 key = str(path.resolve())
                 memo = index.get(key)
-                if memo and memo[0] == stat.st_size and memo[1] == stat.st_mtime_ns:
+                if (
+                    isinstance(memo, list)
+                    and len(memo) == 3
+                    and memo[:2] == [stat.st_size, stat.st_mtime_ns]
+                ):
                     result.append(memo[2])
                     continue
                 digest = file_sha1(path)
@@ -131,25 +191,77 @@ class PreprocessedCache:
             result.append(digest)
             changed = True
         if changed:
-            atomic_write_json(self._hash_index_path, index)
+            with self._writing():
+                atomic_write_json(self._hash_index_path, index)
         return result
 
-    def _build(self, path: Path, sha1: str) -> ImageReadError | None:
+    # -- entries -----------------------------------------------------------------------------
+    def _encode(self, sha1: str, array: np.ndarray, info: ImageInfo) -> bytes:
+        pixels = np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+        header = _HEADER.pack(
+            _MAGIC,
+            bytes.fromhex(sha1),
+            self.image_size,
+            info.height,
+            info.width,
+            info.bits,
+            info.scale_bits,
+            _DEPTH_FROM.index(info.depth_from),
+            zlib.crc32(pixels),
+        )
+        return header + pixels
+
+    def _decode(self, sha1: str, data: bytes) -> tuple[np.ndarray, ImageInfo] | str:
+        """The entry's pixels and facts, or what is wrong with it."""
+        if len(data) != self._entry_bytes:
+            what = "empty" if not data else "truncated" if len(data) < self._entry_bytes else ""
+            return (
+                f"{what or 'of the wrong size'} ({len(data)} bytes, {self._entry_bytes} expected)"
+            )
+        magic, source, side, height, width, bits, scale_bits, depth, crc = _HEADER.unpack_from(data)
+        if magic != _MAGIC:
+            return "not an entry of this cache (unknown header)"
+        if source != bytes.fromhex(sha1) or side != self.image_size:
+            return f"foreign (written for image {source.hex()[:12]}... at {side} px)"
+        pixels = memoryview(data)[_HEADER.size :]
+        if zlib.crc32(pixels) != crc or depth >= len(_DEPTH_FROM):
+            return "corrupt (its checksum does not match its pixels)"
+        array = np.frombuffer(pixels, dtype=np.uint8).reshape(side, side)
+        return array, ImageInfo(height, width, bits, scale_bits, _DEPTH_FROM[depth])
+
+    def _read_entry(self, sha1: str) -> tuple[np.ndarray, ImageInfo] | str:
+        try:
+            data = self._entry(sha1).read_bytes()
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            return f"unreadable ({exc.strerror or exc})"
+        return self._decode(sha1, data)
+
+    def _build(self, path: Path, sha1: str) -> tuple[np.ndarray, ImageInfo] | ImageReadError:
         """Decode, resize and store one image; return (not raise) a decoding error."""
         try:
-            array = letterbox_resize(read_image(path), self.image_size)
+            image, info = read_image_info(path)
         except ImageReadError as exc:
             return exc
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        atomic_write_bytes(self._entry(sha1), buffer.getvalue())
-        return None
+        array = letterbox_resize(image, self.image_size)
+        with self._writing():
+            atomic_write_bytes(self._entry(sha1), self._encode(sha1, array, info))
+        return array, info
+
+    def _size_ok(self, sha1: str) -> bool:
+        try:
+            return self._entry(sha1).stat().st_size == self._entry_bytes
+        except OSError:
+            return False
 
     def prepare(self, paths: Sequence[Path], on_bad_image: str = "error") -> PrepareResult:
         """Decode every image not yet cached (in threads) and say which could not be.
 
         Files with the same content are decoded once. A bad file is never cached, so it is
-        decoded (and fails) again on the next call.
+        decoded (and fails) again on the next call. An entry of the wrong size (truncated,
+        empty, foreign) is logged and rebuilt. With many images to decode a progress bar (on
+        a terminal) or a few log lines show how far it is.
 
         Args:
             paths: the image files.
@@ -162,28 +274,43 @@ class PreprocessedCache:
         Raises:
             ImageReadError: (``"error"``) naming the first file that cannot be decoded
                 (zero-byte, truncated, not an image, too small, NaN/inf, ...).
-            ConfigError: ``on_bad_image`` is not ``"error"`` or ``"skip"``.
+            ConfigError: ``on_bad_image`` is not ``"error"`` or ``"skip"``, or the cache
+                folder cannot be written (named, with ``OSTEO_CACHE_DIR``).
         """
         check_on_bad_image(on_bad_image)
         paths = [Path(p) for p in paths]
         digests = self.hashes(paths)
         todo: dict[str, Path] = {}  # digest → first path with that content
+        damaged: list[str] = []
         for path, digest in zip(paths, digests, strict=True):
             if digest is None:
                 if on_bad_image == "error":
                     raise ImageReadError(path, self.unreadable[str(path)])
                 continue
-            if digest not in todo and not self._entry(digest).exists():
+            if digest not in todo and not self._size_ok(digest):
                 todo[digest] = path
+                if self._entry(digest).exists():
+                    damaged.append(f"'{self._entry(digest)}' (image '{path}')")
+        if damaged:
+            log.warning(
+                f"{len(damaged)} cache entries are truncated or foreign (wrong size); "
+                f"rebuilding them from their images: {shorten(damaged, quote=False)}."
+            )
         failed: dict[str, ImageReadError] = {}
         if todo:
             log.info(
                 f"Preprocessing {len(todo)} of {len(paths)} images to {self.image_size}px "
                 f"(cached in {self.root})."
             )
-            with ThreadPoolExecutor(self.workers) as pool:
-                errors = pool.map(lambda item: self._build(item[1], item[0]), todo.items())
-                failed = {d: e for d, e in zip(todo, errors, strict=True) if e is not None}
+            with (
+                ThreadPoolExecutor(self.workers) as pool,
+                progress(len(todo), "Preprocessing images", log) as advance,
+            ):
+                built_all = pool.map(lambda item: self._build(item[1], item[0]), todo.items())
+                for digest, built in zip(todo, built_all, strict=True):
+                    if isinstance(built, ImageReadError):
+                        failed[digest] = built
+                    advance()
         result = PrepareResult(digests=list(digests))
         for i, (path, digest) in enumerate(zip(paths, digests, strict=True)):
             if digest is None:
@@ -201,14 +328,31 @@ class PreprocessedCache:
             )
         return result
 
-    def load(self, paths: Sequence[Path]) -> np.ndarray:
-        """Return ``(N, S, S)`` uint8 images, preprocessing any that are missing.
+    def load_with_info(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[ImageInfo]]:
+        """``(N, S, S)`` uint8 images and each one's :class:`ImageInfo`, preprocessing any that
+        are missing; a damaged entry is logged (naming it and its image) and rebuilt.
 
         Raises:
             ImageReadError: naming the first file that cannot be decoded.
+            ConfigError: the cache folder cannot be written.
         """
         digests = self.prepare(paths, on_bad_image="error").digests
         out = np.empty((len(paths), self.image_size, self.image_size), dtype=np.uint8)
-        for i, digest in enumerate(digests):
-            out[i] = np.load(self._entry(digest), allow_pickle=False)
-        return out
+        infos: list[ImageInfo] = []
+        for i, (path, digest) in enumerate(zip(paths, digests, strict=True)):
+            entry = self._read_entry(digest)
+            if isinstance(entry, str):
+                log.warning(
+                    f"Cache entry '{self._entry(digest)}' of image '{path}' is {entry}; "
+                    "rebuilding it from the image."
+                )
+                entry = self._build(Path(path), digest)
+                if isinstance(entry, ImageReadError):
+                    raise entry
+            out[i], info = entry
+            infos.append(info)
+        return out, infos
+
+    def load(self, paths: Sequence[Path]) -> np.ndarray:
+        """Return ``(N, S, S)`` uint8 images (see :meth:`load_with_info`)."""
+        return self.load_with_info(paths)[0]

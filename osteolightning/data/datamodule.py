@@ -34,7 +34,8 @@ from osteolightning.data.masks import (
     read_foreground,
 )
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
-from osteolightning.data.privacy import dicom_patient_id, load_salt, pseudonym
+from osteolightning.data.privacy import dicom_patient_id, pseudonym
+from osteolightning.data.quality import Finding, image_findings, mask_findings
 from osteolightning.data.sample import Sample
 from osteolightning.data.sampling import (
     Key,
@@ -53,6 +54,7 @@ from osteolightning.data.splits import (
     group_ids,
     permute_group_labels,
     split_name,
+    split_warnings,
     subsample_training,
 )
 from osteolightning.data.transforms import ToNormalizedTensor, compose
@@ -199,6 +201,10 @@ class KneeDataModule(L.LightningDataModule):
             conflicts and ``split_rows``.
         masks: after :meth:`setup`, the letterboxed ``(N, S, S)`` uint8 masks of
             :attr:`samples` when masks are used, else ``None``.
+        findings: after :meth:`setup`, input that is valid but suspicious (16-bit images of
+            partial depth, extreme aspect ratios, empty or many-level masks, classes with
+            few images in a split; see :mod:`osteolightning.data.quality`), also in
+            :meth:`summary`.
     """
 
     require_labels: bool = True
@@ -294,6 +300,7 @@ class KneeDataModule(L.LightningDataModule):
             max_distance=near_duplicate_distance, min_correlation=near_duplicate_correlation
         )
         self.skipped: list[tuple[str, str]] = []
+        self.findings: list[Finding] = []
         self.conflicts: list[tuple[int, str, str, str]] = []
         self.image_size = int(image_size)
         self.mask_crop_margin = float(mask_crop_margin)
@@ -345,13 +352,12 @@ class KneeDataModule(L.LightningDataModule):
             )
         unmasked = [s.path for s in good if s.mask is None]
         if unmasked and self._uses_masks():
-            shown = ", ".join(f"'{p}'" for p in unmasked[:5])
-            more = f" and {len(unmasked) - 5} more" if len(unmasked) > 5 else ""
             raise DataSourceError(
                 f"{len(unmasked)} image(s) of {self.source.describe()} have no mask: "
-                f"{shown}{more}. {self._mask_use()} needs a mask for every image: give it in a "
-                f"manifest's mask column, or use a segmentation tree ROOT/images/* + "
-                f"ROOT/masks/* with the same file names."
+                f"{shorten(unmasked)}. {self._mask_use()} needs a mask for every image: give it "
+                f"in a manifest's mask column, or use a segmentation tree ROOT/images/* + "
+                f"ROOT/masks/* with the same file names.",
+                details=unmasked,
             )
         return self._pseudonymise(good)
 
@@ -363,16 +369,30 @@ class KneeDataModule(L.LightningDataModule):
         """What the masks are for, for error messages."""
         return f"mask_input={self.mask_input}"
 
-    def _read_sample_mask(self, sample: Sample) -> np.ndarray:
-        """One sample's mask at its original resolution, ``(H, W)`` uint8 (hook).
+    def _read_sample_mask(self, sample: Sample) -> tuple[np.ndarray, int]:
+        """One sample's mask at its original resolution, ``(H, W)`` uint8, and the number of
+        distinct values in its file (hook; judged only for binary masks).
 
-        Here the foreground (1) and background (0) of any mask, for ``mask_input="apply"``.
+        Here the foreground (1) and background (0) of any mask, for ``mask_input="apply"``; a
+        mask without foreground would blank its image, so it is a bad file (``on_bad_image``).
         """
-        return read_foreground(sample.mask)
+        mask = read_foreground(sample.mask)
+        if not mask.any():
+            raise DataSourceError(
+                f"Mask '{sample.mask}' of image '{sample.path}' is all background (no non-zero "
+                f"pixel): mask_input=apply would blank the whole image. Fix the mask, or leave "
+                f"the image out (data.on_bad_image=skip lists it in skipped.csv)."
+            )
+        return mask, 2
 
-    def _letterboxed_mask(self, sample: Sample) -> np.ndarray:
-        """Read a sample's mask, check it has its image's size, letterbox it like the image."""
-        mask = self._read_sample_mask(sample)
+    def _binary_threshold(self) -> int | None:
+        """The threshold of binary masks, whose gray levels are judged (hook); else None."""
+        return None
+
+    def _letterboxed_mask(self, sample: Sample) -> tuple[np.ndarray, int, bool]:
+        """Read a sample's mask, check it has its image's size, letterbox it like the image;
+        with the number of values in its file and whether it is all background."""
+        mask, levels = self._read_sample_mask(sample)
         shape = image_shape(sample.path)
         if mask.shape != shape:
             raise DataSourceError(
@@ -380,7 +400,7 @@ class KneeDataModule(L.LightningDataModule):
                 f"width) but its image '{sample.path}' is {shape[0]}x{shape[1]}; a mask must "
                 f"have the size of its image (after the image's EXIF orientation)."
             )
-        return letterbox_mask(mask, self.cache.image_size)
+        return letterbox_mask(mask, self.cache.image_size), levels, not mask.any()
 
     def _load_masks(self, samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
         """Read, check and letterbox every sample's mask in threads.
@@ -392,7 +412,7 @@ class KneeDataModule(L.LightningDataModule):
             The samples whose mask is usable and their ``(N, S, S)`` uint8 masks.
         """
 
-        def one(sample: Sample) -> np.ndarray | DataSourceError:
+        def one(sample: Sample) -> tuple[np.ndarray, int, bool] | DataSourceError:
             try:
                 return self._letterboxed_mask(sample)
             except DataSourceError as exc:  # ImageReadError too
@@ -421,11 +441,18 @@ class KneeDataModule(L.LightningDataModule):
                 f"({len(self.skipped)} skipped)."
             )
         self.digests = [self.digests[i] for i in keep]
-        return [samples[i] for i in keep], np.stack([results[i] for i in keep])
+        kept = [results[i] for i in keep]
+        self.findings += mask_findings(
+            [samples[i].mask for i in keep],
+            [r[2] for r in kept],
+            [r[1] for r in kept],
+            self._binary_threshold(),
+        )
+        return [samples[i] for i in keep], np.stack([r[0] for r in kept])
 
     def _pseudonymise(self, samples: list[Sample]) -> list[Sample]:
         """Replace patient IDs (manifest column, else DICOM PatientID) by salted hashes."""
-        salt = load_salt(self.cache.root)
+        salt = self.cache.salt()
         out = []
         for s in samples:
             raw = s.patient_id or dicom_patient_id(s.path)
@@ -437,11 +464,13 @@ class KneeDataModule(L.LightningDataModule):
         """Load the cached arrays, resolve copies and conflicts, assign splits (every rank)."""
         if self.datasets:
             return
+        self.findings = []
         samples = self._readable_samples()
         masks = None
         if self._uses_masks():
             samples, masks = self._load_masks(samples)
-        images = self.cache.load([s.path for s in samples])
+        images, infos = self.cache.load_with_info([s.path for s in samples])
+        self.findings += image_findings([s.path for s in samples], infos, self.cache.image_size)
         labels = np.array([s.label for s in samples], dtype=np.int64)
         near = self.near_args["max_distance"] is not None
         targets, target_names = self._conflict_targets(labels, masks)
@@ -471,6 +500,9 @@ class KneeDataModule(L.LightningDataModule):
             # stratified by label when every image has one, else one stratum
             strata = labels if len(labels) and labels.min() >= 0 else np.zeros_like(labels)
             self.split_codes = self._split(strata)
+            names = self.class_names if self.require_labels else None
+            for _, message in split_warnings(self.split_codes, labels, names or []):
+                self.findings.append(Finding("few_images", message))
         if self.permute_labels is not None:
             labels = permute_group_labels(labels, self.groups, int(self.permute_labels))
             self.samples = [
@@ -484,7 +516,7 @@ class KneeDataModule(L.LightningDataModule):
         for code, name in enumerate(SPLIT_NAMES):
             sel = np.flatnonzero(self.split_codes == code)
             self.datasets[name] = self._make_dataset(name, sel, images[sel], labels[sel])
-        log.info(self.summary())
+        (log.warning if self.findings else log.info)(self.summary())
 
     def _crop_to_masks(
         self, images: np.ndarray, masks: np.ndarray
@@ -515,7 +547,9 @@ class KneeDataModule(L.LightningDataModule):
                 seed=int(args["seed"]),
             )
         else:
-            codes = assign_splits(strata, self.groups, **args)
+            # classes are checked (each in every split) where they are the task's classes
+            names = self.class_names if self.require_labels else None
+            codes = assign_splits(strata, self.groups, **args, class_names=names)
         if self.train_fraction < 1:
             codes = subsample_training(
                 codes, strata, self.groups, self.train_fraction, int(args["seed"]) + 11
@@ -627,7 +661,7 @@ class KneeDataModule(L.LightningDataModule):
                 f"  left out: {len(self.skipped)} unreadable or non-image files (skipped.csv), "
                 f"{dropped} images with conflicting labels (label_conflicts.csv)"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + [f"  WARNING: {f.message}" for f in self.findings])
 
     # -- loaders ---------------------------------------------------------------------------
     def _train_sampler(self, dataset: Dataset, world: int) -> Sampler:

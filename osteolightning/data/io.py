@@ -8,6 +8,8 @@ array of shape ``(H, W)`` with values in ``[0, 1]``, bone bright.
 from __future__ import annotations
 
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -32,9 +34,12 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "MIN_IMAGE_SIDE",
     "ON_BAD_IMAGE",
+    "STANDARD_DEPTHS",
+    "ImageInfo",
     "check_on_bad_image",
     "is_dicom",
     "read_image",
+    "read_image_info",
 ]
 
 #: File extensions (lower-case, with the dot) that are read as images.
@@ -50,6 +55,9 @@ MIN_IMAGE_SIDE: Final = 32
 MAX_IMAGE_PIXELS: Final = 30_000 * 30_000
 #: What to do with a file that cannot be used: raise an error naming it, or skip and list it.
 ON_BAD_IMAGE: Final = ("error", "skip")
+#: Bit depths a 16-bit image without a PNG ``sBIT`` chunk is scaled by: the smallest that holds
+#: its maximum (detectors store 10, 12, 14 or 16 bits in a 16-bit file).
+STANDARD_DEPTHS: Final = (10, 12, 14, 16)
 
 #: What :func:`read_image` accepts, quoted in every error message.
 ACCEPTED = (
@@ -73,6 +81,36 @@ _COLOR8_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YC
 _LUMA = np.array([0.299, 0.587, 0.114])
 _DICOM_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DICOM_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_*", "PALETTE COLOR")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """How :func:`read_image_info` turned a file into ``[0, 1]`` (for the data summary and audit).
+
+    Attributes:
+        height: rows of the image after its EXIF orientation.
+        width: columns.
+        bits: bits per pixel value in the file: 8, 16, 32 (``I``, ``F``), or a DICOM's
+            ``BitsStored``.
+        scale_bits: the depth the values were divided by (``2**scale_bits - 1``); 0 where the
+            image was min-max scaled (DICOM, 32-bit, float, signed 16-bit).
+        depth_from: where ``scale_bits`` came from: ``"file"`` (8 bits, or a 16-bit image whose
+            maximum needs more than 14 bits), ``"sBIT"`` (the PNG's significant-bits chunk),
+            ``"range"`` (the image's maximum rounded up to one of :data:`STANDARD_DEPTHS`), or
+            ``"min-max"``.
+    """
+
+    height: int
+    width: int
+    bits: int
+    scale_bits: int
+    depth_from: str
+
+    @property
+    def partial_depth(self) -> bool:
+        """A 16-bit image whose values use fewer bits (scaled by its own depth, not 65535)."""
+        return self.bits == 16 and 0 < self.scale_bits < 16
 
 
 def check_on_bad_image(value: str) -> str:
@@ -132,15 +170,29 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a radiograph as a normalised 2-D grayscale array (see :func:`_read_image` for the
-    rules); a file that the system cannot open (permissions, a broken link, a folder named like
-    an image) is an :class:`~osteolightning.errors.ImageReadError` naming it, as is any other
-    unreadable file."""
+    """Read a radiograph as a normalised 2-D grayscale array (:func:`read_image_info`'s array).
+
+    Args:
+        path: the image file.
+
+    Returns:
+        ``float32`` array of shape ``(H, W)``, C-contiguous, values in ``[0, 1]``, finite.
+
+    Raises:
+        ImageReadError: see :func:`read_image_info`.
+    """
+    return read_image_info(path)[0]
+
+
+def read_image_info(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
+    """:func:`_read_image_info`, with a file that the system cannot open (permissions, a broken
+    link, a folder named like an image) an :class:`~osteolightning.errors.ImageReadError`
+    naming it, as is any other unreadable file."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise ImageReadError(path, f"it is a broken symbolic link (to '{os.readlink(path)}').")
     try:
-        return _read_image(path)
+        return _read_image_info(path)
     except ImageReadError:
         raise
     except OSError as err:
@@ -149,8 +201,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         ) from err
 
 
-def _read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a radiograph as a normalised 2-D grayscale array.
+def _read_image_info(path: str | os.PathLike[str]) -> tuple[np.ndarray, ImageInfo]:
+    """Read a radiograph as a normalised 2-D grayscale array, and say how it was scaled.
 
     The content decides the decoder, never the name: a file with the DICOM ``DICM`` magic is
     read as DICOM, a file PIL identifies as PNG, JPEG, TIFF or BMP is read with PIL (a PNG
@@ -170,7 +222,12 @@ def _read_image(path: str | os.PathLike[str]) -> np.ndarray:
         to RGB, then to luminance with the ITU-R 601 weights ``0.299 R + 0.587 G + 0.114 B``
         (as PIL's ``L``), divided by 255;
       - ``I;16*`` (16-bit PNG and TIFF), and ``I`` from a PNG (older Pillow's 16-bit
-        gray): divided by 65535, so 65535 maps to 1.0 and a 12-bit image stays dark;
+        gray): divided by ``2**b - 1`` for the image's bit depth ``b``: the PNG's ``sBIT``
+        chunk where it has one (and the values fit it), else the smallest of
+        :data:`STANDARD_DEPTHS` (10, 12, 14, 16) that holds the image's maximum. So 12-bit
+        detector data in a 16-bit file (maximum 4095) spans ``[0, 1]`` instead of
+        ``[0, 0.06]`` (which uint8 caching would leave with 16 gray levels), and images of one
+        depth stay comparable; data using more than 14 bits is divided by 65535 as before;
       - ``I`` (32-bit integer) and ``F`` (float): min-max scaled to ``[0, 1]``.
 
       Multi-page TIFF and animated PNG are rejected. Images of more than
@@ -189,7 +246,8 @@ def _read_image(path: str | os.PathLike[str]) -> np.ndarray:
         path: the image file.
 
     Returns:
-        ``float32`` array of shape ``(H, W)``, C-contiguous, values in ``[0, 1]``, finite.
+        ``(array, info)``: ``float32`` of shape ``(H, W)``, C-contiguous, values in ``[0, 1]``,
+        finite; and the :class:`ImageInfo` (size, bit depth, how it was scaled).
 
     Raises:
         ImageReadError: the file is missing, empty, not of an accepted format, truncated,
@@ -198,9 +256,9 @@ def _read_image(path: str | os.PathLike[str]) -> np.ndarray:
             is accepted.
 
     Example:
-        >>> img = read_image("knee.png")  # doctest: +SKIP
-        >>> img.shape, img.dtype  # doctest: +SKIP
-        ((1024, 1024), dtype('float32'))
+        >>> img, info = read_image_info("knee_12bit.png")  # doctest: +SKIP
+        >>> img.shape, img.dtype, info.scale_bits  # doctest: +SKIP
+        ((1024, 1024), dtype('float32'), 12)
     """
     path = Path(path)
     if not path.is_file():
@@ -209,14 +267,14 @@ def _read_image(path: str | os.PathLike[str]) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageReadError(path, f"the file is empty (0 bytes). {ACCEPTED}")
     if _has_dicom_magic(path):
-        arr = _read_dicom(path)
+        arr, depth = _read_dicom(path)
     else:
         try:
-            arr = _read_pil(path)
+            arr, depth = _read_pil(path)
         except _NotAnImageError as exc:
             if path.suffix.lower() not in DICOM_EXTENSIONS:
                 raise ImageReadError(path, f"{exc} {ACCEPTED}") from None
-            arr = _read_dicom(path)  # DICOM without the Part 10 preamble
+            arr, depth = _read_dicom(path)  # DICOM without the Part 10 preamble
     if not np.isfinite(arr).all():
         raise ImageReadError(
             path, f"the image holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s). {ACCEPTED}"
@@ -228,7 +286,11 @@ def _read_image(path: str | os.PathLike[str]) -> np.ndarray:
             f"the image is too small ({height}x{width} pixels, height x width); the minimum is "
             f"{MIN_IMAGE_SIDE} pixels on each side. {ACCEPTED}",
         )
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32), ImageInfo(height, width, *depth)
+
+
+#: ``(bits, scale_bits, depth_from)`` of :class:`ImageInfo`.
+_Depth = tuple[int, int, str]
 
 
 class _NotAnImageError(Exception):
@@ -286,8 +348,8 @@ def _open_pil(path: Path) -> Image.Image:
     return img
 
 
-def _read_pil(path: Path) -> np.ndarray:
-    """Decode a PNG / JPEG / TIFF / BMP into ``(H, W)`` float in ``[0, 1]``."""
+def _read_pil(path: Path) -> tuple[np.ndarray, _Depth]:
+    """Decode a PNG / JPEG / TIFF / BMP into ``(H, W)`` float in ``[0, 1]`` and its depth."""
     with _open_pil(path) as img:
         width, height = img.size
         if width * height > MAX_IMAGE_PIXELS:
@@ -317,22 +379,61 @@ def _read_pil(path: Path) -> np.ndarray:
             ) from exc
 
 
-def _pil_to_array(path: Path, img: Image.Image) -> np.ndarray:
-    """Apply the mode rules of :func:`read_image` to a loaded PIL image."""
+def _png_sbit(path: Path) -> int | None:
+    """The significant bits of a gray PNG's samples (its ``sBIT`` chunk), or ``None``.
+
+    ``sBIT`` precedes the image data, so only the chunk headers before ``IDAT`` are read.
+    """
+    try:
+        with path.open("rb") as fh:
+            if fh.read(8) != _PNG_SIGNATURE:
+                return None
+            while len(header := fh.read(8)) == 8:
+                length, kind = struct.unpack(">I4s", header)
+                if kind == b"sBIT":
+                    data = fh.read(length)
+                    return data[0] if 1 <= len(data) <= 2 else None  # gray (+ alpha)
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                fh.seek(length + 4, os.SEEK_CUR)  # data and CRC
+    except OSError:
+        return None
+    return None
+
+
+def _scale_16bit(path: Path, arr: np.ndarray, fmt: str | None) -> tuple[np.ndarray, _Depth]:
+    """Unsigned 16-bit values → ``[0, 1]``, divided by ``2**b - 1`` for the image's depth ``b``:
+    the PNG's ``sBIT`` when its values fit it, else the smallest standard depth that holds its
+    maximum (see :func:`read_image_info`)."""
+    peak = int(arr.max()) if arr.size else 0
+    sbit = _png_sbit(path) if fmt == "PNG" else None
+    if sbit is not None and peak <= (1 << sbit) - 1:
+        bits, source = sbit, "sBIT" if sbit < 16 else "file"
+    else:
+        bits = next(b for b in STANDARD_DEPTHS if peak <= (1 << b) - 1)
+        source = "range" if bits < 16 else "file"
+    return arr / float((1 << bits) - 1), (16, bits, source)
+
+
+def _pil_to_array(path: Path, img: Image.Image) -> tuple[np.ndarray, _Depth]:
+    """Apply the mode rules of :func:`read_image_info` to a loaded PIL image."""
     mode = img.mode
     if mode in _GRAY8_MODES:
         gray = img if mode == "L" else img.convert("L")  # convert() always copies
         arr = np.asarray(gray, dtype=np.float32)  # (H, W)
-        return np.divide(arr, np.float32(255.0), out=arr)
+        return np.divide(arr, np.float32(255.0), out=arr), (8, 8, "file")
     if mode in _COLOR8_MODES:
-        return _luminance8(np.asarray(img if mode == "RGB" else img.convert("RGB")))
+        rgb = img if mode == "RGB" else img.convert("RGB")
+        return _luminance8(np.asarray(rgb)), (8, 8, "file")
     if mode.startswith("I;16"):
         arr = np.asarray(img)
-        return arr / 65535.0 if arr.dtype.kind == "u" else _minmax(arr)
+        if arr.dtype.kind == "u":
+            return _scale_16bit(path, arr, img.format)
+        return _minmax(arr), (16, 0, "min-max")
     if mode == "I" and img.format == "PNG":  # Pillow < 10.4 opens 16-bit gray PNG as "I"
-        return np.asarray(img, dtype=np.float64) / 65535.0
+        return _scale_16bit(path, np.asarray(img, dtype=np.float64), img.format)
     if mode in ("I", "F"):
-        return _minmax(np.asarray(img))
+        return _minmax(np.asarray(img)), (32, 0, "min-max")
     raise ImageReadError(
         path,
         f"unsupported image mode '{mode}'; accepted modes: 1, L, LA, P, RGB, RGBA, CMYK, "
@@ -340,7 +441,7 @@ def _pil_to_array(path: Path, img: Image.Image) -> np.ndarray:
     )
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path) -> tuple[np.ndarray, _Depth]:
     """Decode a single-frame DICOM into ``(H, W)`` float64 in ``[0, 1]``, bone bright."""
     try:
         ds = pydicom.dcmread(path)
@@ -392,4 +493,5 @@ def _read_dicom(path: Path) -> np.ndarray:
             path,
             f"the DICOM pixel data has shape {arr.shape}, expected (rows, columns). {ACCEPTED}",
         )
-    return _minmax(arr)
+    bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 0)
+    return _minmax(arr), (bits, 0, "min-max")

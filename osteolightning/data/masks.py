@@ -45,6 +45,7 @@ __all__ = [
     "letterbox_mask",
     "read_foreground",
     "read_mask",
+    "read_mask_info",
     "unletterbox",
 ]
 
@@ -226,7 +227,36 @@ def read_mask(
     mask_format: str = "label",
     threshold: int = 127,
 ) -> np.ndarray:
-    """Read a segmentation mask as class indices.
+    """Read a segmentation mask as class indices (:func:`read_mask_info`'s array).
+
+    Args:
+        path: the mask file.
+        num_classes: number of mask classes, background (class 0) included.
+        mask_format: ``"label"`` or ``"binary"``; see :func:`read_mask_info`.
+        threshold: gray level (0..254) above which a ``binary`` mask pixel is foreground.
+
+    Returns:
+        ``(H, W)`` uint8 array with values in ``0..num_classes-1``, EXIF orientation applied.
+
+    Raises:
+        MaskReadError: see :func:`read_mask_info`.
+        ConfigError: bad ``mask_format``, ``num_classes`` or ``threshold``.
+
+    Example:
+        >>> mask = read_mask("masks/K00000.png", num_classes=5)  # doctest: +SKIP
+        >>> mask.dtype, int(mask.max()) < 5  # doctest: +SKIP
+        (dtype('uint8'), True)
+    """
+    return read_mask_info(path, num_classes, mask_format, threshold)[0]
+
+
+def read_mask_info(
+    path: str | os.PathLike[str],
+    num_classes: int,
+    mask_format: str = "label",
+    threshold: int = 127,
+) -> tuple[np.ndarray, int]:
+    """Read a segmentation mask as class indices, and count the values the file holds.
 
     Args:
         path: the mask file.
@@ -236,7 +266,10 @@ def read_mask(
         threshold: gray level (0..254) above which a ``binary`` mask pixel is foreground.
 
     Returns:
-        ``(H, W)`` uint8 array with values in ``0..num_classes-1``, EXIF orientation applied.
+        ``(mask, levels)``: ``(H, W)`` uint8 with values in ``0..num_classes-1``, EXIF
+        orientation applied; and the number of distinct values in the file (8-bit gray levels
+        for ``binary``, so a value above 2 means the threshold decided between more than two
+        levels, as in a JPEG-compressed or anti-aliased mask or a label mask read as binary).
 
     Raises:
         MaskReadError: (an :class:`~osteolightning.errors.ImageReadError`, so a
@@ -245,11 +278,6 @@ def read_mask(
             ``0..num_classes-1``; the message names the file, lists the offending values and
             the accepted ones, and suggests ``mask_format=binary`` for a 0/255 mask.
         ConfigError: bad ``mask_format``, ``num_classes`` or ``threshold``.
-
-    Example:
-        >>> mask = read_mask("masks/K00000.png", num_classes=5)  # doctest: +SKIP
-        >>> mask.dtype, int(mask.max()) < 5  # doctest: +SKIP
-        (dtype('uint8'), True)
     """
     check_mask_format(mask_format, num_classes)
     check_mask_threshold(threshold)
@@ -260,14 +288,15 @@ def read_mask(
                 gray = _gray8(img)
             except ValueError as exc:
                 raise MaskReadError(path, f"{exc}. {MASK_ACCEPTED}") from None
-            return (gray > threshold).astype(np.uint8)
+            levels = int(np.count_nonzero(np.bincount(gray.ravel(), minlength=256)))
+            return (gray > threshold).astype(np.uint8), levels
         values = _label_values(path, img)
         present = np.unique(values)
         bad = present[present >= num_classes]
         if bad.size:
             two_tone = img.mode in ("P", "PA") and np.unique(_gray8(img)).size <= 2
             raise _out_of_range(path, bad, present, num_classes, two_tone)
-    return values.astype(np.uint8)
+    return values.astype(np.uint8), int(present.size)
 
 
 def _out_of_range(

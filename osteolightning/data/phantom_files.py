@@ -36,6 +36,7 @@ from osteolightning.data.phantom import (
     generate_knee,
 )
 from osteolightning.errors import ConfigError
+from osteolightning.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,27 @@ def _knee_task(task: tuple[int, int, int, int, KneeSubject, str]) -> dict[str, s
 
 
 def _run_tasks(tasks: list[tuple], workers: int | None) -> list[dict[str, str]]:
+    """Render every knee (in worker processes), showing progress (a bar or a few log lines)."""
     workers = min(workers or os.cpu_count() or 1, len(tasks))
+    rows: list[dict[str, str]] = []
     if workers == 1:
-        return [_knee_task(t) for t in tasks]
+        with progress(len(tasks), "Generating phantom knees", log) as advance:
+            for task in tasks:
+                rows.append(_knee_task(task))
+                advance()
+        return rows
     # "spawn": safe even when the caller holds threads or a CUDA context (fork is not).
     context = multiprocessing.get_context("spawn")
     chunk = max(1, min(16, len(tasks) // (4 * workers)))
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            return list(pool.map(_knee_task, tasks, chunksize=chunk))
+        with (
+            ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
+            progress(len(tasks), "Generating phantom knees", log) as advance,
+        ):
+            for row in pool.map(_knee_task, tasks, chunksize=chunk):
+                rows.append(row)
+                advance()
+        return rows
     except BrokenProcessPool as err:
         raise RuntimeError(
             "A phantom worker process died. Out of memory, or a script without the "

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from osteolightning.data.datamodule import ArrayDataset, KneeDataModule
-from osteolightning.data.masks import check_mask_format, check_mask_threshold, read_mask
+from osteolightning.data.masks import check_mask_format, check_mask_threshold, read_mask_info
 from osteolightning.data.sample import Sample
 from osteolightning.data.sampling import Key, split_key
 from osteolightning.data.sources import FolderSource
@@ -207,8 +207,15 @@ class SegmentationDataModule(KneeDataModule):
     def _mask_use(self) -> str:
         return "Segmentation"
 
-    def _read_sample_mask(self, sample: Sample) -> np.ndarray:
-        return read_mask(sample.mask, len(self.class_names), self.mask_format, self.mask_threshold)
+    def _read_sample_mask(self, sample: Sample) -> tuple[np.ndarray, int]:
+        """The mask as class indices and its file's number of values; an all-background mask
+        is kept (a warning of the summary; all of them empty is an error)."""
+        return read_mask_info(
+            sample.mask, len(self.class_names), self.mask_format, self.mask_threshold
+        )
+
+    def _binary_threshold(self) -> int | None:
+        return self.mask_threshold if self.mask_format == "binary" else None
 
     def _conflict_targets(
         self, labels: np.ndarray, masks: np.ndarray | None
@@ -288,4 +295,4 @@ class SegmentationDataModule(KneeDataModule):
                 f"  left out: {len(self.skipped)} unreadable files or masks (skipped.csv), "
                 f"{dropped} images with conflicting labels (label_conflicts.csv)"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + [f"  WARNING: {f.message}" for f in self.findings])

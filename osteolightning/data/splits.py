@@ -3,19 +3,27 @@
 Images are first merged into *groups*: all images of one patient, and all byte-identical
 copies of one image, belong to one group (union-find over both keys). Groups, never single
 images, are assigned to splits, so no patient and no duplicate ever straddles a split.
+
+Given the class names, the split is checked: a class without images, a class of fewer than
+three independent groups, or a class that ends up missing from a split is an error naming the
+class and its counts; fewer than :data:`MIN_PER_CLASS_PER_SPLIT` images of a class in a split
+is a warning (:func:`split_warnings`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from osteolightning.errors import ConfigError
+from osteolightning.errors import ConfigError, DataSourceError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
+#: Fewer images of a class than this in a split make its per-class numbers meaningless (warned).
+MIN_PER_CLASS_PER_SPLIT = 2
 
 
 def group_ids(keys_per_sample: Sequence[Sequence[str | None]]) -> np.ndarray:
@@ -72,7 +80,10 @@ def _one_fold(
             "use more images or smaller split fractions."
         )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+    with warnings.catch_warnings():  # "least populated class ...": checked and named by us
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        folds = list(splitter.split(np.zeros(len(labels)), labels, groups))
+    for k, (_, held_out) in enumerate(folds):
         if k == fold:
             mask = np.zeros(len(labels), dtype=bool)
             mask[held_out] = True
@@ -88,6 +99,7 @@ def assign_splits(
     seed: int = 0,
     num_folds: int | None = None,
     fold: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Assign each sample to train (0), val (1) or test (2), stratified by label, grouped.
 
@@ -103,12 +115,17 @@ def assign_splits(
         seed: makes the assignment deterministic.
         num_folds: number of cross-validation folds, or ``None`` for a single hold-out split.
         fold: which fold is the test split when ``num_folds`` is set.
+        class_names: the classes the labels index (classification); when given, every class
+            must have images and be in every split (see :func:`check_class_counts`). ``None``:
+            the labels are only strata (segmentation).
 
     Returns:
         ``(N,)`` int64 split code per sample.
 
     Raises:
         ConfigError: on fractions outside (0, 1) or too few groups for the requested folds.
+        DataSourceError: (with ``class_names``) a class without images, with fewer than three
+            independent groups, or missing from a split; the message names it and its counts.
     """
     labels_arr = np.asarray(labels)
     groups_arr = np.asarray(groups)
@@ -124,6 +141,8 @@ def assign_splits(
             )
         n_test_splits, test_fold = num_folds, fold
         rest_share = 1.0 - 1.0 / num_folds
+    if class_names is not None:
+        check_class_counts(labels_arr, groups_arr, class_names, num_folds)
     codes = np.full(len(labels_arr), TRAIN, dtype=np.int64)
     test_mask = _one_fold(labels_arr, groups_arr, n_test_splits, test_fold, seed)
     codes[test_mask] = TEST
@@ -131,7 +150,98 @@ def assign_splits(
     n_val_splits = max(2, round(rest_share / val_fraction))
     val_in_rest = _one_fold(labels_arr[rest], groups_arr[rest], n_val_splits, 0, seed + 1)
     codes[rest[val_in_rest]] = VAL
+    if class_names is not None:
+        _check_every_split(codes, labels_arr, groups_arr, class_names, num_folds)
     return codes
+
+
+def _counts(labels: np.ndarray, class_names: Sequence[str]) -> str:
+    per_class = np.bincount(labels, minlength=len(class_names))
+    return ", ".join(f"{c}={int(n)}" for c, n in zip(class_names, per_class, strict=False))
+
+
+def check_class_counts(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    class_names: Sequence[str],
+    num_folds: int | None = None,
+) -> None:
+    """Every class needs images, in at least three independent groups (one per split) and, with
+    ``num_folds``, at least one per fold (each fold is a test split once).
+
+    Raises:
+        DataSourceError: naming the first class that has none or too few, with every count.
+    """
+    needed = max(len(SPLIT_NAMES), num_folds or 0)
+    for c, name in enumerate(class_names):
+        members = labels == c
+        n_groups = len(np.unique(groups[members]))
+        if n_groups == 0:
+            raise DataSourceError(
+                f"Class '{name}' has no images (images per class: "
+                f"{_counts(labels, class_names)}). Every class of class_names needs images to "
+                f"train and test on: add images of it, or leave it out of class_names."
+            )
+        if n_groups < needed:
+            folds = f" and each of the num_folds={num_folds} test folds" if num_folds else ""
+            raise DataSourceError(
+                f"Cannot split class '{name}' ({int(members.sum())} image(s) in {n_groups} "
+                f"independent group(s): a patient's images and copies of an image form one) "
+                f"into train, val and test{folds}: each needs at least one group of every "
+                f"class, so at least {needed}. Images per class: "
+                f"{_counts(labels, class_names)}. Add images of it, "
+                + ("use fewer folds, " if num_folds else "")
+                + "or leave it out of class_names."
+            )
+
+
+def _check_every_split(
+    codes: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    class_names: Sequence[str],
+    num_folds: int | None,
+) -> None:
+    for c, name in enumerate(class_names):
+        per_split = [int(((codes == s) & (labels == c)).sum()) for s in range(len(SPLIT_NAMES))]
+        missing = [SPLIT_NAMES[s] for s, n in enumerate(per_split) if n == 0]
+        if missing:
+            shown = ", ".join(f"{s}={n}" for s, n in zip(SPLIT_NAMES, per_split, strict=True))
+            folds = f"num_folds={num_folds}" if num_folds else "the split fractions"
+            raise DataSourceError(
+                f"Class '{name}' ({sum(per_split)} images in "
+                f"{len(np.unique(groups[labels == c]))} independent groups) has no image in "
+                f"{' and '.join(missing)} ({shown}): with {folds} it has too few groups to "
+                f"reach every split. Add images of it, use fewer folds or larger "
+                f"data.val_fraction / data.test_fraction, or leave it out of class_names."
+            )
+
+
+def split_warnings(
+    codes: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> list[tuple[str, str]]:
+    """Classes with fewer than :data:`MIN_PER_CLASS_PER_SPLIT` images in a split.
+
+    Returns:
+        ``(class name, message)`` per such class; the message names its count in every split.
+
+    Example:
+        >>> split_warnings(np.array([0, 0, 1, 2]), np.array([0, 0, 0, 0]), ["a"])[0][0]
+        'a'
+    """
+    out = []
+    for c, name in enumerate(class_names):
+        per_split = [int(((codes == s) & (labels == c)).sum()) for s in range(len(SPLIT_NAMES))]
+        if min(per_split) < MIN_PER_CLASS_PER_SPLIT:
+            shown = ", ".join(f"{s}={n}" for s, n in zip(SPLIT_NAMES, per_split, strict=True))
+            out.append(
+                (
+                    name,
+                    f"class '{name}' has fewer than {MIN_PER_CLASS_PER_SPLIT} images in a split "
+                    f"({shown}): its validation and test numbers rest on one image and mean "
+                    f"little. Add images, or use cross-validation (data.num_folds).",
+                )
+            )
 
 
 #: The split code of an image a run must not see at all: an outer test fold under nested

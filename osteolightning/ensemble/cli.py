@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from osteolightning.ensemble.leaderboard import leaderboard_json, run_leaderboard
+from osteolightning.ensemble.leaderboard.outputs import recorded_resamples
 from osteolightning.ensemble.members import fuse_runs, member_name, write_fused
 from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.utils import rundir, runs
@@ -29,6 +30,9 @@ from osteolightning.utils.logging import get_logger
 from osteolightning.utils.rundir import predictions_file, read_predictions
 
 log = get_logger(__name__)
+
+#: Bootstrap resamples when ``evaluation.n_resamples`` is null and no sweep recorded its own.
+DEFAULT_RESAMPLES = 1000
 
 
 def _validation(sources: list[str]) -> list[rundir.RunPredictions]:
@@ -88,8 +92,9 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
         )
         names = [member_name(i, _run_config(r)) for i, r in enumerate(sources)]
         ev = cfg.evaluation
+        n_resamples = int(ev.n_resamples or DEFAULT_RESAMPLES)
         metrics = write_fused(
-            run.dir, fused, names, [str(m.source) for m in members], ev.n_resamples, ev.seed
+            run.dir, fused, names, [str(m.source) for m in members], n_resamples, ev.seed
         )
         print_metrics_table(metrics, title=f"Ensemble of {len(sources)} runs ({fused.label})")
     return metrics
@@ -125,6 +130,17 @@ def leaderboard(cfg: DictConfig) -> dict[str, Any]:
         )
     sweep = _string_list(cfg, "sweep") or []
     ev = cfg.evaluation
+    recorded = recorded_resamples(sweep, cfg.get("out"))
+    n_resamples = int(ev.n_resamples or recorded or DEFAULT_RESAMPLES)
+    if recorded and ev.n_resamples is None:
+        log.info(
+            f"Bootstrap: the sweep's n_resamples={recorded} (evaluation.n_resamples=N changes it)."
+        )
+    elif recorded and n_resamples != recorded:
+        log.warning(
+            f"Rebuilding the leaderboard with evaluation.n_resamples={n_resamples}; it was built "
+            f"with {recorded}, so its intervals change."
+        )
     with runs.session(cfg, loggers=False):
         board, files = run_leaderboard(
             sweep[0] if len(sweep) == 1 else sweep,
@@ -137,7 +153,7 @@ def leaderboard(cfg: DictConfig) -> dict[str, Any]:
             members=_string_list(cfg, "members"),
             sort_by=cfg.get("sort_by"),
             top_k=cfg.get("top_k"),
-            n_resamples=int(ev.n_resamples),
+            n_resamples=n_resamples,
             seed=int(ev.seed),
         )
     return {**leaderboard_json(board), "files": {k: str(v) for k, v in files.items()}}

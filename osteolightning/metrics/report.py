@@ -4,6 +4,13 @@ Metrics are computed from ``(labels, probs)`` with vectorised numpy code so that
 resamples take well under a second. Definitions follow scikit-learn (``zero_division=0``):
 tests compare every point estimate with scikit-learn's.
 
+A class without test images (absent from the true labels) has no recall, and its precision and
+F1 say nothing about it: its per-class precision, recall, F1 and AUROC are undefined (``None``)
+and it is left out of every macro average, as scikit-learn's ``labels=<the classes present>``
+does, instead of entering them as zeros. The report names such classes
+(``test/absent_classes``). The bootstrap resamples within classes, so every resample holds the
+same classes.
+
 Agreement: Cohen's kappa (unweighted) and the quadratic-weighted kappa. The classes are
 ordinal (normal < osteopenia < osteoporosis, in ``class_names`` order), so the weighted kappa
 penalises calling osteoporosis "normal" four times as much as calling it "osteopenia".
@@ -116,14 +123,16 @@ def metric_table(
     recall = _safe_div(tp, support)
     f1 = _safe_div(2 * precision * recall, precision + recall)
     present = support > 0
+    # a class without true samples is undefined, not zero: out of the macro averages
+    precision, recall, f1 = (np.where(present, v, np.nan) for v in (precision, recall, f1))
     auroc = auroc_ovr(labels, probs)
     out = {
         "acc": tp.sum(axis=1) / cm.sum(axis=(1, 2)),
         # sklearn's balanced accuracy averages recall over the classes present in y_true.
-        "balanced_acc": (recall * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1),
-        "precision_macro": precision.mean(axis=1),
-        "recall_macro": recall.mean(axis=1),
-        "f1_macro": f1.mean(axis=1),
+        "balanced_acc": _nanmean_rows(recall),
+        "precision_macro": _nanmean_rows(precision),
+        "recall_macro": _nanmean_rows(recall),
+        "f1_macro": _nanmean_rows(f1),
         "auroc_macro": _nanmean_rows(auroc),
         "kappa": cohen_kappa(cm),
         "kappa_quadratic": cohen_kappa(cm, "quadratic"),
@@ -198,6 +207,9 @@ def _assemble(
         report[f"{prefix}{name}_{tag}"] = percentile_interval(boot[name], confidence)
     cm = confusion_matrices(y[None], p.argmax(axis=1)[None], len(class_names))[0]
     report[f"{prefix}confusion_matrix"] = cm.tolist()
+    absent = [str(name) for c, name in enumerate(class_names) if not (y == c).any()]
+    if absent:  # left out of the macro averages above
+        report[f"{prefix}absent_classes"] = absent
     report[f"{prefix}bootstrap_resamples"] = int(n_resamples)
     return report
 
@@ -225,8 +237,10 @@ def evaluation_report(
     Returns:
         Flat dict: ``test/acc``, ``test/acc_ci95`` = ``[low, high]``, ..., ``test/kappa``,
         ``test/kappa_quadratic``, ``test/ece`` (each with its ``_ci95``),
-        ``test/confusion_matrix``, ``test/n``. Undefined values (AUROC of an absent class,
-        kappa of a single-class sample) are ``None``.
+        ``test/confusion_matrix``, ``test/n`` and, when some class has no test images,
+        ``test/absent_classes`` (their names; they are left out of the macro averages).
+        Undefined values (the per-class metrics of an absent class, kappa of a single-class
+        sample) are ``None``.
 
     Raises:
         ConfigError: on empty input or mismatched shapes.

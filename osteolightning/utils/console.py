@@ -57,3 +57,8 @@ def print_metrics_table(metrics: Mapping[str, Any], title: str = "Test metrics")
     matrix = next((v for k, v in metrics.items() if k.endswith("confusion_matrix")), None)
     if matrix is not None:
         Console().print(f"confusion matrix (rows: true class): {matrix}")
+    absent = next((v for k, v in metrics.items() if k.endswith("absent_classes")), None)
+    if absent:
+        Console().print(
+            f"classes without test images (undefined, left out of the macro averages): {absent}"
+        )

@@ -6,9 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, PngImagePlugin
 
-from osteolightning.data.io import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, is_dicom, read_image
+from osteolightning.data.cache import letterbox_resize
+from osteolightning.data.io import (
+    IMAGE_EXTENSIONS,
+    MIN_IMAGE_SIDE,
+    ImageInfo,
+    is_dicom,
+    read_image,
+    read_image_info,
+)
 from osteolightning.errors import ImageReadError
 from tests.helpers import write_dicom, write_exif_rotated_jpeg
 
@@ -78,11 +86,60 @@ def test_png_16bit_divides_by_65535(tmp_path: Path) -> None:
     np.testing.assert_allclose(out, pixels / 65535.0, atol=1e-7)
 
 
-def test_png_16bit_keeps_dark_12bit_data_dark(tmp_path: Path) -> None:
-    pixels = grow(np.array([[0, 4095]], dtype=np.uint16))  # 12-bit detector data in a 16-bit file
-    path = tmp_path / "c.png"
-    Image.fromarray(pixels).save(path)
-    assert read_image(path)[0, 1] == pytest.approx(4095 / 65535)
+def _png16(path: Path, pixels: np.ndarray, sbit: int | None = None) -> Path:
+    """A 16-bit gray PNG, with an sBIT chunk (significant bits) when given."""
+    info = PngImagePlugin.PngInfo()
+    if sbit is not None:
+        info.add(b"sBIT", bytes([sbit]))
+    Image.fromarray(pixels.astype(np.uint16)).save(path, pnginfo=info)
+    return path
+
+
+def test_12bit_data_in_a_16bit_png_spans_the_range(tmp_path: Path) -> None:
+    # a 12-bit detector's values (0..4095) in a 16-bit PNG without sBIT: divided by 4095, so
+    # the letterboxed uint8 image keeps ~256 gray levels instead of the 16 of 4095 / 65535
+    pixels = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    out, info = read_image_info(_png16(tmp_path / "c.png", pixels))
+    check_output(out)
+    np.testing.assert_allclose(out, pixels / 4095.0, atol=1e-6)
+    assert (info.bits, info.scale_bits, info.depth_from) == (16, 12, "range")
+    assert info.partial_depth and (info.height, info.width) == (64, 64)
+    assert len(np.unique(letterbox_resize(out, 64))) == 256
+    assert len(np.unique(letterbox_resize(pixels / 65535.0, 64))) == 17  # the old scaling
+
+
+@pytest.mark.parametrize(
+    ("peak", "sbit", "divisor", "source"),
+    [
+        (3000, 14, 16383, "sBIT"),  # the file says 14 bits: not the 12 its maximum needs
+        (3000, 10, 4095, "range"),  # values above 2^10 - 1: the chunk is wrong, range decides
+        (900, None, 1023, "range"),
+        (16000, None, 16383, "range"),
+        (40000, None, 65535, "file"),
+        (3000, 16, 65535, "file"),
+    ],
+)
+def test_16bit_depth_from_sbit_or_range(tmp_path: Path, peak, sbit, divisor, source) -> None:
+    pixels = grow(np.array([[0, peak // 2, peak]], dtype=np.uint16))
+    out, info = read_image_info(_png16(tmp_path / "d.png", pixels, sbit))
+    np.testing.assert_allclose(out, pixels / divisor, atol=1e-6)
+    assert info.depth_from == source and (1 << info.scale_bits) - 1 == divisor
+
+
+def test_12bit_tiff_uses_its_range(tmp_path: Path) -> None:
+    pixels = noise((40, 37), high=4096, dtype=np.uint16)
+    pixels[0, 0] = 4095
+    Image.fromarray(pixels).save(tmp_path / "e.tif")
+    out, info = read_image_info(tmp_path / "e.tif")
+    np.testing.assert_allclose(out, pixels / 4095.0, atol=1e-6)
+    assert info.scale_bits == 12 and info.partial_depth
+
+
+def test_8bit_and_dicom_are_not_partial_depth(tmp_path: Path) -> None:
+    Image.fromarray(noise((40, 40))).save(tmp_path / "a.png")
+    assert read_image_info(tmp_path / "a.png")[1] == ImageInfo(40, 40, 8, 8, "file")
+    dicom = read_image_info(write_dicom(tmp_path / "a.dcm", ramp()))[1]
+    assert dicom.scale_bits == 0 and dicom.depth_from == "min-max" and not dicom.partial_depth
 
 
 def test_rgb_jpeg_is_luminance(tmp_path: Path) -> None:

@@ -78,6 +78,37 @@ def test_absent_class_has_undefined_auroc():
     assert report["test/auroc_normal"] is not None
 
 
+def test_an_absent_class_is_left_out_of_the_macro_averages():
+    """A class without test images does not enter the macro averages as zero: they equal
+    scikit-learn's with ``labels=`` the classes present, and the report names the absent one."""
+    labels, probs = _predictions(200)
+    keep = labels != 2
+    labels, probs = labels[keep], probs[keep]
+    preds = probs.argmax(1)
+    assert (preds == 2).any()  # predictions into the absent class count as errors
+    report = evaluation_report(labels, probs, CLASSES, n_resamples=50)
+    p, r, f, _ = precision_recall_fscore_support(
+        labels, preds, labels=[0, 1], average="macro", zero_division=0
+    )
+    assert report["test/precision_macro"] == pytest.approx(p)
+    assert report["test/recall_macro"] == pytest.approx(r)
+    assert report["test/f1_macro"] == pytest.approx(f)
+    _, _, with_zero, _ = precision_recall_fscore_support(
+        labels, preds, labels=[0, 1, 2], average="macro", zero_division=0
+    )
+    assert report["test/f1_macro"] > with_zero  # what counting it as zero would give
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        balanced = balanced_accuracy_score(labels, preds)
+    assert report["test/balanced_acc"] == pytest.approx(balanced)
+    assert report["test/absent_classes"] == ["osteoporosis"]
+    for metric in ("precision", "recall", "f1", "auroc"):
+        assert report[f"test/{metric}_osteoporosis"] is None
+        assert report[f"test/{metric}_osteoporosis_ci95"] is None
+    lo, hi = report["test/f1_macro_ci95"]
+    assert lo <= report["test/f1_macro"] <= hi
+    assert "test/absent_classes" not in evaluation_report(*_predictions(), CLASSES, n_resamples=5)
+
+
 def test_bad_shapes_raise():
     with pytest.raises(ConfigError, match="Expected labels"):
         evaluation_report([0, 1], np.zeros((3, 3)), CLASSES)

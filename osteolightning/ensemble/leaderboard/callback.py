@@ -50,7 +50,7 @@ def run_leaderboard(
         ``(board, files)``.
     """
     board = build_leaderboard(sources, **options)
-    files = write_leaderboard(board, out)
+    files = write_leaderboard(board, out, n_resamples=options.get("n_resamples", 1000))
     print_leaderboard(board)
     log.info(f"Leaderboard of {len(board.rows)} rows written to {files['csv'].parent}")
     if wandb:

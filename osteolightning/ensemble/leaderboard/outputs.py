@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from osteolightning.ensemble.leaderboard.board import SHOWN, Fusions, Leaderboard, row_value
 from osteolightning.ensemble.leaderboard.stats import lower_is_better
@@ -279,7 +280,23 @@ def prepare_output_dir(out: str | Path, sources: Sequence[str], explicit: bool) 
     raise ConfigError(f"No free leaderboard folder next to '{out}' (tried 1000).")
 
 
-def write_leaderboard(board: Leaderboard, out: str | Path | None = None) -> dict[str, Path]:
+def recorded_resamples(sources: Sequence[str | Path], out: str | Path | None) -> int | None:
+    """The ``n_resamples`` a sweep's leaderboard was built with: its marker's, else the
+    multirun's ``evaluation.n_resamples`` (``multirun.yaml``); ``None`` when neither says."""
+    sources = list(sources)
+    folder = Path(out) if out is not None else default_output_dir(sources)
+    marker = rundir.read_json(folder / rundir.LEADERBOARD_MARKER) if folder else None
+    if isinstance(marker, dict) and isinstance(marker.get("n_resamples"), int):
+        return marker["n_resamples"]
+    if len(sources) == 1 and (config := Path(sources[0]) / rundir.MULTIRUN).is_file():
+        value = OmegaConf.select(OmegaConf.load(config), "evaluation.n_resamples", default=None)
+        return value if isinstance(value, int) else None
+    return None
+
+
+def write_leaderboard(
+    board: Leaderboard, out: str | Path | None = None, n_resamples: int | None = None
+) -> dict[str, Path]:
     """Write ``leaderboard.{csv,md,json,png}`` and ``ensemble_<method>_predictions.csv``.
 
     Args:
@@ -287,6 +304,8 @@ def write_leaderboard(board: Leaderboard, out: str | Path | None = None) -> dict
         out: the folder; ``None``: ``<multirun>/leaderboard`` (a folder already there that the
             leaderboard did not make, or made for other sources, gives ``leaderboard_1``, ...).
             A given ``out`` must be new, empty, or this leaderboard's own folder.
+        n_resamples: the bootstrap resamples the board was built with, recorded in the marker
+            so a rebuild reuses them (:func:`recorded_resamples`).
 
     Returns:
         Output name → path.
@@ -320,7 +339,11 @@ def write_leaderboard(board: Leaderboard, out: str | Path | None = None) -> dict
                 stale.unlink()
     atomic_write_json(
         folder / rundir.LEADERBOARD_MARKER,
-        {"sources": board.sources, "files": [p.name for p in files.values()]},
+        {
+            "sources": board.sources,
+            "files": [p.name for p in files.values()],
+            "n_resamples": n_resamples,
+        },
     )
     return files
 
