@@ -242,6 +242,7 @@ def split_warnings(
                     f"little. Add images, or use cross-validation (data.num_folds).",
                 )
             )
+    return out
 
 
 #: The split code of an image a run must not see at all: an outer test fold under nested
