@@ -37,14 +37,14 @@ def _lock(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         return
     import osteolightning.data.io as io
 
-    real = io._read_image
+    real = io._read_image_info
 
     def refuse(p):
         if Path(p) == path:
             raise PermissionError(13, "Permission denied", str(p))
         return real(p)
 
-    monkeypatch.setattr(io, "_read_image", refuse)
+    monkeypatch.setattr(io, "_read_image_info", refuse)
 
 
 def test_broken_links_stop_training_by_name_or_are_skipped_and_listed(make_cfg, class_tree):

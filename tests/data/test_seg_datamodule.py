@@ -275,7 +275,8 @@ def test_mask_input_apply_zeroes_images_outside_the_mask(
     dm = KneeDataModule(ManifestSource(manifest), list(CLASS_NAMES), mask_input="apply", **args)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "label", "index", "path"}
+    # (key, augmented, group: what the fitted-head models' feature cache and inner CV use)
+    assert set(batch) == {"image", "label", "index", "path", "key", "augmented", "group"}
     for image, index in zip(batch["image"], batch["index"], strict=True):
         sample = dm.samples[int(index)]
         bone = np.asarray(Image.open(sample.mask)) > 0
@@ -287,6 +288,30 @@ def test_mask_input_apply_zeroes_images_outside_the_mask(
     plain = KneeDataModule(ManifestSource(manifest), list(CLASS_NAMES), **args)
     plain.setup()  # without mask_input the same manifest gives whole images
     assert (_pixels(plain.datasets["train"][0]["image"]) > 0).mean() > 0.5
+
+
+def test_mask_input_crop_takes_the_bone_at_a_higher_resolution(
+    phantom_dir: Path, seg_cache: Path, tmp_path: Path
+) -> None:
+    manifest = _masked_manifest(phantom_dir, tmp_path)
+    args = dict(image_size=48, batch_size=8, cache_dir=seg_cache, mean=[MEAN], std=[STD])
+    dm = KneeDataModule(
+        ManifestSource(manifest), list(CLASS_NAMES), mask_input="crop", mask_crop_from=96, **args
+    )
+    dm.setup()
+    item = dm.datasets["train"][0]
+    assert item["image"].shape == (1, 48, 48)
+    sample = dm.samples[int(item["index"])]
+    bone = letterbox_mask((np.asarray(Image.open(sample.mask)) > 0).astype(np.uint8), 96)
+    rows, cols = np.nonzero(bone)
+    box = max(rows.max() - rows.min(), cols.max() - cols.min())
+    assert box < 90  # the bone fills less of the whole knee than of the crop ...
+    cropped = dm.masks[int(item["index"])] > 0
+    assert cropped.mean() > (bone > 0).mean()  # ... which it fills more of
+    assert "crop48" in item["key"]  # cached features of the crop are not the whole image's
+    plain = KneeDataModule(ManifestSource(manifest), list(CLASS_NAMES), **args)
+    plain.setup()
+    assert plain.datasets["train"][0]["key"] != item["key"]
 
 
 def test_mask_input_needs_a_mask_for_every_image(
@@ -303,7 +328,7 @@ def test_mask_input_needs_a_mask_for_every_image(
     ):
         dm.setup()
     with pytest.raises(ConfigError, match="mask_input.*'apply'.*'crop'"):
-        KneeDataModule(ManifestSource(manifest), list(CLASS_NAMES), mask_input="crop")
+        KneeDataModule(ManifestSource(manifest), list(CLASS_NAMES), mask_input="cut")
 
 
 # -- bad input ----------------------------------------------------------------------------------
