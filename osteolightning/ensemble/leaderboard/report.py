@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from osteolightning.ensemble.leaderboard.study import (
     failed_jobs,
     reproduction,
     sweep_jobs,
+    sweep_value,
 )
 from osteolightning.metrics.compare_figures import (
     critical_difference_figure,
@@ -171,7 +173,8 @@ def _leaderboard(board: Leaderboard, folder: Path) -> str:
         table(head, rows, "leaderboard"),
     ]
     if (folder / FIGURE).is_file():
-        parts.append(image((folder / FIGURE).read_bytes(), "leaderboard", board.sort_by))
+        caption = f"{board.sort_by} per row: mean ± std over jobs, pooled with its 95 % interval."
+        parts.append(image((folder / FIGURE).read_bytes(), "leaderboard", caption))
     if board.notes:
         parts.append(_list(board.notes, "note"))
     return "".join(parts)
@@ -283,7 +286,8 @@ def _reproduce(board: Leaderboard) -> str:
         if item["note"]:
             parts.append(_p(item["note"]))
         lines = [*item["commands"], *item.get("reproduce", [])]
-        parts.append(f"<pre>{_esc(chr(10).join(lines))}</pre>")
+        if lines:
+            parts.append(f"<pre>{_esc(chr(10).join(lines))}</pre>")
     return "".join(parts)
 
 
@@ -311,7 +315,7 @@ def report_html(board: Leaderboard, comparisons: Comparisons | None, folder: Pat
         f"<title>Study report: {_esc(name)}</title><style>{STYLE}</style></head><body>"
         f"<h1>Study report: {_esc(name)}</h1>"
         + _p(f"Sweep: {sources}. Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.")
-        + _p(f"Rebuild: osteo-ensemble sweep={sources} report=true")
+        + _p(f"Rebuild: osteo-ensemble {shlex.quote('sweep=' + sweep_value(board))} report=true")
         + f"<ul>{toc}</ul>{body}</body></html>\n"
     )
 

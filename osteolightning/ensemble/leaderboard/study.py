@@ -136,6 +136,20 @@ def config_differences(board: Leaderboard) -> tuple[list[str], dict[str, dict[st
     }
 
 
+def _hydra_string(value: str) -> str:
+    """``value`` as a Hydra list element: quoted where it holds more than a plain name."""
+    if all(c.isalnum() or c in "_-./" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sweep_value(board: Leaderboard) -> str:
+    """The ``sweep=`` value that rebuilds ``board``: its directory, or a list of them."""
+    if len(board.sources) == 1:
+        return board.sources[0]
+    return "[" + ",".join(_hydra_string(s) for s in board.sources) + "]"
+
+
 def command(job: Job) -> str:
     """The ``osteo-train`` command that runs ``job`` again from its overrides (``hydra.mode=RUN``
     makes it one run even where the overrides name an experiment that sweeps)."""
@@ -147,18 +161,20 @@ def reproduction(board: Leaderboard) -> list[dict[str, Any]]:
     """How to reproduce each row: per job, the ``osteo-train`` command from its overrides and
     ``osteo-train reproduce=<job>`` (from its saved config); ensemble rows: their members' jobs
     and the ``osteo-ensemble`` command that fuses them."""
-    sweep = " ".join(board.sources)
+    sweep = sweep_value(board)
     out = []
     for row in board.rows:
         if row["kind"] == "ensemble":
-            members = ",".join(shlex.quote(m) for m in row["members"] or [])
+            method, top_k = row["method"], None
+            if "_top" in method:  # fuzzy_rank_top2: the fuzzy rank fusion with top_k=2
+                method, top_k = method.rsplit("_top", 1)
+            members = ",".join(_hydra_string(m) for m in row["members"] or [])
+            words = ["osteo-ensemble", f"sweep={sweep}", f"methods=[{method}]"]
+            words += [f"members=[{members}]"] + ([f"top_k={top_k}"] if top_k else [])
             out.append(
                 {
                     "row": row["name"],
-                    "commands": [
-                        f"osteo-ensemble sweep={shlex.quote(sweep)} methods=[{row['method']}] "
-                        f"members=[{members}]"
-                    ],
+                    "commands": [" ".join(map(shlex.quote, words))],
                     "note": "fuses the jobs of its member rows (reproduce those first)",
                 }
             )
@@ -169,7 +185,7 @@ def reproduction(board: Leaderboard) -> list[dict[str, Any]]:
                 "row": row["name"],
                 "commands": [command(j) for j in jobs],
                 "reproduce": [f"osteo-train reproduce={shlex.quote(str(j.path))}" for j in jobs],
-                "note": None,
+                "note": None if jobs else "no finished job (see the jobs that did not finish)",
             }
         )
     return out
