@@ -8,6 +8,7 @@ Built on :class:`matplotlib.figure.Figure` (Agg canvas), never ``pyplot``, as
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -178,6 +179,10 @@ def spread_figure(values: Mapping[str, Sequence[float]], metric: str) -> Figure:
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     """A figure as PNG bytes (trimmed to its content), its artists freed afterwards."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    with warnings.catch_warnings():
+        # long labels outside the axes (the CD diagram's row names) leave constrained layout no
+        # room; it steps aside with a warning and bbox_inches="tight" frames the labels instead
+        warnings.filterwarnings("ignore", "constrained_layout not applied", UserWarning)
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     fig.clear()
     return buffer.getvalue()
