@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from osteolightning.errors import ConfigError
@@ -66,6 +67,19 @@ def reproduction_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
             "run to reproduce; leave hydra.run.dir unset."
         )
     return new, old
+
+
+def ignored_overrides() -> list[str]:
+    """This invocation's command-line overrides that a reproduction does not apply (all but
+    ``reproduce``, ``paths.*`` and ``hydra.*``): the saved config decides."""
+    if not HydraConfig.initialized():
+        return []
+    task = HydraConfig.get().overrides.task
+    return [
+        o
+        for o in task
+        if not o.lstrip("+~").startswith(("reproduce=", "paths.", "hydra.", "hydra/"))
+    ]
 
 
 def _numbers(value: Any) -> list[float] | None:
@@ -161,6 +175,11 @@ def reproduce_run(cfg: DictConfig, run: Callable[[DictConfig], Any]) -> Any:
         ConfigError: see :func:`reproduction_config`.
     """
     new_cfg, old = reproduction_config(cfg)
+    if ignored := ignored_overrides():
+        log.warning(
+            f"reproduce= runs the saved config of {old}; these overrides are ignored: "
+            f"{' '.join(ignored)}. To change the run, start a new one with its overrides."
+        )
     new = Path(str(new_cfg.paths.output_dir))
     log.info(f"Reproducing {old} in {new} from its saved {rundir.CONFIG}.")
     new.mkdir(parents=True, exist_ok=True)

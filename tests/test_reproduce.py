@@ -14,7 +14,12 @@ import yaml
 from omegaconf import OmegaConf
 
 from osteolightning.errors import ConfigError
-from osteolightning.reproduce import compare_metrics, reproduce_run, reproduction_config
+from osteolightning.reproduce import (
+    compare_metrics,
+    ignored_overrides,
+    reproduce_run,
+    reproduction_config,
+)
 from osteolightning.train import run_job, train
 
 
@@ -88,6 +93,7 @@ def test_reproduce_refuses_what_it_cannot_reproduce(make_cfg, tmp_path):
         reproduction_config(make_cfg("train", [f"reproduce={run}"], run="done"))
     cfg, old = reproduction_config(make_cfg("train", [f"reproduce={run}", "seed=7"], run="c"))
     assert old == run.resolve() and cfg.seed == 1 and cfg.paths.output_dir == str(tmp_path / "c")
+    assert ignored_overrides() == ["seed=7"]  # warned about: the saved config decides
 
 
 def test_metric_comparison_names_each_difference():

@@ -128,11 +128,14 @@ def test_multirun_ends_with_its_comparisons_and_report(sweep):
     for side in ("a", "b"):  # both were tested on every image: the leaderboard's pooled values
         f1 = pair["bootstrap"]["test/f1_macro"][side]
         assert f1 == pytest.approx(rows[pair[side]]["pooled"]["test/f1_macro"])
-    job = next(iter(_jobs(sweep_dir).values()))
-    splits = _read(job / "splits.csv")
-    ttest = pair["ttest"]["test/f1_macro"]
-    assert ttest["n_units"] == 2 and ttest["n_test"] == sum(r["split"] == "test" for r in splits)
-    assert ttest["n_train"] == sum(r["split"] == "train" for r in splits)
+    splits = [_read(_jobs(sweep_dir)[(pair["a"], fold)] / "splits.csv") for fold in (0, 1)]
+    sizes = {
+        s: np.mean([sum(r["split"] == s for r in rows) for rows in splits])
+        for s in ("train", "test")
+    }
+    ttest = pair["ttest"]["test/f1_macro"]  # n_train, n_test: the mean over the folds
+    assert ttest["n_units"] == 2 and ttest["n_test"] == round(sizes["test"])
+    assert ttest["n_train"] == round(sizes["train"])
     assert pair["mcnemar"]["n_images"] == 60 and set(pair["delong"]) == set(CLASSES)
     assert "Comparisons (macro F1" in stdout and " is better than " in stdout  # the terminal
     assert "is better than" in (out / "leaderboard.md").read_text()

@@ -333,6 +333,9 @@ def test_segmentation_sweep_compares_dice_per_image(tmp_path):
     got = pair["bootstrap"]["test/dice"]
     assert {k: got[k] for k in expected} == expected and pair["a"] == "unet"
     assert pair["ttest"] == {} and "no splits.csv" in pair["note"]
+    _, files = run_leaderboard(root, n_resamples=20)  # the report of a segmentation sweep
+    html = files["report"].read_text()
+    assert "Classification sweeps only." in html and "Per-fold spread" in html
 
 
 def test_cli_recomputes_comparisons_for_an_existing_sweep(make_cfg, tmp_path):
