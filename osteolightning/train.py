@@ -7,6 +7,7 @@ Example:
     osteo-train -m hparams_search=knee_optuna                       # Optuna on val macro-F1
     osteo-train -m hydra/launcher=slurm trainer=ddp model/backbone=resnet18,xception
     osteo-train resume=auto                         # continue the killed run of this config
+    osteo-train reproduce=logs/train/runs/<run>     # run it again, compare with its metrics
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 from osteolightning.callbacks import RunArtifacts
 from osteolightning.callbacks.writers import build_writer
 from osteolightning.models.checkpointing import explain_unpickling
+from osteolightning.reproduce import reproduce_run
 from osteolightning.utils import runs
 from osteolightning.utils.checks import check_config, check_monitors
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container, warn_conflicts
@@ -138,8 +140,11 @@ def run_job(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers. A framework error ends it
-    with its message and exit status 1 (:func:`~osteolightning.utils.failures.user_errors`)."""
+    with its message and exit status 1 (:func:`~osteolightning.utils.failures.user_errors`);
+    ``reproduce=<run>`` re-runs a finished run from its saved config and compares metrics."""
     with user_errors("osteo-train", cfg.paths.output_dir):
+        if cfg.get("reproduce"):
+            return reproduce_run(cfg, run_job)
         return run_job(cfg)
 
 

@@ -20,6 +20,7 @@ FLOORS: list[tuple[str, ...]] = [
     # entry points: they compose, instantiate and run
     (
         "osteolightning.train",
+        "osteolightning.reproduce",
         "osteolightning.segment",
         "osteolightning.evaluate",
         "osteolightning.predict",
@@ -43,6 +44,7 @@ RUN_FILES = (
     "label_conflicts.csv",
     "versions.json",
     "error.json",
+    "reproduction.json",
     ".osteo_run.json",
     "last.ckpt",
     "test_metrics.csv",

@@ -114,6 +114,33 @@ def test_multirun_ends_with_its_leaderboard(sweep):
     assert "| ensemble:fuzzy_rank(resnet10t+resnet18) |" in stdout  # the table on the terminal
 
 
+def test_multirun_ends_with_its_comparisons_and_report(sweep):
+    sweep_dir, stdout = sweep
+    out = sweep_dir / "leaderboard"
+    for name in ("comparisons.csv", "comparisons.md", "comparisons.json", "report.html"):
+        assert (out / name).is_file(), name
+    assert not (out / "critical_difference.png").exists()  # 2 folds: fewer than 5 blocks
+    saved = json.loads((out / "comparisons.json").read_text())
+    assert any("at least 5 (seed, fold) units" in note for note in saved["notes"])
+    rows = {r["name"]: r for r in json.loads((out / "leaderboard.json").read_text())["rows"]}
+    assert len(saved["pairs"]) == len(rows) * (len(rows) - 1) // 2
+    (pair,) = [p for p in saved["pairs"] if {p["a"], p["b"]} == set(BACKBONES)]
+    for side in ("a", "b"):  # both were tested on every image: the leaderboard's pooled values
+        f1 = pair["bootstrap"]["test/f1_macro"][side]
+        assert f1 == pytest.approx(rows[pair[side]]["pooled"]["test/f1_macro"])
+    splits = [_read(_jobs(sweep_dir)[(pair["a"], fold)] / "splits.csv") for fold in (0, 1)]
+    sizes = {
+        s: np.mean([sum(r["split"] == s for r in rows) for rows in splits])
+        for s in ("train", "test")
+    }
+    ttest = pair["ttest"]["test/f1_macro"]  # n_train, n_test: the mean over the folds
+    assert ttest["n_units"] == 2 and ttest["n_test"] == round(sizes["test"])
+    assert ttest["n_train"] == round(sizes["train"])
+    assert pair["mcnemar"]["n_images"] == 60 and set(pair["delong"]) == set(CLASSES)
+    assert "Comparisons (macro F1" in stdout and " is better than " in stdout  # the terminal
+    assert "is better than" in (out / "leaderboard.md").read_text()
+
+
 def test_leaderboard_numbers_match_the_jobs_files(sweep):
     sweep_dir, _ = sweep
     rows = {
@@ -254,7 +281,7 @@ def _hydra_compose(overrides: list[str]):
         ),
         (
             "kumar2023_tiny",
-            {"model/backbone": "inception_v3,xception,resnet18", "data.fold": "0,1"},
+            {"model/backbone": "inception_v3,xception,resnet18", "data.fold": "0,1,2,3,4"},
             "resnet18",
         ),
         (
@@ -272,7 +299,7 @@ def test_published_setups_compose_as_sweeps(name, params, single):
     assert cfg.model.net.name == single  # a single run (hydra.mode=RUN) trains one of them
     assert cfg.hydra.callbacks.leaderboard.enabled
     kumar = name.startswith("kumar")
-    assert cfg.data.num_folds == (5 if name == "kumar2023" else 2 if kumar else None)
+    assert cfg.data.num_folds == (5 if kumar else None)
     if name.endswith("_tiny"):
         assert cfg.image_size == 96 and cfg.data.source.n == 60 and cfg.trainer.accelerator == "cpu"
     # every swept backbone composes, and Inception v3 keeps its 299 px in the full set-up
@@ -287,6 +314,28 @@ def test_published_setups_compose_as_sweeps(name, params, single):
     on_folder = _hydra_compose([f"experiment={name}", "data=folder", "data.root=/data/knees"])
     assert on_folder.data.source._target_.endswith("FolderSource")
     assert on_folder.data.num_folds == cfg.data.num_folds
+
+
+@pytest.mark.slow
+def test_kumar_tiny_ends_with_comparisons_a_critical_difference_and_a_report(tmp_path, cache_dir):
+    """``osteo-train experiment=kumar2023_tiny`` alone: 15 jobs, 5 folds, 7 rows."""
+    _run(
+        [
+            "experiment=kumar2023_tiny",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"paths.cache_dir={cache_dir}",
+            "evaluation.n_resamples=100",
+        ],
+        tmp_path,
+    )
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    out = sweep_dir / "leaderboard"
+    for name in ("comparisons.md", "critical_difference.png", "report.html"):
+        assert (out / name).is_file(), name
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    cd = json.loads((out / "comparisons.json").read_text())["critical_difference"]
+    assert cd["n_blocks"] == 5 and cd["n_methods"] == len(rows) >= 6
+    assert "data:image/png;base64," in (out / "report.html").read_text()
 
 
 @pytest.mark.slow

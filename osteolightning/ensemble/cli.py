@@ -3,11 +3,13 @@
 ``runs=[...]`` fuses the ``predictions.csv`` of finished runs and writes the fused
 ``predictions.csv``, ``metrics.json`` (with 95 % intervals) and ``members.json`` (each run's
 report on the same bootstrap) into its own run directory. ``sweep=<multirun dir>`` writes the
-sweep's leaderboard (:mod:`osteolightning.ensemble.leaderboard`) into ``<sweep>/leaderboard/``.
+sweep's leaderboard (:mod:`osteolightning.ensemble.leaderboard`), its pairwise comparisons and
+its study report ``report.html`` into ``<sweep>/leaderboard/``.
 
 Example:
     osteo-ensemble runs=[logs/eval/runs/A,logs/eval/runs/B,logs/eval/runs/C] method=fuzzy_rank
     osteo-ensemble sweep=logs/train/multiruns/2026-01-01_00-00-00_000000 methods=[fuzzy_rank]
+    osteo-ensemble sweep=logs/train/multiruns/2026-01-01_00-00-00_000000 report=true alpha=0.01
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def _string_list(cfg: DictConfig, key: str) -> list[str] | None:
 
 
 def leaderboard(cfg: DictConfig) -> dict[str, Any]:
-    """Build and write the leaderboard of ``cfg.sweep`` (``osteo-ensemble sweep=DIR``).
+    """Build and write the leaderboard of ``cfg.sweep`` with its comparisons and report
+    (``osteo-ensemble sweep=DIR``).
 
     Returns:
         ``leaderboard.json``'s content.
@@ -155,6 +158,9 @@ def leaderboard(cfg: DictConfig) -> dict[str, Any]:
             top_k=cfg.get("top_k"),
             n_resamples=n_resamples,
             seed=int(ev.seed),
+            compare=bool(cfg.get("compare", True)),
+            report=bool(cfg.get("report", True)),
+            alpha=float(cfg.get("alpha", 0.05)),
         )
     return {**leaderboard_json(board), "files": {k: str(v) for k, v in files.items()}}
 

@@ -1,8 +1,8 @@
-"""The terminal's view of a run: the final metrics table with its intervals."""
+"""The terminal's view of a run: the final metrics table with its intervals, and plain tables."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -62,3 +62,30 @@ def print_metrics_table(metrics: Mapping[str, Any], title: str = "Test metrics")
         Console().print(
             f"classes without test images (undefined, left out of the macro averages): {absent}"
         )
+
+
+@rank_zero_only
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    styles: Sequence[str | None] | None = None,
+    footer: str | None = None,
+) -> None:
+    """Print a table of text cells (first column left-aligned, the others right-aligned).
+
+    Args:
+        title: the table's title.
+        columns: column headers.
+        rows: the cells, one sequence per row.
+        styles: a rich style per row (``None``: plain), e.g. ``"bold red"`` for a difference.
+        footer: a line printed under the table.
+    """
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for i, row in enumerate(rows):
+        table.add_row(*row, style=styles[i] if styles else None)
+    Console().print(table)
+    if footer:
+        Console().print(footer)

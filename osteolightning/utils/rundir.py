@@ -56,6 +56,8 @@ VERSIONS = "versions.json"
 ERROR = "error.json"
 #: the full list behind an error message that shows a few items (``and N more``)
 ERROR_DETAILS = "error_details.txt"
+#: ``osteo-train reproduce=<run>``: the recorded and the reproduced metrics, side by side
+REPRODUCTION = "reproduction.json"
 #: the CSV logger's folder, its per-step file, and the test metrics table beside it
 CSV_DIR = "csv"
 CSV_METRICS = f"{CSV_DIR}/metrics.csv"
@@ -215,3 +217,46 @@ def predictions_file(run: str | Path, name: str = PREDICTIONS) -> Path:
     if path.is_dir():
         return path / name
     return path if name == PREDICTIONS else path.with_name(name)
+
+
+def read_image_scores(path: str | Path, metric: str = "dice") -> tuple[list[str], np.ndarray]:
+    """A segmentation run's per-image scores (``path,mask,<metric>_<class>...``).
+
+    Args:
+        path: the ``predictions.csv`` of a segmentation run.
+        metric: the column prefix (``dice``, ``iou``, ``hd95``).
+
+    Returns:
+        ``(paths, scores)``: ``N`` image paths and ``(N, C)`` scores of the ``C`` foreground
+        classes, NaN where a score is undefined (an empty cell: the class absent from truth and
+        prediction).
+
+    Raises:
+        DataSourceError: no ``path`` column, no ``<metric>_`` columns, a value that is not a
+            number, or no rows.
+    """
+    path = Path(path)
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        columns = [c for c in header if c.startswith(f"{metric}_")]
+        if "path" not in header or not columns:
+            raise DataSourceError(
+                f"'{path}' holds no per-image {metric} scores: expected the header "
+                f"path,mask,{metric}_<class>..., but got {header}."
+            )
+        paths, rows = [], []
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append(
+                    [float(row[c]) if row[c] not in ("", None) else np.nan for c in columns]
+                )
+            except ValueError as err:
+                raise DataSourceError(
+                    f"'{path}' line {line}: expected a number or an empty cell in every "
+                    f"{metric}_ column, but got {row}."
+                ) from err
+            paths.append(row["path"])
+    if not rows:
+        raise DataSourceError(f"'{path}' holds no predictions.")
+    return paths, np.asarray(rows, dtype=np.float64)

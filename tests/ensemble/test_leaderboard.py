@@ -468,6 +468,9 @@ def test_wandb_offline_run_in_the_sweeps_group(tmp_path):
         wandb.teardown()  # later runs (WandbLogger) must not inherit this one's settings
     runs = list((files["csv"].parent / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    media = runs[0] / "files" / "media"  # the comparisons' table and the report go with it
+    assert any(media.glob("table/comparisons_*.table.json"))
+    assert any(media.glob("html/report_*.html"))
     assert wandb.run is None  # finished
 
 

@@ -100,6 +100,19 @@ def test_paired_bootstrap_of_a_model_with_itself_and_with_a_clearly_better_one()
     assert better["balanced_acc"]["p_value"] == pytest.approx(2 / 201)  # the +1 correction
 
 
+def test_paired_bootstrap_interval_holds_the_difference_and_shrinks_with_more_images():
+    widths = {}
+    for n_images in (40, 640):  # 16 times the images: about a quarter of the width
+        labels, pa, pb, clusters = _pooled(n_images, seed=1, strength_a=2.5, strength_b=0.5)
+        result = paired_bootstrap(labels, pa, pb, clusters, CLASSES, n_resamples=200)
+        for name, entry in result.items():
+            low, high = entry["ci"]
+            assert low <= entry["diff"] <= high, (n_images, name)
+            widths[(n_images, name)] = high - low
+    for name in ("balanced_acc", "f1_macro", "auroc_macro"):
+        assert widths[(640, name)] < 0.5 * widths[(40, name)], name
+
+
 def test_paired_bootstrap_counts_an_image_once_however_many_rows_it_has():
     """An image predicted identically by three seeds must weigh what it weighs with one row."""
     labels, pa, pb, clusters = _pooled()

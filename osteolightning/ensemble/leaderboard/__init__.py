@@ -28,10 +28,18 @@ one. Ensemble rows get the same statistics: mean ± std over (seed, fold) and po
 
 Failed and incomplete jobs are listed in every output and never stop the leaderboard.
 
+Every pair of rows is then compared on the images both were tested on (paired bootstrap, DeLong,
+McNemar, the corrected resampled t-test over (seed, fold), Holm over all pairs; the
+critical-difference diagram over (seed, fold) blocks), and ``report.html`` gathers everything
+in one self-contained file.
+
 The package, by role: :mod:`.jobs` (reading and grouping jobs), :mod:`.stats` (mean ± std,
 pooled intervals), :mod:`.board` (the rows; ensembles through
 :func:`osteolightning.ensemble.members.fuse_runs`), :mod:`.outputs` (Markdown, CSV, JSON, PNG,
-W&B) and :mod:`.callback` (build, write, print, and the Hydra callback of every multirun).
+W&B), :mod:`.rowdata` (each row's predictions per (seed, fold), pairing two rows),
+:mod:`.comparisons` (the tests) and :mod:`.comparison_outputs` (their files), :mod:`.study` and
+:mod:`.report` (the audit, config differences, reproduction commands; ``report.html``) and
+:mod:`.callback` (build, compare, write, print, and the Hydra callback of every multirun).
 
 Example:
     >>> board = build_leaderboard("logs/train/multiruns/2026-01-01_00-00-00_000000")  # doctest: +SKIP
@@ -46,6 +54,8 @@ from osteolightning.ensemble.leaderboard.board import (
     build_leaderboard,
 )
 from osteolightning.ensemble.leaderboard.callback import LeaderboardCallback, run_leaderboard
+from osteolightning.ensemble.leaderboard.comparison_outputs import write_comparisons
+from osteolightning.ensemble.leaderboard.comparisons import Comparisons, compare_leaderboard
 from osteolightning.ensemble.leaderboard.jobs import (
     Configuration,
     Job,
@@ -61,15 +71,18 @@ from osteolightning.ensemble.leaderboard.outputs import (
     plot_leaderboard,
     write_leaderboard,
 )
+from osteolightning.ensemble.leaderboard.report import write_report
 from osteolightning.ensemble.leaderboard.stats import mean_std
 
 __all__ = [
+    "Comparisons",
     "Configuration",
     "EnsembleMismatchError",
     "Job",
     "Leaderboard",
     "LeaderboardCallback",
     "build_leaderboard",
+    "compare_leaderboard",
     "configuration_key",
     "find_jobs",
     "group_configurations",
@@ -80,5 +93,7 @@ __all__ = [
     "plot_leaderboard",
     "read_job",
     "run_leaderboard",
+    "write_comparisons",
     "write_leaderboard",
+    "write_report",
 ]

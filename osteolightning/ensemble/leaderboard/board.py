@@ -74,6 +74,8 @@ class Leaderboard:
     class_names: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     fused: dict[str, Fusions] = field(default_factory=dict)
+    #: each configuration row's finished jobs, by row name (ensemble rows: see ``fused``)
+    jobs: dict[str, list[Job]] = field(default_factory=dict)
 
     @property
     def metrics(self) -> list[str]:
@@ -364,4 +366,5 @@ def build_leaderboard(
         class_names=class_names,
         notes=notes,
         fused=fused,
+        jobs={c.name: c.finished for c in configs},
     )

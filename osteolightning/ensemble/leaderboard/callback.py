@@ -1,5 +1,5 @@
-"""Build, write, print and log a leaderboard (``osteo-ensemble sweep=``), and the Hydra
-callback that does it when a multirun ends."""
+"""Build, write, print and log a leaderboard with its comparisons and study report
+(``osteo-ensemble sweep=``), and the Hydra callback that does it when a multirun ends."""
 
 from __future__ import annotations
 
@@ -15,11 +15,17 @@ from osteolightning.ensemble.leaderboard.board import (
     Leaderboard,
     build_leaderboard,
 )
+from osteolightning.ensemble.leaderboard.comparison_outputs import (
+    comparisons_table,
+    write_comparisons,
+)
+from osteolightning.ensemble.leaderboard.comparisons import Comparisons, compare_leaderboard
 from osteolightning.ensemble.leaderboard.outputs import (
     log_leaderboard_to_wandb,
     print_leaderboard,
     write_leaderboard,
 )
+from osteolightning.ensemble.leaderboard.report import write_report
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -32,30 +38,67 @@ def run_leaderboard(
     wandb_project: str = "osteolightning",
     wandb_offline: bool = True,
     wandb_group: str | None = None,
+    compare: bool = True,
+    report: bool = True,
+    alpha: float = 0.05,
     **options: Any,
 ) -> tuple[Leaderboard, dict[str, Path]]:
-    """Build, write, print and (optionally) log a leaderboard: what ``osteo-ensemble sweep=...``
-    and :class:`LeaderboardCallback` do.
+    """Build, write, print and (optionally) log a leaderboard with its pairwise comparisons and
+    its study report: what ``osteo-ensemble sweep=...`` and :class:`LeaderboardCallback` do.
 
     Args:
         sources: multirun or run directories.
         out: output folder (see :func:`write_leaderboard`).
-        wandb: log the table and figure to W&B.
+        wandb: log the tables and figures to W&B.
         wandb_project: W&B project.
         wandb_offline: W&B offline mode.
         wandb_group: W&B group; the multirun directory's name by default.
-        **options: :func:`build_leaderboard`'s options.
+        compare: compare every pair of rows (``comparisons.{csv,md,json}``,
+            ``critical_difference.png``, the summary under the table).
+        report: write the self-contained study report ``report.html``.
+        alpha: significance level of the comparisons (after Holm).
+        **options: :func:`build_leaderboard`'s options (``n_resamples`` and ``seed`` also
+            drive the comparisons' paired bootstrap).
 
     Returns:
         ``(board, files)``.
     """
     board = build_leaderboard(sources, **options)
-    files = write_leaderboard(board, out, n_resamples=options.get("n_resamples", 1000))
-    print_leaderboard(board)
+    comparisons: Comparisons | None = None
+    if compare:
+        comparisons = compare_leaderboard(
+            board,
+            alpha=alpha,
+            n_resamples=int(options.get("n_resamples", 1000)),
+            confidence=float(options.get("confidence", 0.95)),
+            seed=int(options.get("seed", 0)),
+        )
+
+    def extra(folder: Path) -> dict[str, Path]:
+        files = write_comparisons(comparisons, folder) if comparisons is not None else {}
+        if report:
+            files["report"] = write_report(board, comparisons, folder)
+        return files
+
+    summary = comparisons.summary if comparisons is not None else []
+    files = write_leaderboard(
+        board,
+        out,
+        n_resamples=options.get("n_resamples", 1000),
+        summary=summary,
+        extra=extra,
+    )
+    print_leaderboard(board, summary)
     log.info(f"Leaderboard of {len(board.rows)} rows written to {files['csv'].parent}")
     if wandb:
+        tables = {"comparisons": comparisons_table(comparisons)} if comparisons else None
         log_leaderboard_to_wandb(
-            board, files, project=wandb_project, group=wandb_group, offline=wandb_offline
+            board,
+            files,
+            project=wandb_project,
+            group=wandb_group,
+            offline=wandb_offline,
+            tables=tables,
         )
     return board, files
 
@@ -77,6 +120,8 @@ class LeaderboardCallback(HydraCallback):
         n_resamples: bootstrap resamples; ``None``: the sweep's ``evaluation.n_resamples``.
         wandb: log to W&B; ``None``: when the sweep's jobs log to W&B (``logger.wandb``), with
             their project and offline setting.
+        compare, report, alpha: as :func:`run_leaderboard` (comparisons and ``report.html``
+            on by default).
     """
 
     def __init__(
@@ -89,11 +134,15 @@ class LeaderboardCallback(HydraCallback):
         top_k: int | None = None,
         n_resamples: int | None = None,
         wandb: bool | None = None,
+        compare: bool = True,
+        report: bool = True,
+        alpha: float = 0.05,
     ) -> None:
         self.enabled, self.tasks = bool(enabled), [str(t) for t in tasks]
         self.methods = None if methods is None else [str(m) for m in methods]
         self.members = None if members is None else [str(m) for m in members]
         self.sort_by, self.top_k, self.n_resamples, self.wandb = sort_by, top_k, n_resamples, wandb
+        self.compare, self.report, self.alpha = bool(compare), bool(report), float(alpha)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled or str(config.get("task_name")) not in self.tasks:
@@ -112,6 +161,9 @@ class LeaderboardCallback(HydraCallback):
                 wandb=bool(use_wandb),
                 wandb_project=str((wandb_cfg or {}).get("project") or "osteolightning"),
                 wandb_offline=bool((wandb_cfg or {}).get("offline", True)),
+                compare=self.compare,
+                report=self.report,
+                alpha=self.alpha,
             )
             try:
                 run_leaderboard(sweep_dir, methods=self.methods, **options)

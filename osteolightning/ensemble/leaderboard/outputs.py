@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,15 @@ from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
+#: The leaderboard's figure, in its folder.
+FIGURE = "leaderboard.png"
+
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _mean_cell(row: dict[str, Any], metric: str) -> str:
+def mean_cell(row: dict[str, Any], metric: str) -> str:
     stats = row["mean"].get(metric)
     if not stats:
         return ""
@@ -38,7 +41,7 @@ def _mean_cell(row: dict[str, Any], metric: str) -> str:
     return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
-def _pooled_cell(row: dict[str, Any], metric: str) -> str:
+def pooled_cell(row: dict[str, Any], metric: str) -> str:
     value = row["pooled"].get(metric)
     if value is None:
         return ""
@@ -58,8 +61,9 @@ def shown_metrics(board: Leaderboard, limit: int = 5) -> list[str]:
     return list(dict.fromkeys(shown))[:limit] or known[:limit]
 
 
-def leaderboard_markdown(board: Leaderboard) -> str:
-    """The leaderboard as Markdown: one table of rows, then the jobs that did not finish."""
+def leaderboard_markdown(board: Leaderboard, summary: Sequence[str] = ()) -> str:
+    """The leaderboard as Markdown: one table of rows, the comparisons' ``summary`` lines
+    under it (see :mod:`.comparisons`), then the jobs that did not finish."""
     metrics = shown_metrics(board)
     pooled = any(row["pooled"] for row in board.rows)
     head = ["#", "name", "jobs", "seeds", "folds"]
@@ -86,10 +90,13 @@ def leaderboard_markdown(board: Leaderboard) -> str:
             ",".join(map(str, row["folds"])) or "-",
         ]
         for m in metrics:
-            cells.append(_mean_cell(row, m))
+            cells.append(mean_cell(row, m))
             if pooled:
-                cells.append(_pooled_cell(row, m))
+                cells.append(pooled_cell(row, m))
         lines.append("| " + " | ".join(cells) + " |")
+    if summary:
+        lines += ["", f"Comparisons ({summary[0]} Details: comparisons.md):", ""]
+        lines += [f"- {_md_escape(line)}" for line in summary[1:]]
     if board.unfinished:
         lines += ["", f"Jobs that did not finish ({len(board.unfinished)}):", ""]
         lines += ["| job | status | overrides | reason |", "|---|---|---|---|"]
@@ -295,7 +302,11 @@ def recorded_resamples(sources: Sequence[str | Path], out: str | Path | None) ->
 
 
 def write_leaderboard(
-    board: Leaderboard, out: str | Path | None = None, n_resamples: int | None = None
+    board: Leaderboard,
+    out: str | Path | None = None,
+    n_resamples: int | None = None,
+    summary: Sequence[str] = (),
+    extra: Callable[[Path], dict[str, Path]] | None = None,
 ) -> dict[str, Path]:
     """Write ``leaderboard.{csv,md,json,png}`` and ``ensemble_<method>_predictions.csv``.
 
@@ -306,6 +317,9 @@ def write_leaderboard(
             A given ``out`` must be new, empty, or this leaderboard's own folder.
         n_resamples: the bootstrap resamples the board was built with, recorded in the marker
             so a rebuild reuses them (:func:`recorded_resamples`).
+        summary: the comparisons' summary lines, written under the Markdown table.
+        extra: writes more files into the folder (the comparisons, the report) and returns
+            them by name; they are this leaderboard's files like the others.
 
     Returns:
         Output name → path.
@@ -324,14 +338,16 @@ def write_leaderboard(
     files: dict[str, Path] = {}
     header, rows = leaderboard_table(board)
     files["csv"] = atomic_write_csv(folder / "leaderboard.csv", header, rows)
-    files["md"] = atomic_write_text(folder / "leaderboard.md", leaderboard_markdown(board))
+    files["md"] = atomic_write_text(folder / "leaderboard.md", leaderboard_markdown(board, summary))
     files["json"] = atomic_write_json(folder / "leaderboard.json", leaderboard_json(board))
-    if (png := plot_leaderboard(board, folder / "leaderboard.png")) is not None:
+    if (png := plot_leaderboard(board, folder / FIGURE)) is not None:
         files["png"] = png
     for method, fusions in board.fused.items():
         files[f"ensemble_{method}"] = write_fused_predictions(
             folder / f"ensemble_{method}_predictions.csv", fusions
         )
+    if extra is not None:
+        files.update(extra(folder))
     if isinstance(old, dict):  # files of an earlier build of this leaderboard that are gone now
         for name in old.get("files", []):
             stale = folder / name
@@ -374,6 +390,7 @@ def log_leaderboard_to_wandb(
     group: str | None = None,
     offline: bool = True,
     save_dir: str | Path | None = None,
+    tables: dict[str, tuple[list[str], list[list[Any]]]] | None = None,
 ) -> bool:
     """Log the table (and figure) to a W&B run of its own in the sweep's group.
 
@@ -384,6 +401,8 @@ def log_leaderboard_to_wandb(
         group: W&B group; the multirun directory's name by default (the sweep's jobs' group).
         offline: log offline (``wandb sync`` later) instead of online.
         save_dir: where W&B writes (``<save_dir>/wandb``); the leaderboard folder by default.
+        tables: more tables, name → ``(header, rows)`` (the comparisons). The figures
+            ``critical_difference`` and the ``report`` (HTML) of ``files`` are logged too.
 
     Returns:
         Whether anything was logged (``False`` when wandb is not installed).
@@ -410,6 +429,12 @@ def log_leaderboard_to_wandb(
         payload: dict[str, Any] = {"leaderboard": wandb.Table(columns=header, data=rows)}
         if "png" in files:
             payload["leaderboard_plot"] = wandb.Image(str(files["png"]))
+        for name, (columns, data) in (tables or {}).items():
+            payload[name] = wandb.Table(columns=columns, data=data)
+        if "critical_difference" in files:
+            payload["critical_difference"] = wandb.Image(str(files["critical_difference"]))
+        if "report" in files:
+            payload["report"] = wandb.Html(files["report"].read_text(encoding="utf-8"))
         run.log(payload)
         run.summary["sort_by"] = board.sort_by
         if board.rows:
@@ -419,6 +444,6 @@ def log_leaderboard_to_wandb(
     return True
 
 
-def print_leaderboard(board: Leaderboard) -> None:
-    """Print the Markdown table (the terminal shows it as is)."""
-    print(leaderboard_markdown(board), flush=True)
+def print_leaderboard(board: Leaderboard, summary: Sequence[str] = ()) -> None:
+    """Print the Markdown table and the comparisons' summary (the terminal shows it as is)."""
+    print(leaderboard_markdown(board, summary), flush=True)
