@@ -16,7 +16,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("osteolightning.errors", "osteolightning.utils"),
     ("osteolightning.data", "osteolightning.metrics"),
     ("osteolightning.models", "osteolightning.callbacks"),
-    ("osteolightning.ensemble",),
+    ("osteolightning.ensemble", "osteolightning.selection"),
     # entry points: they compose, instantiate and run
     (
         "osteolightning.train",

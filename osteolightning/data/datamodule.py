@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from osteolightning.data.cache import PREPROCESS_VERSION, PreprocessedCache
+from osteolightning.data.datasets import ArrayDataset
 from osteolightning.data.hygiene import (
     POLICIES,
     CopyGroups,
@@ -27,23 +27,15 @@ from osteolightning.data.hygiene import (
     find_copies,
 )
 from osteolightning.data.io import check_on_bad_image
-from osteolightning.data.masks import (
-    crop_to_foreground,
-    image_shape,
-    letterbox_mask,
-    read_foreground,
-)
+from osteolightning.data.mask_inputs import MaskInputs
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
 from osteolightning.data.privacy import dicom_patient_id, pseudonym
-from osteolightning.data.quality import Finding, image_findings, mask_findings
+from osteolightning.data.quality import Finding, image_findings
 from osteolightning.data.sample import Sample
 from osteolightning.data.sampling import (
-    Key,
     SeededBalanced,
     SeededShuffle,
     WithEpoch,
-    item_seed,
-    split_key,
 )
 from osteolightning.data.splits import (
     EXCLUDED,
@@ -70,62 +62,7 @@ SAMPLERS = (None, "balanced")
 MASK_INPUTS = (None, "apply", "crop")
 
 
-class ArrayDataset(Dataset):
-    """Preprocessed uint8 images with labels.
-
-    Each item is ``{"image": (C, H, W) float32, "label": int64, "index": int64, "path": str}``
-    where ``index`` points into the DataModule's ``samples`` (to name the file in predictions).
-    An item is asked for by its position or by ``(position, epoch)``
-    (:class:`~osteolightning.data.sampling.WithEpoch`); its augmentation is seeded from
-    ``(seed, epoch, index)``, so it is the same in any worker process and any run of the seed.
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        indices: np.ndarray,
-        to_tensor: ToNormalizedTensor,
-        augment: A.Compose | None = None,
-        paths: Sequence[str] | None = None,
-        seed: int = 0,
-        keys: Sequence[str] | None = None,
-        groups: np.ndarray | None = None,
-    ) -> None:
-        self.images, self.labels, self.indices = images, labels, indices
-        self.paths = list(paths) if paths is not None else [""] * len(indices)
-        self.to_tensor, self.augment, self.seed = to_tensor, augment, int(seed)
-        self.keys = list(keys) if keys is not None else None
-        self.groups = np.asarray(groups) if groups is not None else np.asarray(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def seed_augment(self, i: int, epoch: int) -> None:
-        """Seed the augmentation for item ``i`` in ``epoch``."""
-        if self.augment is not None:
-            self.augment.set_random_seed(item_seed(self.seed, epoch, int(self.indices[i])))
-
-    def __getitem__(self, key: int | Key) -> dict[str, Any]:
-        i, epoch = split_key(key)
-        image = self.images[i]  # (H, W) uint8
-        if self.augment is not None:
-            self.seed_augment(i, epoch)
-            image = self.augment(image=image)["image"]
-        return {
-            "image": self.to_tensor(image),
-            "label": torch.tensor(self.labels[i], dtype=torch.long),
-            "index": torch.tensor(self.indices[i], dtype=torch.long),
-            "path": self.paths[i],  # names the files of a batch whose loss turns NaN
-            # the pixels' identity (file content, preprocessing, mask): what a feature cache
-            # is keyed on, unless the item was augmented
-            **({"key": self.keys[i]} if self.keys is not None else {}),
-            "augmented": self.augment is not None,
-            "group": torch.tensor(self.groups[i], dtype=torch.long),  # patient / copy group
-        }
-
-
-class KneeDataModule(L.LightningDataModule):
+class KneeDataModule(MaskInputs, L.LightningDataModule):
     """Knee radiographs from any source, split without leakage, cached once, augmented on the fly.
 
     Images of one patient and byte-identical copies of one image always land in the same split
@@ -362,94 +299,6 @@ class KneeDataModule(L.LightningDataModule):
         return self._pseudonymise(good)
 
     # -- masks -------------------------------------------------------------------------------
-    def _uses_masks(self) -> bool:
-        return self.require_masks or self.mask_input is not None
-
-    def _mask_use(self) -> str:
-        """What the masks are for, for error messages."""
-        return f"mask_input={self.mask_input}"
-
-    def _read_sample_mask(self, sample: Sample) -> tuple[np.ndarray, int]:
-        """One sample's mask at its original resolution, ``(H, W)`` uint8, and the number of
-        distinct values in its file (hook; judged only for binary masks).
-
-        Here the foreground (1) and background (0) of any mask, for ``mask_input="apply"``; a
-        mask without foreground would blank its image, so it is a bad file (``on_bad_image``).
-        """
-        mask = read_foreground(sample.mask)
-        if not mask.any():
-            raise DataSourceError(
-                f"Mask '{sample.mask}' of image '{sample.path}' is all background (no non-zero "
-                f"pixel): mask_input=apply would blank the whole image. Fix the mask, or leave "
-                f"the image out (data.on_bad_image=skip lists it in skipped.csv)."
-            )
-        return mask, 2
-
-    def _binary_threshold(self) -> int | None:
-        """The threshold of binary masks, whose gray levels are judged (hook); else None."""
-        return None
-
-    def _letterboxed_mask(self, sample: Sample) -> tuple[np.ndarray, int, bool]:
-        """Read a sample's mask, check it has its image's size, letterbox it like the image;
-        with the number of values in its file and whether it is all background."""
-        mask, levels = self._read_sample_mask(sample)
-        shape = image_shape(sample.path)
-        if mask.shape != shape:
-            raise DataSourceError(
-                f"Mask '{sample.mask}' is {mask.shape[0]}x{mask.shape[1]} pixels (height x "
-                f"width) but its image '{sample.path}' is {shape[0]}x{shape[1]}; a mask must "
-                f"have the size of its image (after the image's EXIF orientation)."
-            )
-        return letterbox_mask(mask, self.cache.image_size), levels, not mask.any()
-
-    def _load_masks(self, samples: list[Sample]) -> tuple[list[Sample], np.ndarray]:
-        """Read, check and letterbox every sample's mask in threads.
-
-        With ``on_bad_image="error"`` the first bad mask (in sample order) raises; with
-        ``"skip"`` its sample is left out and listed in :attr:`skipped`.
-
-        Returns:
-            The samples whose mask is usable and their ``(N, S, S)`` uint8 masks.
-        """
-
-        def one(sample: Sample) -> tuple[np.ndarray, int, bool] | DataSourceError:
-            try:
-                return self._letterboxed_mask(sample)
-            except DataSourceError as exc:  # ImageReadError too
-                return exc
-
-        with ThreadPoolExecutor(self.cache.workers) as pool:
-            results = list(pool.map(one, samples))
-        keep: list[int] = []
-        bad: list[tuple[str, str]] = []
-        for i, (sample, result) in enumerate(zip(samples, results, strict=True)):
-            if not isinstance(result, DataSourceError):
-                keep.append(i)
-            elif self.on_bad_image == "error":
-                raise result
-            else:
-                bad.append((str(sample.mask), str(result)))
-        if bad:
-            log.warning(
-                f"Skipped {len(bad)} image(s) whose mask cannot be used (on_bad_image=skip), "
-                f"e.g. {bad[0][1]}"
-            )
-            self.skipped.extend(bad)
-        if not keep:
-            raise DataSourceError(
-                f"The data source {self.source.describe()} yielded no image with a usable mask "
-                f"({len(self.skipped)} skipped)."
-            )
-        self.digests = [self.digests[i] for i in keep]
-        kept = [results[i] for i in keep]
-        self.findings += mask_findings(
-            [samples[i].mask for i in keep],
-            [r[2] for r in kept],
-            [r[1] for r in kept],
-            self._binary_threshold(),
-        )
-        return [samples[i] for i in keep], np.stack([r[0] for r in kept])
-
     def _pseudonymise(self, samples: list[Sample]) -> list[Sample]:
         """Replace patient IDs (manifest column, else DICOM PatientID) by salted hashes."""
         salt = self.cache.salt()
@@ -517,19 +366,6 @@ class KneeDataModule(L.LightningDataModule):
             sel = np.flatnonzero(self.split_codes == code)
             self.datasets[name] = self._make_dataset(name, sel, images[sel], labels[sel])
         (log.warning if self.findings else log.info)(self.summary())
-
-    def _crop_to_masks(
-        self, images: np.ndarray, masks: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Each image cropped to its mask's foreground; an empty mask names its image."""
-        empty = [str(self.samples[i].path) for i, m in enumerate(masks) if not m.any()]
-        if empty:
-            raise DataSourceError(
-                f"mask_input=crop needs bone in every mask, but {len(empty)} mask(s) are all "
-                f"background: {shorten(empty)}. Fix or leave out those images.",
-                details=empty,
-            )
-        return crop_to_foreground(images, masks, self.image_size, self.mask_crop_margin)
 
     def _split(self, strata: np.ndarray) -> np.ndarray:
         """Split codes: hold-out or K-fold (:func:`assign_splits`), or an inner split of nested

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from osteolightning.data.datamodule import ArrayDataset, KneeDataModule
+from osteolightning.data.datamodule import KneeDataModule
+from osteolightning.data.datasets import ArrayDataset
 from osteolightning.data.masks import check_mask_format, check_mask_threshold, read_mask_info
 from osteolightning.data.sample import Sample
 from osteolightning.data.sampling import Key, split_key
