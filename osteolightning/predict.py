@@ -35,7 +35,9 @@ from osteolightning.data.cache import letterbox_resize
 from osteolightning.data.io import IMAGE_EXTENSIONS, is_dicom, read_image
 from osteolightning.data.transforms import ToNormalizedTensor
 from osteolightning.errors import ConfigError, DataSourceError, OsteoError
+from osteolightning.explain import add_explain_arguments, explain_rows
 from osteolightning.models.checkpointing import load_model
+from osteolightning.models.portable import load_predictor
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: overlays are written at most this many pixels on their long side
@@ -267,9 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="segmentation: add a label column with each image's parent-folder name",
     )
     parser.add_argument("--no-overlays", action="store_true", help="segmentation: skip overlays/")
+    add_explain_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.ckpt)
+        model = load_predictor(args.ckpt)  # a checkpoint, or an osteo-export .onnx / .pt
         if hasattr(model, "predict_masks"):
             if not args.out:
                 raise ConfigError("A segmentation checkpoint needs --out DIR (a new folder).")
@@ -292,6 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OsteoError as err:
         parser.exit(2, f"osteo-predict: error: {err}\n")
     header = ["path", *[f"prob_{c}" for c in names], "prediction"]
+    if args.explain:  # one saliency overlay per image, its path and border share in the CSV
+        try:
+            pairs = list(iter_images_with_roots(args.paths))
+            header, rows = explain_rows(model, args, pairs, header, rows)
+        except OsteoError as err:
+            parser.exit(2, f"osteo-predict: error: {err}\n")
     if args.out:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
