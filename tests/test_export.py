@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import compose_config
 from osteolightning.errors import ConfigError
 from osteolightning.export import export
 from osteolightning.models.portable import METADATA_KEY, load_portable
 from osteolightning.predict import main
+from tests.conftest import compose_config
 
 #: the stated tolerance: the largest absolute difference of probabilities (parity.atol)
 ATOL = 1e-4
