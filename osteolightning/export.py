@@ -85,8 +85,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         model, run_cfg = load_checkpoint(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
         model = model.eval().cpu()
         out = Path(cfg.out or run.dir / f"model{SUFFIX[cfg.format]}")
-        if out.exists():
-            raise ConfigError(f"out='{out}' exists; osteo-export never writes over a file.")
+        taken = [p for p in (out, out.parent / rundir.EXPORT_REPORT) if p.exists()]
+        if taken:
+            raise ConfigError(
+                f"'{taken[0]}' exists; osteo-export never writes over a file. Pass a new out=."
+            )
         images = prepared(
             model, parity_images(cfg.ckpt_path, cfg.parity.images, cfg.parity.n_images)
         )
