@@ -15,11 +15,12 @@ import lightning as L
 from omegaconf import DictConfig, open_dict
 
 from osteolightning.callbacks import RunArtifacts
-from osteolightning.callbacks.writers import build_writer
+from osteolightning.callbacks.writers import build_saliency, build_writer
 from osteolightning.data.audit import read_splits_csv
 from osteolightning.ensemble.evaluate import evaluate_ensemble, is_ensemble
 from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_checkpoint
+from osteolightning.models.saliency import cam_layer_of
 from osteolightning.utils import rundir, runs
 from osteolightning.utils.checks import check_config
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
@@ -116,7 +117,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         callbacks = [
             *instantiate_list(cfg.get("callbacks"), "callbacks"),
             RunArtifacts(cfg.paths.output_dir, to_container(cfg)),
-            writer,
+            writer,  # the saliency report follows: it adds to the writer's metrics.json
+            # the checkpoint's target layer (its run config), unless this command sets one
+            *build_saliency(
+                cfg.get("saliency"),
+                cam_layer_of(cfg) or cam_layer_of(run_cfg),
+                cfg.paths.output_dir,
+            ),
         ]
         trainer: L.Trainer = hydra.utils.instantiate(
             cfg.trainer, callbacks=callbacks, logger=run.loggers

@@ -37,7 +37,9 @@ from osteolightning.data.inputs import Inputs, find_inputs
 from osteolightning.data.io import ON_BAD_IMAGE, read_image
 from osteolightning.data.transforms import ToNormalizedTensor
 from osteolightning.errors import ConfigError, DataSourceError, ImageReadError
+from osteolightning.explain import add_explain_arguments, explain_rows
 from osteolightning.models.checkpointing import load_model
+from osteolightning.models.portable import load_predictor
 from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -250,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="segmentation: add a label column with each image's parent-folder name",
     )
     parser.add_argument("--no-overlays", action="store_true", help="segmentation: skip overlays/")
+    add_explain_arguments(parser)
     args = parser.parse_args(argv)
     with user_errors("osteo-predict", Path(args.out).parent if args.out else None):
         return _run(args)
@@ -257,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """osteo-predict's work; every input is either used or reported, and the count is printed."""
-    model = load_model(args.ckpt)
+    model = load_predictor(args.ckpt)  # a checkpoint, or an osteo-export .onnx / .pt
     inputs = find_inputs(args.paths, args.on_bad_image)
     if hasattr(model, "predict_masks"):
         if not args.out:
@@ -289,6 +292,10 @@ def _run(args: argparse.Namespace) -> int:
             on_bad_image=args.on_bad_image,
         )
         header = ["path", *[f"prob_{c}" for c in model.preprocessing.class_names], "prediction"]
+        if args.explain:  # one saliency overlay per image, its path and border share in the CSV
+            written = {row[0] for row in rows}
+            pairs = [(root, image) for root, image in inputs.pairs if str(image) in written]
+            header, rows = explain_rows(model, args, pairs, header, rows)
         if args.out:
             buffer = io.StringIO()
             csv.writer(buffer, lineterminator="\n").writerows([header, *rows])

@@ -22,8 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from osteolightning.callbacks import RunArtifacts
-from osteolightning.callbacks.writers import build_writer
+from osteolightning.callbacks.writers import build_saliency, build_writer
 from osteolightning.models.checkpointing import explain_unpickling
+from osteolightning.models.saliency import cam_layer_of
 from osteolightning.reproduce import reproduce_run
 from osteolightning.utils import runs
 from osteolightning.utils.checks import check_config, check_monitors
@@ -69,7 +70,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         callbacks = [
             *instantiate_list(cfg.get("callbacks"), "callbacks"),
             RunArtifacts(cfg.paths.output_dir, to_container(cfg)),
-            writer,
+            writer,  # the saliency report follows: it adds to the writer's metrics.json
+            *build_saliency(cfg.get("saliency"), cam_layer_of(cfg), cfg.paths.output_dir),
         ]
         trainer: L.Trainer = hydra.utils.instantiate(
             cfg.trainer, callbacks=callbacks, logger=run.loggers

@@ -24,6 +24,8 @@ FLOORS: list[tuple[str, ...]] = [
         "osteolightning.segment",
         "osteolightning.evaluate",
         "osteolightning.predict",
+        "osteolightning.explain",
+        "osteolightning.export",
         "osteolightning.ensemble.cli",
         "osteolightning.ensemble.evaluate",
         "osteolightning.ensemble.__main__",
@@ -49,6 +51,10 @@ RUN_FILES = (
     "last.ckpt",
     "test_metrics.csv",
     ".osteo_leaderboard.json",
+    "saliency.csv",
+    "saliency_grid.png",
+    "MODEL_CARD.md",
+    "export.json",
 )
 
 

@@ -229,6 +229,7 @@ def load_checkpoint(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) ->
     }
     model = hydra.utils.instantiate(model_cfg, net=hydra.utils.instantiate(net_cfg))
     model.load_state_dict(checkpoint["state_dict"])
+    model.run_config = run_cfg  # e.g. the saliency target layer (backbone.cam_layer)
     return model, run_cfg
 
 

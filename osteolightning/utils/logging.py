@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_only
+try:
+    from lightning.pytorch.utilities import rank_zero_only
+except ImportError:  # an exported model runs without Lightning (osteolightning.models.portable)
+
+    def rank_zero_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Without Lightning there is one process: every call is rank zero's."""
+        return fn
 
 
 def get_logger(name: str) -> logging.Logger:

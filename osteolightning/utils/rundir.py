@@ -64,6 +64,14 @@ CSV_METRICS = f"{CSV_DIR}/metrics.csv"
 TEST_METRICS_CSV = "test_metrics.csv"
 WANDB_DIR = "wandb"
 FIGURES = "figures"
+#: the saliency report: per test image, its saliency's share in the border band and the bone
+SALIENCY = "saliency.csv"
+#: in ``figures/``: correct and wrong test cases of each class with their saliency maps
+SALIENCY_GRID = "saliency_grid.png"
+#: the run's model card, built from the run's own files when it finishes
+MODEL_CARD = "MODEL_CARD.md"
+#: ``osteo-export``: what was exported, its metadata and the parity check
+EXPORT_REPORT = "export.json"
 TEST_MASKS = "test_masks"
 #: a sweep's leaderboard folder (in the multirun directory) and its marker
 LEADERBOARD = "leaderboard"

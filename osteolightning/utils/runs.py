@@ -421,7 +421,7 @@ class Session:
 
 
 @contextlib.contextmanager
-def session(cfg: DictConfig, loggers: bool = True) -> Iterator[Session]:
+def session(cfg: DictConfig, loggers: bool = True, model_card: bool = True) -> Iterator[Session]:
     """The life of one run, around an entry point's work::
 
         with runs.session(cfg) as run:          # claims the directory, starts the loggers
@@ -432,7 +432,8 @@ def session(cfg: DictConfig, loggers: bool = True) -> Iterator[Session]:
     On entry: :func:`start_run` (which may point ``cfg`` at the run it continues, so call it
     before anything reads ``cfg.paths.output_dir``), the loggers of ``cfg.logger`` (with
     ``loggers``), a resumed CSV log's earlier rows, the hyper-parameters logged and the W&B id
-    recorded. On leaving normally: :func:`finish_run`. On an exception: the heartbeat stops and
+    recorded. On leaving normally: ``MODEL_CARD.md`` built from the run's files (with
+    ``model_card``; :mod:`osteolightning.utils.model_card`), then :func:`finish_run`. On an exception: the heartbeat stops and
     the W&B run is finished as failed, then the exception propagates. Always: the loggers close.
 
     Raises:
@@ -449,6 +450,8 @@ def session(cfg: DictConfig, loggers: bool = True) -> Iterator[Session]:
             logger.log_hyperparams(to_container(cfg))
         record_loggers(run_dir, started)
         yield Session(run_dir, cfg, started)
+        if model_card:
+            _write_model_card(run_dir, to_container(cfg))
         finish_run(run_dir)
     except BaseException as err:
         stop_heartbeat()
@@ -459,6 +462,18 @@ def session(cfg: DictConfig, loggers: bool = True) -> Iterator[Session]:
         raise
     finally:
         close_loggers(started)
+
+
+@rank_zero_only
+def _write_model_card(run_dir: Path, config: dict[str, Any]) -> None:
+    """The run's model card; a failure to build it is logged, never fails the finished run."""
+    from osteolightning.utils.model_card import write_model_card
+
+    try:
+        path = write_model_card(run_dir, config)
+        log.info(f"Wrote the model card {path}")
+    except Exception as err:  # noqa: BLE001 - the results are written; the card is a summary
+        log.warning(f"Could not write {rundir.MODEL_CARD} in {run_dir}: {err!r}")
 
 
 def close_loggers(loggers: Sequence[Any]) -> None:

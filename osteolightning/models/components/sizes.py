@@ -40,7 +40,8 @@ def check_input_size(
     Raises:
         ConfigError: naming the shape and what would be accepted.
     """
-    shape = tuple(int(s) for s in shape)
+    # the batch dimension stays as it is (symbolic under torch.export: a dynamic batch)
+    shape = (shape[0], *(int(s) for s in shape[1:])) if len(shape) else tuple(shape)
     if len(shape) != 4 or shape[1] != in_chans:
         raise ConfigError(
             f"{network} expects a (B, {in_chans}, H, W) input (built with in_chans={in_chans}); "
