@@ -26,13 +26,13 @@ from omegaconf import DictConfig
 
 from osteolightning import __version__
 from osteolightning.data.cache import letterbox_resize
+from osteolightning.data.inputs import find_inputs
 from osteolightning.data.io import read_image
 from osteolightning.data.transforms import ToNormalizedTensor
 from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_checkpoint
 from osteolightning.models.exporting import check_exporter, export_model, parity
 from osteolightning.models.portable import export_metadata
-from osteolightning.predict import iter_images
 from osteolightning.utils import rundir, runs
 from osteolightning.utils.config import CONFIG_DIR
 from osteolightning.utils.files import atomic_write_json, atomic_write_text, file_sha256
@@ -51,7 +51,8 @@ def parity_images(ckpt_path: str | Path, given: Any, n: int) -> list[Path]:
         ConfigError: none found (``parity.images`` is named).
     """
     if given:
-        return list(iter_images([given] if isinstance(given, str) else list(given)))[:n]
+        paths = [given] if isinstance(given, str) else list(given)
+        return [image for _, image in find_inputs(paths).pairs][:n]
     run = rundir.run_of_checkpoint(ckpt_path)
     for name in (rundir.PREDICTIONS, rundir.SPLITS):
         if (run / name).is_file():
