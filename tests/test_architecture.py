@@ -47,6 +47,9 @@ RUN_FILES = (
     "last.ckpt",
     "test_metrics.csv",
     ".osteo_leaderboard.json",
+    ".osteo_job.json",
+    "optuna_journal.log",
+    "optimization_results.yaml",
 )
 
 
