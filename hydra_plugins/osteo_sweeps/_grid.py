@@ -12,6 +12,7 @@ fresh in a new directory (logged) and its jobs start fresh (``resume`` is not pa
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +25,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from osteolightning.errors import ConfigError
 from osteolightning.utils import rundir, sweep_resume
-from osteolightning.utils.logging import get_logger
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 
 def redirect_sweep_dir(config: DictConfig, sweep_dir: str | Path) -> None:

@@ -10,6 +10,7 @@ job per group at a time, each job's process pinned to its group through
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import time
@@ -22,10 +23,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir, sweep_resume
-from osteolightning.utils.logging import get_logger
+from osteolightning.utils import rundir
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- slots
@@ -153,6 +153,8 @@ def job_return(submitted: Submitted, config: Any) -> JobReturn:
     try:
         return submitted.job.results()[0]
     except Exception as err:  # submitit's UncompletedJobError / FailedJobError
+        from osteolightning.utils import sweep_resume  # (torch: not in a launcher's import)
+
         folder = job_folder(config, submitted.num)
         record = sweep_resume.read_job_record(folder) if folder else None
         ret = JobReturn(overrides=list(submitted.overrides))

@@ -18,6 +18,7 @@ finished; ``resume=auto`` on the sweep, or the Optuna study started again, runs 
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,8 @@ from hydra.core.hydra_config import HydraConfig
 
 from osteolightning.callbacks import last_checkpoint
 from osteolightning.utils import rundir, runs, sweep_resume
-from osteolightning.utils.logging import get_logger
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _run_dir() -> Path | None:

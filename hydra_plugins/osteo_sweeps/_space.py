@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import (
@@ -38,6 +39,9 @@ from optuna.distributions import (
 
 from osteolightning.errors import ConfigError
 
+#: override keys that say where a worker writes, not what a trial is
+BOOKKEEPING = ("paths.", "hydra.")
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -55,13 +59,13 @@ class SearchSpace:
 
     def describe(self) -> dict[str, object]:
         """What a study stores to recognise its space: parameter → {spec, distribution JSON}
-        and the fixed overrides."""
+        and the fixed overrides (bookkeeping aside: ``paths.*``, where a worker writes)."""
         return {
             "params": {
                 k: {"spec": self.specs[k], "distribution": distribution_to_json(d)}
                 for k, d in self.distributions.items()
             },
-            "fixed": dict(self.fixed),
+            "fixed": {k: v for k, v in self.fixed.items() if not k.startswith(BOOKKEEPING)},
         }
 
     def overrides(self, params: dict[str, object]) -> list[str]:
@@ -162,3 +166,24 @@ def space_differences(stored: dict, wanted: dict) -> list[str]:
             old, new = old_fixed.get(key, "<not set>"), new_fixed.get(key, "<not set>")
             differences.append(f"{key}={old} in the study, {key}={new} here")
     return differences
+
+
+def grid_values(space: SearchSpace) -> dict[str, list[Any]]:
+    """The values of each parameter for ``optuna.samplers.GridSampler`` (discrete ones only).
+
+    Raises:
+        ConfigError: a continuous parameter (an ``interval`` without step).
+    """
+    values: dict[str, list[Any]] = {}
+    for name, dist in space.distributions.items():
+        if isinstance(dist, CategoricalDistribution):
+            values[name] = list(dist.choices)
+        elif getattr(dist, "step", None) is not None:
+            n = int(round((dist.high - dist.low) / dist.step)) + 1
+            values[name] = [dist.low + i * dist.step for i in range(n)]
+        else:
+            raise ConfigError(
+                f"Expected the parameters of a GridSampler search to be choice(...) or "
+                f"range(...), but `{name}` is {space.specs[name]}."
+            )
+    return values

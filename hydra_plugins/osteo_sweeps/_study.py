@@ -29,6 +29,7 @@ overrides; a sweep with another one is refused, naming the differences).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -48,13 +49,17 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages.journal import JournalFileOpenLock
 from optuna.trial import TrialState
 
-from hydra_plugins.osteo_sweeps._space import SearchSpace, parse_search_space, space_differences
+from hydra_plugins.osteo_sweeps._space import (
+    SearchSpace,
+    grid_values,
+    parse_search_space,
+    space_differences,
+)
 from hydra_plugins.osteo_sweeps._storage import make_study_folder, open_storage
 from osteolightning.errors import ConfigError
 from osteolightning.utils import rundir, runs, sweep_resume
-from osteolightning.utils.logging import get_logger
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 JOB, WORKER, BEAT = "osteo_job", "osteo_worker", "osteo_heartbeat"
 RETRY_OF, INTERRUPTED, SPACE = "osteo_retry_of", "osteo_interrupted", "osteo_space"
@@ -103,6 +108,21 @@ def _worker_alive(trial: optuna.trial.FrozenTrial) -> bool:
         "heartbeat": trial.user_attrs.get(BEAT),
     }
     return runs._alive_elsewhere(marker)
+
+
+def tell(
+    study: optuna.Study, number: int, values: Any = None, state: TrialState | None = None
+) -> bool:
+    """``study.tell``; ``False`` when the sampler has run out of its space (a grid or
+    brute-force sampler calls ``Study.stop``, which outside ``optimize`` raises after the
+    trial is stored)."""
+    try:
+        study.tell(number, values, state=state, skip_if_finished=True)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
+        return False
+    return True
 
 
 class _Heartbeat:
@@ -202,6 +222,7 @@ class OptunaStudySweeper:
         self.config: DictConfig | None = None
         self.launcher: Any = None
         self.storage: Any = None
+        self.exhausted = False  # the sampler has tried its whole space
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -220,11 +241,7 @@ class OptunaStudySweeper:
                 f"resume={resume}: an Optuna study continues by itself when started again with "
                 "the same command (same study name and storage); the option is not passed to trials."
             )
-        space = parse_search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
-        for key in list(space.fixed):
-            if key == "resume" or key.startswith("paths."):  # bookkeeping, not configuration
-                space.fixed.pop(key)
-        return space
+        return parse_search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
 
     def _study(self, storage: Any, where: str, space: SearchSpace) -> optuna.Study:
         try:
@@ -257,12 +274,14 @@ class OptunaStudySweeper:
             )
         return study
 
-    def _sampler(self, seed_offset: int) -> Any:
+    def _sampler(self, seed_offset: int, space: SearchSpace) -> Any:
         cfg = dict(self.sampler_cfg or {"_target_": "optuna.samplers.TPESampler"})
         if cfg.get("seed") is not None:
             # each trial gets its own seed: workers sharing the study, or a study started again,
             # do not draw the same startup trials
             cfg["seed"] = int(cfg["seed"]) + seed_offset
+        if str(cfg.get("_target_", "")).endswith("GridSampler"):
+            cfg.setdefault("search_space", grid_values(space))
         return instantiate(cfg)
 
     @contextmanager
@@ -289,9 +308,7 @@ class OptunaStudySweeper:
             if record.get("ended") is not None:  # the job outlived its worker and finished
                 value = record.get("value")
                 state = TrialState.COMPLETE if value is not None else TrialState.FAIL
-                study.tell(
-                    trial.number, value if state == TrialState.COMPLETE else None, state=state
-                )
+                self.exhausted |= not tell(study, trial.number, value, state)
                 log.info(
                     f"Trial {trial.number}: its job in {job_dir} finished after its worker was gone; recorded ({state.name}, {value})."
                 )
@@ -302,7 +319,7 @@ class OptunaStudySweeper:
                 )
                 continue
             self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-            study.tell(trial.number, state=TrialState.FAIL)
+            tell(study, trial.number, state=TrialState.FAIL)
             study.enqueue_trial(dict(trial.params), user_attrs={JOB: job, RETRY_OF: trial.number})
             log.warning(
                 f"Trial {trial.number} was interrupted (its worker {trial.user_attrs.get(WORKER)} is gone); "
@@ -321,15 +338,21 @@ class OptunaStudySweeper:
                     "hydra/launcher=local or slurm, or start more workers on the same study."
                 )
             return 1
-        return self.n_jobs or capacity
+        if self.n_jobs and self.n_jobs > capacity:
+            log.warning(
+                f"hydra.sweeper.n_jobs={self.n_jobs}, but {type(self.launcher).__name__} runs at "
+                f"most {capacity} jobs at once (hydra.launcher.max_parallel / array_parallelism): "
+                f"{capacity} trials at a time."
+            )
+        return min(self.n_jobs or capacity, capacity)
 
     def _start(self, study: optuna.Study, space: SearchSpace, beat: _Heartbeat) -> _InFlight | None:
         """Ask for a trial (holding the lock), prepare its job folder; ``None`` if the budget is spent."""
         trials = study.get_trials(deepcopy=False)
         count = tally(trials)
-        if count.waiting == 0 and count.done + count.running >= self.n_trials:
+        if count.waiting == 0 and (self.exhausted or count.done + count.running >= self.n_trials):
             return None
-        study.sampler = self._sampler(len(trials))
+        study.sampler = self._sampler(len(trials), space)
         trial = study.ask(fixed_distributions=space.distributions)
         job = int(trial.user_attrs.get(JOB, trial.number))
         trial.set_user_attr(JOB, job)
@@ -348,7 +371,7 @@ class OptunaStudySweeper:
             )
         elif job_dir.exists():
             self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-            study.tell(trial.number, state=TrialState.FAIL)
+            tell(study, trial.number, state=TrialState.FAIL)
             raise ConfigError(
                 f"The job folder of trial {trial.number}, {job_dir}, exists already: two studies "
                 "share hydra.sweep.dir. Give each study its own folder (the default follows "
@@ -371,7 +394,9 @@ class OptunaStudySweeper:
         else:
             error = f"{type(ret._return_value).__name__}: {ret._return_value}"
         state = TrialState.COMPLETE if values is not None else TrialState.FAIL
-        study.tell(item.trial.number, values, state=state, skip_if_finished=True)
+        if not tell(study, item.trial.number, values, state):
+            self.exhausted = True
+            log.info("The sampler has tried its whole search space: no further trials.")
         if state == TrialState.FAIL:
             log.warning(
                 f"Trial {item.trial.number} failed ({error}; see {self._job_dir(item.job)}); "
@@ -385,6 +410,12 @@ class OptunaStudySweeper:
     def sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None
         space = self._space(list(arguments))
+        if "${now:" in str(OmegaConf.to_container(self.config.hydra.sweep, resolve=False)["dir"]):
+            log.warning(
+                "hydra.sweep.dir changes with every start (${now:...}): this study cannot be "
+                "continued by the same command, nor shared by workers started at other times. "
+                "Name its folder after the study, as conf/hparams_search/knee_optuna.yaml does."
+            )
         folder = make_study_folder(str(self.config.hydra.sweep.dir))
         storage, where = open_storage(self.storage_cfg, folder)
         self.storage = storage

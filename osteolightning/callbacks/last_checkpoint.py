@@ -36,6 +36,11 @@ log = get_logger(__name__)
 _ACTIVE: dict[str, Any] = {}
 
 
+def _now() -> float:
+    """The training clock (monotonic seconds)."""
+    return time.monotonic()
+
+
 class LastCheckpoint(L.Callback):
     """Write ``<dirpath>/last.ckpt`` by the clock, at every epoch end and optionally every N steps.
 
@@ -82,14 +87,14 @@ class LastCheckpoint(L.Callback):
         self.every_s = None if every_minutes is None else 60.0 * float(every_minutes)
         self.every_n_train_steps = int(every_n_train_steps or 0)
         self.on_epoch_end = bool(on_epoch_end)
-        self._clock = time.monotonic()
+        self._clock = _now()
         self._saved_step = -1
         self._saving = False
 
     # ------------------------------------------------------------------ hooks
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._clock = time.monotonic()
+        self._clock = _now()
         self._saved_step = trainer.global_step  # a resumed run does not rewrite its checkpoint
         _ACTIVE.update(trainer=trainer, callback=self)
 
@@ -102,7 +107,7 @@ class LastCheckpoint(L.Callback):
         if self.every_s is not None:
             # the ranks' clocks differ: rank zero decides, or a collective save would hang
             due = trainer.strategy.broadcast(
-                by_steps or time.monotonic() - self._clock >= self.every_s
+                by_steps or _now() - self._clock >= self.every_s
             )
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if due and not (self.on_epoch_end and last_batch):  # the epoch end writes it next
@@ -140,7 +145,7 @@ class LastCheckpoint(L.Callback):
             trainer.save_checkpoint(self.path, weights_only=False)
         finally:
             self._saving = False
-        self._saved_step, self._clock = trainer.global_step, time.monotonic()
+        self._saved_step, self._clock = trainer.global_step, _now()
         return self.path
 
 
