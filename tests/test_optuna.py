@@ -158,12 +158,15 @@ TOY = """
 import json, os, time
 from pathlib import Path
 import hydra
+from hydra.core.hydra_config import HydraConfig
 
 @hydra.main(version_base="1.3", config_path=".", config_name="toy")
 def main(cfg):
-    time.sleep(cfg.sleep)
+    num, start = HydraConfig.get().job.num, time.time()
+    time.sleep(cfg.sleep * (cfg.slow_factor if num == cfg.slow_job else 1))
     Path(cfg.out, "trials").mkdir(exist_ok=True)
-    Path(cfg.out, "trials", f"{os.getpid()}-{time.time()}.json").write_text(json.dumps({"x": cfg.x}))
+    record = {"x": cfg.x, "job": num, "pid": os.getpid(), "start": start, "end": time.time()}
+    Path(cfg.out, "trials", f"{os.getpid()}-{time.time()}.json").write_text(json.dumps(record))
     return (cfg.x - 1.0) ** 2
 
 if __name__ == "__main__":
@@ -176,6 +179,8 @@ defaults:
   - _self_
 x: 0.0
 sleep: 0.5
+slow_job: -1
+slow_factor: 1
 out: ???
 hydra:
   sweep:
@@ -225,6 +230,27 @@ def test_two_workers_share_one_study(tmp_path):
     ]
     assert len({t.user_attrs["osteo_worker"]["pid"] for t in trials}) == 2
     assert len(list((tmp_path / "trials").iterdir())) == 6  # each trial ran once
+
+
+def test_a_worker_keeps_n_jobs_trials_running_without_batches(tmp_path):
+    """Through the local launcher (two CPU slots), two trials run at once, and a new trial
+    starts as soon as one ends, while the slow trial 0 still runs (no batch waits for it)."""
+    command = _toy(
+        tmp_path, "sleep=1.0", "slow_job=0", "slow_factor=8", "hydra.sweeper.n_trials=3",
+        "hydra/launcher=osteo_local", "hydra.launcher.gpus_per_job=0",
+        "hydra.launcher.max_parallel=2", "hydra.launcher.threads_per_job=1",
+    )  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert tally(_study(tmp_path / "study", "toy").trials).complete == 3
+    jobs = {
+        r["job"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "trials").iterdir())
+    }
+    assert sorted(jobs) == [0, 1, 2] and len({r["pid"] for r in jobs.values()}) == 3
+    assert jobs[0]["start"] < jobs[1]["end"] and jobs[1]["start"] < jobs[0]["end"]  # at once
+    # no batch: trial 2 was launched as soon as trial 1 was told, trial 0 still running
+    log = done.stdout if "Trial 0 (job 0)" in done.stdout else done.stderr
+    assert log.index("Trial 1 (job 1)") < log.index("\t#2 : ") < log.index("Trial 0 (job 0)")
 
 
 def test_a_killed_study_started_again_ends_with_exactly_n_trials(tmp_path):

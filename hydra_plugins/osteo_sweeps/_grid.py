@@ -29,9 +29,14 @@ from osteolightning.utils import rundir, sweep_resume
 log = logging.getLogger(__name__)
 
 
-def redirect_sweep_dir(config: DictConfig, sweep_dir: str | Path) -> None:
+def redirect_sweep_dir(config: DictConfig, sweep_dir: str | Path, launcher: Any = None) -> None:
     """Point a multirun at ``sweep_dir``: the config the callbacks read (leaderboard, exit
-    status) and the hydra overrides each job's config is composed from."""
+    status), the hydra overrides each job's config is composed from, and a submitit
+    launcher's log folder (resolved from the old sweep dir when the launcher was made)."""
+    old = str(config.hydra.sweep.dir)
+    params = getattr(launcher, "params", None)
+    if isinstance(params, dict) and str(params.get("submitit_folder", "")).startswith(old):
+        params["submitit_folder"] = str(sweep_dir) + params["submitit_folder"][len(old) :]
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.sweep.dir = str(sweep_dir)
         text = str(sweep_dir).replace("\\", "\\\\").replace("'", "\\'")
@@ -113,7 +118,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
                 f"a fresh sweep starts in {config.hydra.sweep.dir} (its jobs start fresh)."
             )
         else:
-            redirect_sweep_dir(config, previous)
+            redirect_sweep_dir(config, previous, sweeper.launcher)
             resuming = True
             log.info(f"resume=auto: continuing the multirun in {previous}.")
     elif resume is not None:

@@ -164,7 +164,9 @@ def job_return(submitted: Submitted, config: Any) -> JobReturn:
         log.error(
             f"Job {submitted.num} ({' '.join(submitted.overrides)}) ended without a result: {err}"
         )
-        if folder is not None and folder.is_dir() and not (folder / rundir.ERROR).exists():
+        if folder is not None and not (folder / rundir.ERROR).exists():
+            # (a job that died before Hydra made its folder gets one: the sweep lists it failed)
+            folder.mkdir(parents=True, exist_ok=True)
             sweep_resume.record_crashed_job(folder, err, submitted.overrides, submitted.num)
         ret.status, ret.return_value = JobStatus.FAILED, err
         return ret

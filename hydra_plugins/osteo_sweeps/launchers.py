@@ -10,6 +10,7 @@ scanning; submitit and the rest are imported when a sweep launches.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     BaseSubmititLauncher,
     SlurmLauncher,
 )
+
+log = logging.getLogger(__name__)
 
 
 class _Requeueable:
@@ -115,7 +118,11 @@ class OsteoSlurmLauncher(_Requeueable, SlurmLauncher):
         from hydra_plugins.osteo_sweeps._launch import Submitted, job_arguments, job_return
 
         arguments = [job_arguments(o, n) for o, n in jobs]
-        submitted = self._executor().map_array(self, *zip(*arguments, strict=True))
+        executor = self._executor()
+        log.info(f"Submitit 'slurm' sweep output dir : {self.config.hydra.sweep.dir}")
+        for overrides, num in jobs:
+            log.info(f"\t#{num} : {' '.join(overrides)}")
+        submitted = executor.map_array(self, *zip(*arguments, strict=True))
         return [
             job_return(Submitted(job, n, o), self.config)
             for job, (o, n) in zip(submitted, jobs, strict=True)

@@ -56,8 +56,8 @@ class LastCheckpoint(L.Callback):
 
     Example:
         >>> cb = LastCheckpoint("/tmp/run/checkpoints", every_minutes=5)
-        >>> cb.path.name
-        'last.ckpt'
+        >>> cb.every_s, cb.every_n_train_steps, cb.on_epoch_end
+        (300.0, 0, True)
     """
 
     def __init__(
