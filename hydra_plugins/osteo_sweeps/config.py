@@ -18,7 +18,7 @@ class OptunaSweeperConf:
     _target_: str = "hydra_plugins.osteo_sweeps.sweepers.OsteoOptunaSweeper"
     # the sampler is instantiated per trial (with its seed offset), not once by Hydra
     _recursive_: bool = False
-    # an Optuna sampler, instantiated per trial with seed + trial number when `seed` is set
+    # an Optuna sampler, instantiated per trial with seed + the study's trial count (if seeded)
     sampler: Any = field(
         default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None}
     )
