@@ -236,7 +236,7 @@ def test_a_worker_keeps_n_jobs_trials_running_without_batches(tmp_path):
     """Through the local launcher (two CPU slots), two trials run at once, and a new trial
     starts as soon as one ends, while the slow trial 0 still runs (no batch waits for it)."""
     command = _toy(
-        tmp_path, "sleep=1.0", "slow_job=0", "slow_factor=8", "hydra.sweeper.n_trials=3",
+        tmp_path, "sleep=1.0", "slow_job=0", "slow_factor=6", "hydra.sweeper.n_trials=3",
         "hydra/launcher=osteo_local", "hydra.launcher.gpus_per_job=0",
         "hydra.launcher.max_parallel=2", "hydra.launcher.threads_per_job=1",
     )  # fmt: skip
@@ -254,7 +254,7 @@ def test_a_worker_keeps_n_jobs_trials_running_without_batches(tmp_path):
 
 
 def test_a_killed_study_started_again_ends_with_exactly_n_trials(tmp_path):
-    command = _toy(tmp_path, "sleep=1.5")
+    command = _toy(tmp_path, "sleep=1.0", "hydra.sweeper.n_trials=4")
     first = subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -272,7 +272,7 @@ def test_a_killed_study_started_again_ends_with_exactly_n_trials(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     trials = _study(tmp_path / "study", "toy").trials
     count = tally(trials)
-    assert (count.complete, count.interrupted, count.running) == (6, 1, 0)
+    assert (count.complete, count.interrupted, count.running) == (4, 1, 0)
     (interrupted,) = [t for t in trials if t.state == TrialState.FAIL]
     (retry,) = [t for t in trials if t.user_attrs.get("osteo_retry_of") == interrupted.number]
     assert (
@@ -282,12 +282,12 @@ def test_a_killed_study_started_again_ends_with_exactly_n_trials(tmp_path):
     # the killed attempt's folder was set aside; the retry ran in the trial's own folder
     assert (tmp_path / "study" / rundir.ATTEMPTS_DIR / f"{interrupted.number}.1").is_dir()
     results = yaml.safe_load((tmp_path / "study" / rundir.OPTIMIZATION_RESULTS).read_text())
-    assert results["n_trials"]["complete"] == 6 and results["best_value"] == min(
+    assert results["n_trials"]["complete"] == 4 and results["best_value"] == min(
         t.value for t in trials if t.value is not None
     )
     # started once more: the study is complete, nothing runs
     third = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0 and len(_study(tmp_path / "study", "toy").trials) == 7
+    assert third.returncode == 0 and len(_study(tmp_path / "study", "toy").trials) == 5
 
 
 # --------------------------------------------------------------------------- osteo-train trials

@@ -210,6 +210,7 @@ class JobRecorder(HydraCallback):
 
         self._write(
             config,
+            fresh=True,  # an earlier attempt's end and value do not describe this one
             job_num=config.hydra.job.get("num"),
             overrides=list(config.hydra.overrides.task),
             host=socket.gethostname(),
@@ -233,10 +234,10 @@ class JobRecorder(HydraCallback):
         return config.hydra.get("mode") == RunMode.MULTIRUN and rank_zero_only.rank == 0
 
     @staticmethod
-    def _write(config: DictConfig, **fields: Any) -> None:
+    def _write(config: DictConfig, fresh: bool = False, **fields: Any) -> None:
         job_dir = Path(str(config.hydra.runtime.output_dir))
         try:
-            record = read_job_record(job_dir) or {}
+            record = {} if fresh else read_job_record(job_dir) or {}
             atomic_write_json(job_dir / rundir.JOB_RECORD, {**record, **fields})
         except OSError as err:  # bookkeeping must never fail a job
             log.warning(f"Could not write {job_dir / rundir.JOB_RECORD}: {err}")
