@@ -106,9 +106,7 @@ class LastCheckpoint(L.Callback):
         due = by_steps
         if self.every_s is not None:
             # the ranks' clocks differ: rank zero decides, or a collective save would hang
-            due = trainer.strategy.broadcast(
-                by_steps or _now() - self._clock >= self.every_s
-            )
+            due = trainer.strategy.broadcast(by_steps or _now() - self._clock >= self.every_s)
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if due and not (self.on_epoch_end and last_batch):  # the epoch end writes it next
             self.save(trainer)
