@@ -55,6 +55,9 @@ RUN_FILES = (
     "saliency_grid.png",
     "MODEL_CARD.md",
     "export.json",
+    ".osteo_job.json",
+    "optuna_journal.log",
+    "optimization_results.yaml",
 )
 
 

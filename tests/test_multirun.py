@@ -131,7 +131,7 @@ def test_finish_wandb_is_safe_without_a_run():
 
 
 def test_slurm_launcher_config_matches_the_trainer(clear_hydra):
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+    from hydra_plugins.osteo_sweeps.launchers import OsteoSlurmLauncher
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
@@ -147,13 +147,13 @@ def test_slurm_launcher_config_matches_the_trainer(clear_hydra):
         )
         default = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher._target_.endswith("osteo_sweeps.launchers.OsteoSlurmLauncher")
     # one task per GPU: Lightning's SLURMEnvironment requires devices == ntasks-per-node
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
     assert launcher.partition == "gpu" and launcher.timeout_min > 0
     assert (default.hydra.launcher.nodes, default.hydra.launcher.tasks_per_node) == (1, 1)
     params = OmegaConf.to_container(launcher, resolve=True)
-    instance = SlurmLauncher(**{k: v for k, v in params.items() if k != "_target_"})
+    instance = OsteoSlurmLauncher(**{k: v for k, v in params.items() if k != "_target_"})
     assert instance.params["partition"] == "gpu"
 
 

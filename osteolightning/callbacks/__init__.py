@@ -3,5 +3,6 @@
 from osteolightning.callbacks.artifacts import RunArtifacts
 from osteolightning.callbacks.evaluation import EvaluationWriter
 from osteolightning.callbacks.finetune import FreezeBackbone
+from osteolightning.callbacks.last_checkpoint import LastCheckpoint
 
-__all__ = ["EvaluationWriter", "FreezeBackbone", "RunArtifacts"]
+__all__ = ["EvaluationWriter", "FreezeBackbone", "LastCheckpoint", "RunArtifacts"]

@@ -73,6 +73,16 @@ MODEL_CARD = "MODEL_CARD.md"
 #: ``osteo-export``: what was exported, its metadata and the parity check
 EXPORT_REPORT = "export.json"
 TEST_MASKS = "test_masks"
+#: a multirun job's record (where and how it ran, when, what it returned), beside .hydra/
+JOB_RECORD = ".osteo_job.json"
+#: in a multirun directory: earlier attempts of its jobs, set aside when a resumed sweep or a
+#: retried Optuna trial runs a killed job again from the start
+ATTEMPTS_DIR = ".attempts"
+#: in an Optuna study's directory: the study (Optuna's journal storage), the lock its workers
+#: take to ask for trials, and the best trial so far
+STUDY_JOURNAL = "optuna_journal.log"
+STUDY_LOCK = ".optuna_study.lock"
+OPTIMIZATION_RESULTS = "optimization_results.yaml"
 #: a sweep's leaderboard folder (in the multirun directory) and its marker
 LEADERBOARD = "leaderboard"
 LEADERBOARD_MARKER = ".osteo_leaderboard.json"

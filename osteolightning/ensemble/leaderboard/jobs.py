@@ -21,7 +21,9 @@ from osteolightning.utils.sweep import describe_error
 FINISHED, FAILED, INCOMPLETE = "finished", "failed", "incomplete"
 #: Override keys that tell the jobs of one configuration apart (never part of a configuration).
 REPEAT_KEYS = ("seed", "data.fold")
-#: Override keys (and prefixes) that are bookkeeping, not configuration.
+#: Override keys (and prefixes) that are bookkeeping, not configuration (``resume=<job dir>``
+#: is how a resumed sweep continues a killed job).
+IGNORED_KEYS = ("hydra", "resume")
 IGNORED_PREFIXES = ("hydra.", "hydra/", "paths.")
 
 
@@ -58,8 +60,8 @@ def _override_key(override: str) -> str:
 
 
 def configuration_key(overrides: Iterable[str]) -> tuple[str, ...]:
-    """Overrides that define a configuration: all but ``seed``, ``data.fold``, ``hydra.*`` and
-    ``paths.*`` (``+``/``~`` prefixes ignored), sorted.
+    """Overrides that define a configuration: all but ``seed``, ``data.fold``, ``resume``,
+    ``hydra.*`` and ``paths.*`` (``+``/``~`` prefixes ignored), sorted.
 
     Example:
         >>> configuration_key(["seed=1", "model/backbone=vgg16", "data.fold=2", "paths.log_dir=x"])
@@ -68,7 +70,7 @@ def configuration_key(overrides: Iterable[str]) -> tuple[str, ...]:
     kept = []
     for override in overrides:
         key = _override_key(override)
-        if key in REPEAT_KEYS or key == "hydra" or key.startswith(IGNORED_PREFIXES):
+        if key in REPEAT_KEYS or key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES):
             continue
         kept.append(override)
     return tuple(sorted(kept))

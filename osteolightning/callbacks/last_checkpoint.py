@@ -1,0 +1,171 @@
+"""``checkpoints/last.ckpt``: the full training state for ``resume``, at a cadence that suits a GPU.
+
+The state of a large backbone (weights and Adam moments: > 1.5 GB for VGG-19) written every few
+steps would dominate a GPU run's time, so :class:`LastCheckpoint` writes it by the clock (every
+``every_minutes`` of training) and at the end of every training epoch (after its validation);
+``every_n_train_steps`` adds a step cadence where wanted. A kill loses at most the training
+since the newer of the two: ``every_minutes`` of it, or the steps since the epoch began.
+
+Lightning's ``ModelCheckpoint`` takes a time interval, a step interval or an epoch interval, one
+at a time, and at an epoch end writes ``last.ckpt`` only when it also wrote a top-k checkpoint;
+hence this callback, which writes through ``Trainer.save_checkpoint`` (atomic: a temporary
+file, then a rename) and nothing else.
+
+A SLURM job that reaches its time limit or is pre-empted gets a signal first; the launcher then
+calls :func:`save_now` so the requeued job loses nothing (one process only: under DDP the save
+is collective and a signal handler cannot wait for the other ranks, so there the last periodic
+checkpoint is what the requeued job continues from).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
+
+from osteolightning.errors import ConfigError
+from osteolightning.utils import rundir
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+#: the fitting trainer and its LastCheckpoint, for :func:`save_now` (one fit per process)
+_ACTIVE: dict[str, Any] = {}
+
+
+def _now() -> float:
+    """The training clock (monotonic seconds)."""
+    return time.monotonic()
+
+
+class LastCheckpoint(L.Callback):
+    """Write ``<dirpath>/last.ckpt`` by the clock, at every epoch end and optionally every N steps.
+
+    Args:
+        dirpath: the run's checkpoint folder (``${paths.output_dir}/checkpoints``).
+        every_minutes: minutes of training between two checkpoints (checked after each
+            training step; the clock restarts at each write); ``None``: no time cadence.
+        every_n_train_steps: also write every N optimizer steps; ``None`` or 0: off.
+        on_epoch_end: also write at the end of each training epoch (after its validation).
+
+    Raises:
+        ConfigError: a negative interval, or no cadence at all.
+
+    Example:
+        >>> cb = LastCheckpoint("/tmp/run/checkpoints", every_minutes=5)
+        >>> cb.every_s, cb.every_n_train_steps, cb.on_epoch_end
+        (300.0, 0, True)
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path,
+        every_minutes: float | None = 5.0,
+        every_n_train_steps: int | None = None,
+        on_epoch_end: bool = True,
+    ) -> None:
+        if every_minutes is not None and not float(every_minutes) >= 0:
+            raise ConfigError(
+                "Expected argument `every_minutes` to be a number of minutes >= 0 or null, "
+                f"but got {every_minutes}."
+            )
+        if every_n_train_steps is not None and int(every_n_train_steps) < 0:
+            raise ConfigError(
+                "Expected argument `every_n_train_steps` to be an integer >= 0 or null, "
+                f"but got {every_n_train_steps}."
+            )
+        if every_minutes is None and not every_n_train_steps and not on_epoch_end:
+            raise ConfigError(
+                "LastCheckpoint has no cadence: expected `every_minutes`, `every_n_train_steps` "
+                "or `on_epoch_end` to be set; without last.ckpt a killed run cannot continue "
+                "(switch the callback off instead: callbacks.last_checkpoint=null)."
+            )
+        self.path = Path(dirpath) / Path(rundir.LAST_CKPT).name
+        self.every_s = None if every_minutes is None else 60.0 * float(every_minutes)
+        self.every_n_train_steps = int(every_n_train_steps or 0)
+        self.on_epoch_end = bool(on_epoch_end)
+        self._clock = _now()
+        self._saved_step = -1
+        self._saving = False
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._clock = _now()
+        self._saved_step = trainer.global_step  # a resumed run does not rewrite its checkpoint
+        _ACTIVE.update(trainer=trainer, callback=self)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self._skip(trainer):
+            return
+        step = trainer.global_step
+        by_steps = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
+        due = by_steps
+        if self.every_s is not None:
+            # the ranks' clocks differ: rank zero decides, or a collective save would hang
+            due = trainer.strategy.broadcast(by_steps or _now() - self._clock >= self.every_s)
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if due and not (self.on_epoch_end and last_batch):  # the epoch end writes it next
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.on_epoch_end and not self._skip(trainer):
+            self.save(trainer, force=True)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _ACTIVE.clear()
+
+    def on_exception(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        _ACTIVE.clear()
+
+    # ------------------------------------------------------------------ saving
+
+    def _skip(self, trainer: L.Trainer) -> bool:
+        return bool(
+            trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != TrainerFn.FITTING
+        )
+
+    def save(self, trainer: L.Trainer, force: bool = False) -> Path | None:
+        """Write ``last.ckpt`` now (all ranks call it; rank zero writes), unless this step's
+        state is already on disk (``force``: write anyway, e.g. the loops' epoch-end state).
+
+        Returns:
+            The file, or ``None`` when nothing was written.
+        """
+        if (trainer.global_step == self._saved_step and not force) or self._saving:
+            return None
+        self._saving = True
+        try:
+            # the full state (optimizer, loops, callbacks); atomic (fsspec transaction)
+            trainer.save_checkpoint(self.path, weights_only=False)
+        finally:
+            self._saving = False
+        self._saved_step, self._clock = trainer.global_step, _now()
+        return self.path
+
+
+def save_now() -> Path | None:
+    """Write ``last.ckpt`` of the run that is fitting in this process, if any and if it runs in
+    one process (a requeue signal's handler: see the module docstring).
+
+    Returns:
+        The checkpoint written, or ``None`` (no fit in progress, a save already under way, or
+        several processes).
+    """
+    trainer, callback = _ACTIVE.get("trainer"), _ACTIVE.get("callback")
+    if trainer is None or callback is None or trainer.world_size != 1:
+        return None
+    try:
+        return callback.save(trainer, force=True)
+    except Exception as err:  # a failed save must not stop the requeue of the older state
+        log.warning(f"Could not save {callback.path} before the requeue: {err}")
+        return None
+
+
+def active_checkpoint() -> Path | None:
+    """The ``last.ckpt`` path of the run fitting in this process (``None`` outside a fit)."""
+    callback = _ACTIVE.get("callback")
+    return None if callback is None else callback.path

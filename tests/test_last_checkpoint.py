@@ -1,0 +1,103 @@
+"""checkpoints/last.ckpt by the clock, at each epoch end, or every N steps (callbacks/last_checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from osteolightning.callbacks import LastCheckpoint
+from osteolightning.callbacks import last_checkpoint as module
+from osteolightning.errors import ConfigError
+from osteolightning.utils.config import CONFIG_DIR
+
+
+class Recorder(L.Callback):
+    """The global step of every write of ``path`` (seen after each batch and epoch)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.steps, self._mtime = path, [], None
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self.path.is_file() and self.path.stat().st_mtime_ns != self._mtime:
+            self._mtime = self.path.stat().st_mtime_ns
+            self.steps.append(torch.load(self.path, weights_only=True)["global_step"])
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer, *args, **kwargs) -> None:
+        self._check(trainer)
+
+
+def _fit(tmp_path: Path, **kwargs) -> tuple[list[int], dict]:
+    """Fit a BoringModel for 2 epochs of 4 steps; the steps at which last.ckpt was written."""
+    callback = LastCheckpoint(tmp_path / "checkpoints", **kwargs)
+    recorder = Recorder(callback.path)  # after LastCheckpoint: sees each write
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        callbacks=[callback, recorder],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(BoringModel())
+    return recorder.steps, torch.load(callback.path, weights_only=True)
+
+
+def test_at_each_epoch_end_only(tmp_path):
+    steps, last = _fit(tmp_path, every_minutes=None, every_n_train_steps=None, on_epoch_end=True)
+    assert steps == [4, 8]
+    assert last["optimizer_states"] and last["epoch"] == 1  # the full training state
+
+
+def test_every_n_steps_and_at_epoch_ends(tmp_path):
+    steps, _ = _fit(tmp_path, every_minutes=None, every_n_train_steps=3, on_epoch_end=True)
+    assert steps == [3, 4, 6, 8]
+
+
+def test_by_the_clock(tmp_path, monkeypatch):
+    """every_minutes: a write once that much training time has passed since the last one."""
+    clock = iter(range(0, 10_000, 40))  # each look at the clock: 40 s later
+    monkeypatch.setattr(module, "_now", lambda: float(next(clock)))
+    steps, _ = _fit(tmp_path, every_minutes=1.0, on_epoch_end=False)
+    # the clock starts at fit start (40 s); step 1 at 80 s (40 s: not yet), step 2 at 120 s
+    # (80 s: written, the clock restarts at 160 s), step 3 at 200 s (40 s), step 4 at 240 s ...
+    assert steps == [2, 4, 6, 8]
+
+
+def test_save_now_outside_a_fit_does_nothing():
+    assert module.save_now() is None and module.active_checkpoint() is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"every_minutes": -1}, "every_minutes"),
+        ({"every_n_train_steps": -2}, "every_n_train_steps"),
+        ({"every_minutes": None, "on_epoch_end": False}, "no cadence"),
+    ],
+)
+def test_bad_cadence_is_refused(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        LastCheckpoint(tmp_path, **kwargs)
+
+
+def test_the_default_config_writes_by_the_clock_and_at_epoch_ends():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train")
+    GlobalHydra.instance().clear()
+    last = cfg.callbacks.last_checkpoint
+    assert last._target_ == "osteolightning.callbacks.LastCheckpoint"
+    assert last.every_minutes == 5 and last.every_n_train_steps is None and last.on_epoch_end
