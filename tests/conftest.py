@@ -86,12 +86,15 @@ def class_tree(tmp_path: Path, phantom_dir: Path) -> Path:
     return root
 
 
-def _fit_once(factory: pytest.TempPathFactory, cache_dir: Path, config: str, debug: str):
+def _fit_once(
+    factory: pytest.TempPathFactory, cache_dir: Path, config: str, debug: str, *extra: str
+):
     """One tiny fit + test of ``config`` with ``debug=<debug>``: (run_dir, metrics, objects)."""
     from osteolightning.train import train
 
     run_dir = factory.mktemp(config) / "run"
-    metrics, objects = train(compose_config(config, run_dir, cache_dir, [f"debug={debug}"]))
+    overrides = [f"debug={debug}", *extra]
+    metrics, objects = train(compose_config(config, run_dir, cache_dir, overrides))
     GlobalHydra.instance().clear()
     return run_dir, metrics, objects
 
@@ -104,5 +107,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
 
 @pytest.fixture(scope="session")
 def segmented(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
-    """One tiny segmentation fit + test (``osteo-segment debug=seg_tiny``)."""
-    return _fit_once(tmp_path_factory, cache_dir, "segment", "seg_tiny")
+    """One tiny segmentation fit + test (``osteo-segment debug=seg_tiny``), trained for 20
+    epochs: the 2 of ``debug=seg_tiny`` leave the tiny network predicting background only, and
+    the tests that use its masks (export, the classifier's mask input) need bone in them."""
+    return _fit_once(tmp_path_factory, cache_dir, "segment", "seg_tiny", "trainer.max_epochs=20")

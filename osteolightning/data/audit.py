@@ -146,6 +146,8 @@ class AuditReport:
             found.append(f"{len(self.label_conflicts)} label-conflict group(s)")
         if self.leakage:
             found.append(f"{len(self.leakage)} group(s) leak across splits")
+        if self.splits_file and self.n_images and self.not_in_splits == self.n_images:
+            found.append(f"none of the audited images is in {self.splits_file} (another data set?)")
         if strict and self.unreadable:
             found.append(f"{len(self.unreadable)} unreadable file(s)")
         return found

@@ -134,6 +134,9 @@ def test_strict_with_splits_judges_the_run_s_split(tmp_path, caplog):
     assert main(["audit", str(tree), "--strict", f"splits={kept}", *args]) == 1
     assert "1 label-conflict group(s) in the run's split" in caplog.records[-1].getMessage()
     assert main(["audit", str(tree), "--strict", *args]) == 1  # no splits: every conflict
+    elsewhere = write_splits(tmp_path / "other.csv", make_tree(tmp_path / "copy"), {})
+    assert main(["audit", str(tree), "--strict", f"splits={elsewhere}", *args]) == 1
+    assert "none of the audited images" in caplog.records[-1].getMessage()
 
 
 def test_audit_warns_about_suspicious_images(tmp_path):
