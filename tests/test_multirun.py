@@ -102,7 +102,8 @@ def test_failed_multirun_job_writes_error_json_and_returns_none(tmp_path, cache_
     assert record["overrides"] == overrides and record["job_num"] == 3
     assert "Traceback" in record["traceback"] and "DataSourceError" in record["traceback"]
     marker = runs.read_marker(job_dir)
-    assert marker["state"] == "running"  # resume=auto may continue it once fixed
+    # failed before its first checkpoint: nothing to continue, so not left `running` (issue 11)
+    assert marker["state"] == "failed"
     assert "DataSourceError" in marker["last_error"]
     assert [r["job_num"] for r in failed_jobs(job_dir.parent)] == [3]
 

@@ -120,8 +120,7 @@ CONTINUABLE = [
     *AUGMENTED,
     "model.scheduler=null",
     "model.net.drop_rate=0.3",
-    "callbacks.last_checkpoint.every_n_train_steps=null",
-    "+callbacks.last_checkpoint.every_n_epochs=1",
+    "callbacks.last_checkpoint.every_n_train_steps=null",  # at each epoch end only
 ]
 
 

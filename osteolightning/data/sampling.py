@@ -98,6 +98,18 @@ class SeededBalanced(Sampler[int]):
         return iter(draws.tolist())
 
 
+def _epoch_about_to_run(trainer: Any) -> int:
+    """The epoch a loader's next iteration serves: Lightning's ``processed`` epoch count (what it
+    passes to ``set_epoch``), which is also right in a run continued from a checkpoint written
+    at an epoch's end, where ``current_epoch`` (``completed``) still counts one less."""
+    progress = getattr(
+        getattr(getattr(trainer, "fit_loop", None), "epoch_progress", None), "current", None
+    )
+    if progress is not None:
+        return int(progress.processed)
+    return int(trainer.current_epoch)
+
+
 class WithEpoch(Sampler[Key]):
     """Yields ``(index, epoch)`` for every index of ``sampler``; forwards ``set_epoch``.
 
@@ -124,6 +136,6 @@ class WithEpoch(Sampler[Key]):
 
     def __iter__(self) -> Iterator[Key]:
         if self.clock is not None:
-            self.set_epoch(int(self.clock.current_epoch))
+            self.set_epoch(_epoch_about_to_run(self.clock))
         epoch = self.epoch
         return ((int(i), epoch) for i in self.sampler)

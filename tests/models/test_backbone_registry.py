@@ -52,7 +52,7 @@ def test_backbone_composes_and_maps_a_grayscale_batch_to_logits(make_cfg, name):
     assert cfg.image_size == own.get("image_size", 160)
     assert list(cfg.model.mean) == list(own.norm.mean)
     assert list(cfg.model.std) == list(own.norm.std)
-    assert set(cfg.backbone) == {"input_size", "pretrained_source", "paper"}
+    assert set(cfg.backbone) == {"input_size", "pretrained_source", "paper", "cam_layer"}
     model = hydra.utils.instantiate(cfg.model).eval()
     with torch.no_grad():
         out = model(torch.zeros(2, cfg.in_chans, cfg.image_size, cfg.image_size))

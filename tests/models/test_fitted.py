@@ -145,3 +145,33 @@ def test_features_of_every_backbone_kind():
     assert texture(image).shape == (2, texture.dim)
     with pytest.raises(ConfigError, match="no classifier layer"):
         strip_head(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), "plain_cnn")
+
+
+def test_a_sweep_of_the_two_fitted_recipes_ends_with_its_leaderboard(
+    tmp_path, cache_dir, phantom_dir
+):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OSTEO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
+    args = [
+        "-m",
+        "debug=tiny",
+        "model=linear_probe,texture",
+        "++model.C=0.3",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "osteolightning.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    board = json.loads((sweep / "leaderboard" / "leaderboard.json").read_text())
+    names = {row["name"] for row in board["rows"]}
+    assert {"linear_probe", "texture"} <= names
+    assert any(row["kind"] == "ensemble" for row in board["rows"])

@@ -136,9 +136,9 @@ def test_balanced_sampler_under_ddp_gives_each_rank_its_share(tmp_path):
     per_rank = []
     for rank in range(2):
         dm = _imbalanced_datamodule(tmp_path, sampler="balanced")
-        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=0)
         sampler = dm.train_dataloader().sampler
-        per_rank.append(list(iter(sampler)))
+        per_rank.append([index for index, _epoch in sampler])  # (position, epoch) keys
     assert [len(s) for s in per_rank] == [50, 50]
     labels = dm.datasets["train"].labels[np.concatenate(per_rank)]
     assert min(np.bincount(labels, minlength=3)) > 15  # not 80/15/5
