@@ -74,3 +74,24 @@ def write_exif_rotated_jpeg(path: Path) -> tuple[Path, np.ndarray]:
     exif[0x0112] = 6
     Image.fromarray(raw).save(path, exif=exif, quality=95)
     return path, raw
+
+
+def run_osteo(
+    module: str, args: list[str], cwd: Path, cache_dir: Path, timeout: int = 900, **env: str
+):
+    """``python -m osteolightning.<module> ARGS`` in ``cwd``, with the tests' cache and W&B
+    off (and ``HYDRA_FULL_ERROR`` unset): a command as a user runs it, its output captured."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "OSTEO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", f"osteolightning.{module}", *args],
+        cwd=cwd,
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

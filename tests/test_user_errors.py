@@ -3,9 +3,7 @@ the log file; the config is checked before any work."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,18 +14,13 @@ from osteolightning.train import train
 from osteolightning.utils import runs
 from osteolightning.utils.checks import check_config
 from osteolightning.utils.failures import describe, user_error, user_errors
+from tests.helpers import run_osteo
 
 
 def _run(args: list[str], cwd: Path, cache_dir: Path, **env: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "OSTEO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
-    environment.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=cwd,
-        env={**environment, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    module, *rest = args
+    return run_osteo(
+        module.removeprefix("osteolightning."), rest, cwd, cache_dir, timeout=300, **env
     )
 
 

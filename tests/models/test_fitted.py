@@ -25,6 +25,7 @@ from osteolightning.models.components.features import (
 from osteolightning.models.fitted import fit_logistic
 from osteolightning.predict import predict
 from osteolightning.train import train
+from tests.helpers import run_osteo
 
 #: a linear probe on a small random network: the run contract, in seconds
 PROBE = ["debug=tiny", "model=linear_probe", "model/backbone=resnet10t", "model.C=1.0"]
@@ -150,25 +151,8 @@ def test_features_of_every_backbone_kind():
 def test_a_sweep_of_the_two_fitted_recipes_ends_with_its_leaderboard(
     tmp_path, cache_dir, phantom_dir
 ):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "OSTEO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
-    args = [
-        "-m",
-        "debug=tiny",
-        "model=linear_probe,texture",
-        "++model.C=0.3",
-    ]
-    done = subprocess.run(
-        [sys.executable, "-m", "osteolightning.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = ["-m", "debug=tiny", "model=linear_probe,texture", "++model.C=0.3"]
+    done = run_osteo("train", args, tmp_path, cache_dir, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     board = json.loads((sweep / "leaderboard" / "leaderboard.json").read_text())

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +22,7 @@ from osteolightning.data.splits import (
 from osteolightning.errors import ConfigError
 from osteolightning.selection.nested import NestedPlan
 from osteolightning.selection.null import Fold, learning_curve, permutation_test
+from tests.helpers import run_osteo
 
 
 def _data(n: int = 90, seed: int = 0):
@@ -126,21 +124,13 @@ def _split_rows(run_dir: Path) -> dict[str, str]:
 def test_knee_select_runs_end_to_end(tmp_path, cache_dir, phantom_dir):
     """One recipe, 2 outer × 2 inner folds of the tiny phantom: the selection report, and no
     outer test image in any inner run of its fold (from the runs' own splits.csv)."""
-    env = {**os.environ, "OSTEO_CACHE_DIR": str(cache_dir), "WANDB_MODE": "disabled"}
     args = [
         "experiment=knee_select_tiny",
         "hydra.sweeper.recipes=[{name:texture,overrides:['model=texture','model.C=0.1']}]",
         "hydra.sweeper.permutations=9",
         "hydra.sweeper.learning_curve=[0.5,1.0]",
     ]
-    done = subprocess.run(
-        [sys.executable, "-m", "osteolightning.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = run_osteo("train", args, tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     result = json.loads((sweep / "selection" / "selection.json").read_text())
