@@ -14,6 +14,12 @@ process, local processes, or SLURM jobs):
 
 It writes ``<sweep>/selection/{selection.json,selection.md,predictions.csv}``
 (:mod:`osteolightning.selection.nested`) and prints the table.
+
+Killed? The same command with ``resume=auto`` continues the multirun of the same overrides
+(or the one ``hydra.sweep.dir=`` names), as the grid sweeper does: each job keeps its number and
+folder; finished jobs are skipped, killed ones continue from their ``last.ckpt``, the rest run
+(:func:`osteolightning.utils.sweep_resume.plan_job`). The jobs are planned in the same order, so
+job numbers match.
 """
 
 import logging
@@ -90,29 +96,76 @@ class NestedCVSweeper(Sweeper):
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         self.config = config
+        self.hydra_context = hydra_context
+        self.resuming = False
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
     def _launch(self, jobs: list[Any], arguments: list[str]) -> dict[Any, Path]:
         """Run ``jobs`` (base ``arguments`` first, the job's own overrides after) and return
-        each job's run directory."""
-        overrides = [[*arguments, *job.overrides] for job in jobs]
-        returns = self.launcher.launch(overrides, initial_job_idx=self.next_job)
+        each job's run directory (a resumed sweep skips finished jobs: their folder is kept)."""
+        from hydra_plugins.osteo_sweeps._grid import job_dir, launch
+        from osteolightning.utils import sweep_resume
+
+        dirs: dict[Any, Path] = {}
+        planned = []
+        for i, job in enumerate(jobs):
+            num, overrides = self.next_job + i, [*arguments, *job.overrides]
+            if self.resuming:
+                folder = job_dir(self, overrides, num)
+                plan = sweep_resume.plan_job(folder)
+                log.info(f"Job {num} ({job.stage} {job}): {plan.action}, {plan.reason}.")
+                overrides = sweep_resume.prepare_job(plan, overrides)
+                if overrides is None:
+                    dirs[job] = folder
+                    continue
+            planned.append((job, list(overrides), num))
         self.next_job += len(jobs)
-        dirs = {}
-        for job, ret in zip(jobs, returns, strict=True):
+        returns = launch(self.launcher, [(o, n) for _, o, n in planned])
+        for (job, _, _), ret in zip(planned, returns, strict=True):
             if ret.status == JobStatus.FAILED:
                 log.error(f"{job.stage} job {job} failed: {ret._return_value}")
             dirs[job] = Path(ret.hydra_cfg.hydra.runtime.output_dir)
         return dirs
 
+    def _resume(self, arguments: list[str]) -> list[str]:
+        """Strip ``resume=`` from ``arguments``; with ``resume=auto``, point the sweep at the
+        multirun it continues (if any)."""
+        from hydra_plugins.osteo_sweeps._grid import previous_sweep, redirect_sweep_dir
+        from osteolightning.utils import sweep_resume
+
+        arguments, resume = sweep_resume.strip_resume(arguments)
+        if resume is None:
+            return arguments
+        if resume != "auto":
+            from osteolightning.errors import ConfigError
+
+            raise ConfigError(
+                f"A nested cross-validation takes resume=auto (continue the killed sweep of "
+                f"these overrides), not resume={resume}."
+            )
+        previous = previous_sweep(self.config)
+        if previous is None:
+            log.info(
+                f"resume=auto: no multirun of these overrides in "
+                f"{Path(str(self.config.hydra.sweep.dir)).parent}; a fresh sweep starts."
+            )
+        else:
+            redirect_sweep_dir(self.config, previous, self.launcher)
+            self.resuming = True
+            log.info(f"resume=auto: continuing the nested cross-validation in {previous}.")
+        return arguments
+
     def sweep(self, arguments: list[str]) -> Any:
         from osteolightning.selection.nested import choose, finished, markdown, report
+        from osteolightning.utils import rundir
 
+        arguments = self._resume(list(arguments))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        if not (sweep_dir / rundir.MULTIRUN).exists():
+            OmegaConf.save(self.config, sweep_dir / rundir.MULTIRUN)
         plan = self.plan
         inner = self._launch(plan.inner_jobs(), arguments)
         chosen, scores = choose(plan, inner)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,3 +154,20 @@ def test_knee_select_runs_end_to_end(tmp_path, cache_dir, phantom_dir):
             rows = _split_rows(run)
             assert all(rows[p] == "excluded" for p in held_out)
             assert not held_out & {p for p, s in rows.items() if s != "excluded"}
+
+    # Killed: one inner job never finished and the report was not written. resume=auto continues
+    # the same multirun, reruns that job only and writes the same report.
+    inner_job = sweep / "1"
+    for path in inner_job.iterdir():
+        if path.name != ".hydra":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    shutil.rmtree(sweep / "selection")
+    again = run_osteo("train", [*args, "resume=auto"], tmp_path, cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    output = again.stdout + again.stderr
+    assert "continuing the nested cross-validation in" in output
+    assert output.count("skip, finished") == 5 and output.count(": run, ") == 1  # 4 inner + 2 outer
+    assert [d.name for d in (tmp_path / "logs" / "train" / "multiruns").iterdir()] == [sweep.name]
+    resumed = json.loads((sweep / "selection" / "selection.json").read_text())
+    assert resumed["chosen"] == result["chosen"]
+    assert resumed["pooled"] == result["pooled"]
