@@ -114,7 +114,7 @@ class NestedCVSweeper(Sweeper):
             num, overrides = self.next_job + i, [*arguments, *job.overrides]
             if self.resuming:
                 folder = job_dir(self, overrides, num)
-                plan = sweep_resume.plan_job(folder)
+                plan = sweep_resume.plan_job(folder, overrides)
                 log.info(f"Job {num} ({job.stage} {job}): {plan.action}, {plan.reason}.")
                 overrides = sweep_resume.prepare_job(plan, overrides)
                 if overrides is None:

@@ -123,11 +123,28 @@ class JobPlan:
     set_aside: bool = False
 
 
-def plan_job(job_dir: str | Path) -> JobPlan:
-    """Plan one job of a sweep that starts again, from its folder's files (see module docstring)."""
+def plan_job(job_dir: str | Path, overrides: Sequence[str] | None = None) -> JobPlan:
+    """Plan one job of a sweep that starts again, from its folder's files (see module docstring).
+
+    With ``overrides`` (the job's planned overrides), a folder whose run was launched with other
+    overrides (``.hydra/overrides.yaml``, ``resume`` aside) is not this job's: it is set aside and
+    the job runs. A nested cross-validation plans its outer jobs from its inner results, so a
+    rerun inner job can change an outer job's recipe.
+    """
     job_dir = Path(job_dir)
     if not job_dir.exists():
         return JobPlan(RUN, job_dir, "not started yet")
+    saved = job_dir / ".hydra" / "overrides.yaml"
+    if overrides is not None and saved.is_file():
+        before = strip_resume([str(o) for o in yaml.safe_load(saved.read_text()) or []])[0]
+        if sorted(before) != sorted(strip_resume(overrides)[0]):
+            return JobPlan(
+                RUN,
+                job_dir,
+                f"its folder holds a run of other overrides ({' '.join(before)}); "
+                "that run is set aside",
+                set_aside=True,
+            )
     marker = runs.read_marker(job_dir)
     state = (marker or {}).get("state")
     if state == "finished":

@@ -162,11 +162,16 @@ def test_knee_select_runs_end_to_end(tmp_path, cache_dir, phantom_dir):
         if path.name != ".hydra":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     shutil.rmtree(sweep / "selection")
+    # and outer job 4's folder holds a run of another recipe (its inner choice had differed)
+    saved = sweep / "4" / ".hydra" / "overrides.yaml"
+    saved.write_text(saved.read_text().replace("model.C=0.1", "model.C=0.5"))
     again = run_osteo("train", [*args, "resume=auto"], tmp_path, cache_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     output = again.stdout + again.stderr
     assert "continuing the nested cross-validation in" in output
-    assert output.count("skip, finished") == 5 and output.count(": run, ") == 1  # 4 inner + 2 outer
+    assert output.count("skip, finished") == 4 and output.count(": run, ") == 2  # 4 inner + 2 outer
+    assert "Job 4 (outer" in output and "holds a run of other overrides" in output
+    assert (sweep / ".attempts" / "4.1" / "metrics.json").is_file()
     assert [d.name for d in (tmp_path / "logs" / "train" / "multiruns").iterdir()] == [sweep.name]
     resumed = json.loads((sweep / "selection" / "selection.json").read_text())
     assert resumed["chosen"] == result["chosen"]
