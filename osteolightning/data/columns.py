@@ -53,7 +53,7 @@ def _cell(sample: Sample, column: str) -> str | float | None:
     return sample.extra.get(column)
 
 
-def _parse(cell: str | float | None, column: str) -> float:
+def parse_cell(cell: str | float | None, column: str) -> float:
     """One cell as a float (NaN: unknown); ValueError with the reason when it is bad."""
     if cell is None:
         return math.nan
@@ -113,7 +113,7 @@ def column_values(samples: Sequence[Sample], columns: Sequence[str], source: str
     for i, sample in enumerate(samples):
         for j, column in enumerate(columns):
             try:
-                values[i, j] = _parse(_cell(sample, column), column)
+                values[i, j] = parse_cell(_cell(sample, column), column)
             except ValueError as err:
                 errors.append(f"{sample.where or sample.path}: {err}")
     if errors:

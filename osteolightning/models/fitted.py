@@ -356,6 +356,24 @@ class FittedHeadClassifier(KneeClassifier):
         pre = self.preprocessing
         return f"in{pre.in_chans}-m{','.join(map(str, pre.mean))}-s{','.join(map(str, pre.std))}"
 
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The classifier's test step; an embedder that segments each image (a bone-region
+        embedder with a ``segmenter``) adds, per image, the Dice of its bone against the data's
+        masks and whether the segmenter trained on the image (``extras``, reported as
+        ``test/segmentation_dice`` and ``test/segmenter_trained_on``)."""
+        out = super().test_step(batch, batch_idx)
+        embedder = self.net.embedder
+        if getattr(embedder, "segmenter", None) is None:
+            return out
+        extras = {}
+        if batch.get("mask") is not None:
+            extras["segmentation_dice"] = embedder.segmentation_dice(batch["image"], batch["mask"])
+        keys = batch.get("key")
+        if keys is not None:
+            seen = [str(k).split("-")[0] in embedder.segmenter_train for k in keys]
+            extras["segmenter_trained_on"] = torch.tensor(seen, dtype=torch.float)
+        return {**out, "extras": extras}
+
     # -- the fit ----------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._collected = []
