@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -289,7 +290,9 @@ class FeatureHead(nn.Module):
         self.extra = int(extra)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
-        self.linear = nn.Linear(dim, int(outputs))
+        with warnings.catch_warnings():  # a head without inputs (no image, no covariates yet)
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.linear = nn.Linear(dim, int(outputs))
         self.linear.requires_grad_(False)
 
     @property
