@@ -151,7 +151,10 @@ def test_osteo_eval_uses_the_recorded_calibration(two_heads, make_cfg, phantom_d
 
 
 def test_regression_only_reports_the_who_category_as_its_class(make_cfg):
-    cfg = make_cfg("train", ["debug=tiny", "model.class_weight=0", "model.t_score_weight=1"])
+    cfg = make_cfg(
+        "train",
+        ["debug=tiny", "model.class_weight=0", "model.t_score_weight=1", "trainer.max_epochs=1"],
+    )
     metrics, _ = train(cfg)
     rows = read_rows(Path(cfg.paths.output_dir) / "predictions.csv")
     assert all(r["prediction"] == r["who_prediction"] for r in rows)
