@@ -204,13 +204,13 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
 
     # -- the regression head and the covariates ----------------------------------------------
     def _build_target(self, target_train: Sequence[float] | None) -> None:
-        """The target's training statistics (buffer ``target_stats = [mean, std]``), its
-        counts and the per-split MAE metrics."""
-        self.register_buffer("target_stats", torch.tensor([0.0, 1.0]))
+        """With a regression head: the target's training statistics (buffer
+        ``target_stats = [mean, std]``), its counts and the per-split MAE metrics."""
         #: ``(known, unknown)`` target values in the training split (None: not known here)
         self.target_counts: tuple[int, int] | None = None
         if not self.spec.enabled:
-            return
+            return  # no new state: a classifier's checkpoint keeps its keys
+        self.register_buffer("target_stats", torch.tensor([0.0, 1.0]))
         if target_train is not None:
             values = np.asarray(target_train, dtype=np.float64).reshape(-1)
             known = values[~np.isnan(values)]

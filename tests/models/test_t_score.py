@@ -235,3 +235,18 @@ def test_bad_target_settings_are_config_errors(make_cfg, phantom_dir, tmp_path):
     with pytest.raises(DataSourceError, match="bone_density") as err:
         train(cfg)
     assert "bmd" in str(err.value)
+
+
+def test_a_classifier_without_the_new_heads_keeps_its_checkpoint_keys():
+    net = create_backbone("resnet10t", 3, in_chans=1)
+    plain = KneeClassifier(net, CLASSES, image_size=32)
+    assert all(k.startswith(("net.", "class_weights")) for k in plain.state_dict())
+    heads = KneeClassifier(create_backbone("resnet10t", 3, in_chans=1), CLASSES, image_size=32,
+                           t_score_weight=1.0, target_train=[-2.0, 0.5, 1.0],
+                           covariates=["age"], covariates_train=[[60.0], [70.0], [np.nan]])  # fmt: skip
+    extra = set(heads.state_dict()) - set(plain.state_dict())
+    assert extra == {
+        "target_stats", "target_head.weight", "target_head.bias",
+        "covariate_encoder.mean", "covariate_encoder.std", "covariate_head.weight",
+    }  # fmt: skip
+    assert heads.covariate_encoder.n_imputed.tolist() == [1]
