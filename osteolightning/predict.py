@@ -11,7 +11,8 @@ Each PATH is an image file or a folder (searched recursively). No labels are nee
 - A segmentation checkpoint (``osteo-segment``) writes into the new folder ``--out DIR``:
   ``masks/<name>.png`` (the predicted label map at the image's original size, values = class
   indices), ``overlays/<name>.png`` (the mask in colour over the image) and ``manifest.csv``
-  (``image,mask[,label]``) that ``osteo-train data=manifest data.root=DIR/manifest.csv`` reads
+  (``image,mask[,label]``, and an input manifest's other columns: ``t_score``, ``bmd``,
+  ``patient_id``, ``age``, ...) that ``osteo-train data=manifest data.root=DIR/manifest.csv`` reads
   as input, e.g. with ``data.mask_input=apply`` (bone-only classification). ``--label-from-folder``
   takes each image's class from its parent folder (a class-folder tree), so the manifest can
   train a classifier.
@@ -49,6 +50,8 @@ from osteolightning.models.portable import load_predictor
 from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+#: the columns the mask manifest writes itself (an input manifest's others are carried over)
+MANIFEST_OWN = ("image", "mask", "label")
 #: overlays are written at most this many pixels on their long side
 OVERLAY_MAX_SIDE = 1024
 
@@ -220,8 +223,9 @@ def export_masks(
         on_bad_image: ``error`` (stop at an unreadable image, naming it) or ``skip``.
 
     Returns:
-        The manifest path (``out_dir/manifest.csv``: ``image,mask[,label]``, image paths
-        absolute, mask paths relative to the manifest).
+        The manifest path (``out_dir/manifest.csv``: ``image,mask[,label]`` and every other
+        column of the input manifests (``t_score``, ``bmd``, ``patient_id``, ``age``, ...),
+        image paths absolute, mask paths relative to the manifest).
 
     Raises:
         ConfigError: a classification checkpoint, or an ``out_dir`` holding other files.
@@ -245,6 +249,12 @@ def export_masks(
     to_tensor = ToNormalizedTensor(pre.mean, pre.std, pre.in_chans)
     inputs = inputs or find_inputs(list(paths), on_bad_image)
     manifest_labels = inputs.labels
+    # an input manifest's other columns (t_score, bmd, patient_id, age, sex, bmi, ...) go on
+    carried = list(
+        dict.fromkeys(
+            c for cells in inputs.columns.values() for c in cells if c not in MANIFEST_OWN
+        )
+    )
     names = dict(zip(inputs.pairs, _output_names(inputs.pairs), strict=True))
     rows: list[list[str]] = []
     for chunk in _batches(read_inputs(inputs, on_bad_image), batch_size):
@@ -270,9 +280,9 @@ def export_masks(
                 row.append(image.parent.name)
             elif manifest_labels:
                 row.append(manifest_labels.get(image, ""))
-            rows.append(row)
+            rows.append(row + [inputs.columns.get(image, {}).get(c, "") for c in carried])
     with_label = label_from_folder or bool(manifest_labels)
-    header = ["image", "mask", *(["label"] if with_label else [])]
+    header = ["image", "mask", *(["label"] if with_label else []), *carried]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
     manifest = atomic_write_text(out / "manifest.csv", buffer.getvalue())

@@ -85,3 +85,21 @@ def test_fathima2020_with_a_segmentation_checkpoint(make_cfg, segmented):
     # the same 60 knees and split as osteo-segment debug=seg_tiny: no test image was seen
     assert metrics["test/segmenter_trained_on"] == 0.0
     assert "test/t_score_mae" in metrics
+
+
+def test_exported_masks_carry_the_manifests_columns(segmented, phantom_dir, tmp_path):
+    from osteolightning.predict import export_masks
+
+    run_dir, _, _ = segmented
+    ckpt = json.loads((run_dir / "metrics.json").read_text())["ckpt_path"]
+    manifest = export_masks(ckpt, [phantom_dir / "manifest.csv"], tmp_path / "out", overlays=False)
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(phantom_dir / "manifest.csv", newline="") as handle:
+        source = {Path(r["image"]).name: r for r in csv.DictReader(handle)}
+    assert len(rows) == 60
+    for row in rows:  # the target, the covariates and the patient go on with the new mask
+        original = source[Path(row["image"]).name]
+        for column in ("label", "t_score", "bmd", "patient_id", "age", "sex", "bmi"):
+            assert row[column] == original[column]
+        assert row["mask"].startswith("masks/")

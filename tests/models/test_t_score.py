@@ -250,3 +250,13 @@ def test_a_classifier_without_the_new_heads_keeps_its_checkpoint_keys():
         "covariate_encoder.mean", "covariate_encoder.std", "covariate_head.weight",
     }  # fmt: skip
     assert heads.covariate_encoder.n_imputed.tolist() == [1]
+
+
+def test_an_export_refuses_the_t_score_head_and_covariates(two_heads):
+    from osteolightning.models.checkpointing import load_model
+    from osteolightning.models.exporting import probability_head
+
+    run_dir, _, _ = two_heads
+    model = load_model(json.loads((run_dir / "metrics.json").read_text())["ckpt_path"])
+    with pytest.raises(ConfigError, match="regression head"):
+        probability_head(model)
