@@ -211,11 +211,28 @@ def test_a_fitted_model_uses_covariates_that_carry_the_label(make_cfg, phantom_d
         row["hint"] = str(CLASSES.index(row["label"]))
 
     manifest = write_manifest(phantom_dir, tmp_path / "hint.csv", edit)
-    base = ["debug=tiny", "model=covariates", "data=manifest", f"data.root={manifest}",
-            "model.C=1.0", "model.alpha=1.0"]  # fmt: skip
-    without, _ = train(make_cfg("train", [*base, "model.covariates=[age]"], run="a"))
-    hinted, _ = train(make_cfg("train", [*base, "model.covariates=[age,hint]"], run="b"))
+    data = [
+        "debug=tiny",
+        "data=manifest",
+        f"data.root={manifest}",
+        "model.C=1.0",
+        "model.alpha=1.0",
+    ]
+    # the clinical baseline alone, and the texture model with the covariates appended
+    without, _ = train(
+        make_cfg("train", [*data, "model=covariates", "model.covariates=[age]"], run="a")
+    )
+    hinted, _ = train(
+        make_cfg("train", [*data, "model=covariates", "model.covariates=[age,hint]"], run="b")
+    )
+    _, texture = train(
+        make_cfg("train", [*data, "model=texture", "model.covariates=[age,hint]"], run="c")
+    )
     assert hinted["test/balanced_acc"] == 1.0 and without["test/balanced_acc"] < 0.8
+    # appended to 71 texture statistics, the hint gets the fitted head's largest weight
+    weight = texture["model"].net.linear.weight.abs()  # (K, D + [age, hint, 2 indicators])
+    assert weight.shape[1] == texture["model"].net.image_dim + 4
+    assert weight[:, -3].max() == weight.max()
 
 
 def test_bad_target_settings_are_config_errors(make_cfg, phantom_dir, tmp_path):
