@@ -21,6 +21,9 @@ import torch
 from osteolightning.data.sources import normalize_class_name
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.regression import WHO_CUTOFFS
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 #: the run's classes must be these (in this order) for WHO categories of a T-score
 WHO_CLASSES = ("normal", "osteopenia", "osteoporosis")
@@ -109,6 +112,16 @@ class TargetSpec:
             (low, high),
             is_who(class_names),
         )
+        if reference is not None and str(target) == "t_score":
+            log.warning(
+                "model.bmd_reference is ignored: the target is the T-score itself "
+                "(model.target=t_score); it turns a BMD target into a T-score."
+            )
+        if t_score_weight == 0 and (str(target) != "t_score" or reference is not None):
+            log.warning(
+                f"model.target={target!r} and model.bmd_reference are ignored: the model has "
+                "no regression head (model.t_score_weight=0)."
+            )
         if class_weight == 0 and not (spec.has_t_score and spec.who):
             raise ConfigError(
                 "A regression-only model (model.class_weight=0) reports the WHO category of its "
