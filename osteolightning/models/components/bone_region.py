@@ -57,7 +57,8 @@ def region_features(image: np.ndarray, bone: np.ndarray) -> np.ndarray:
         return np.zeros(dim, dtype=np.float32)
     spread = float(image.std()) + 1e-6
     ring = ndimage.binary_dilation(bone, iterations=RING) & ~bone
-    tissue = image[ring] if ring.any() else image[~bone]
+    # the soft tissue around the bone (a mask that covers everything: the whole image)
+    tissue = image[ring] if ring.any() else image[~bone] if (~bone).any() else image.ravel()
     t_mean, t_sd = float(tissue.mean()), float(tissue.std()) + 1e-6
     values = image[bone]
     depth = ndimage.distance_transform_edt(bone)  # 1 at the edge pixels
