@@ -99,6 +99,14 @@ def predict(
     pre = model.preprocessing
     to_tensor = ToNormalizedTensor(pre.mean, pre.std, pre.in_chans)
     inputs = inputs or find_inputs(list(paths), on_bad_image)
+    embedder = getattr(getattr(model, "net", None), "embedder", None)
+    if getattr(embedder, "needs_mask", False):
+        raise ConfigError(
+            f"'{ckpt_path}' measures the bone inside each image's mask, which osteo-predict "
+            "does not have. Evaluate it with its masks (osteo-eval ckpt_path=... data=manifest "
+            "data.root=CSV data.mask_input=provide), or train it with a segmenter of its own "
+            "(model.net.segmenter=<osteo-segment checkpoint>), which osteo-predict runs."
+        )
     spec = _regression(model)
     conformal = recorded_conformal(ckpt_path) if spec is not None else None
     names = list(getattr(model, "hparams", {}).get("covariates") or [])

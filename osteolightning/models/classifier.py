@@ -332,8 +332,7 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
             return
         truth = batch["target"].float()
         known = ~torch.isnan(truth)
-        if known.any():
-            metric.update(predicted[known], truth[known])
+        metric.update(predicted[known], truth[known])  # (none known: adds nothing)
 
     def _track_loss(self, tracker: MeanMetric, loss: torch.Tensor, targets: torch.Tensor) -> None:
         # The batch loss is sum(w_i * l_i) / sum(w_i); weighting it by sum(w_i) makes the epoch
@@ -385,8 +384,8 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
             return
         metric = getattr(self, f"{split}_mae")
         self._track_target(metric, predicted, batch)
-        if metric.update_count:  # (no known target in any batch yet: nothing to log)
-            self.log(f"{split}/{self.spec.target}_mae", metric, on_step=False, on_epoch=True)
+        # logged by every rank (DDP syncs it); NaN when no image of the epoch had a target
+        self.log(f"{split}/{self.spec.target}_mae", metric, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())

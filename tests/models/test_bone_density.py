@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from osteolightning.errors import ConfigError
+from osteolightning.models.checkpointing import load_model
 from osteolightning.models.components.bone_region import BoneRegionEmbedder, region_features
+from osteolightning.predict import predict, target_header
 from osteolightning.train import train
 
 FATHIMA = ["experiment=fathima2020_tiny"]
@@ -72,9 +74,17 @@ def test_fathima2020_runs_end_to_end_on_the_phantoms_masks(make_cfg):
             (float(row["bmd_pred"]) - 1.0) / 0.12, abs=2e-3
         )
         assert row["who_prediction"] in ("normal", "osteopenia", "osteoporosis")
+    # osteo-predict has no masks for it, and says what to do instead
+    with pytest.raises(ConfigError, match="segmenter"):
+        predict(metrics["ckpt_path"], [Path(rows[0]["path"])])
 
 
-def test_fathima2020_with_a_segmentation_checkpoint(make_cfg, segmented):
+#: the columns osteo-predict prints for a bone-density checkpoint (its run has a calibration)
+HEADER = ["prob_normal", "prob_osteopenia", "prob_osteoporosis", "prediction", "bmd_pred",
+          "bmd_low", "bmd_high", "t_score_pred", "t_score_low", "t_score_high", "who_prediction"]  # fmt: skip
+
+
+def test_fathima2020_with_a_segmentation_checkpoint(make_cfg, segmented, phantom_dir):
     run_dir, _, _ = segmented
     ckpt = json.loads((run_dir / "metrics.json").read_text())["ckpt_path"]
     cfg = make_cfg("train", [*FATHIMA, f"model.net.segmenter={ckpt}"])
@@ -85,6 +95,17 @@ def test_fathima2020_with_a_segmentation_checkpoint(make_cfg, segmented):
     # the same 60 knees and split as osteo-segment debug=seg_tiny: no test image was seen
     assert metrics["test/segmenter_trained_on"] == 0.0
     assert "test/t_score_mae" in metrics
+    # the whole cascade on a new image: segment, measure, BMD, T-score, WHO category
+    image = phantom_dir / "images" / "K00000.png"
+    model = load_model(metrics["ckpt_path"])
+    assert target_header(model, metrics["ckpt_path"]) == HEADER[4:]
+    row = dict(
+        zip(["path", *HEADER], predict(metrics["ckpt_path"], [image], model=model)[0], strict=True)
+    )
+    assert float(row["t_score_pred"]) == pytest.approx(
+        (float(row["bmd_pred"]) - 1.0) / 0.12, abs=2e-3
+    )
+    assert row["who_prediction"] in ("normal", "osteopenia", "osteoporosis")
 
 
 def test_exported_masks_carry_the_manifests_columns(segmented, phantom_dir, tmp_path):

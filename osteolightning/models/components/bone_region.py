@@ -127,8 +127,6 @@ class BoneRegionEmbedder(nn.Module):
         ConfigError: a ``segmenter`` that is not a segmentation checkpoint.
     """
 
-    needs_mask = True
-
     def __init__(
         self,
         mean: Sequence[float] = (0.5,),
@@ -156,6 +154,11 @@ class BoneRegionEmbedder(nn.Module):
             settings["segmenter"] = _weights_digest(model.net)
             self.segmenter_train = segmenter_training_images(segmenter)
         self.key = "bone-region-" + _digest(settings)
+
+    @property
+    def needs_mask(self) -> bool:
+        """Whether each image's mask must come with it (no segmenter of its own)."""
+        return self.segmenter is None
 
     def train(self, mode: bool = True) -> BoneRegionEmbedder:
         """Always in eval mode (the segmenter is frozen)."""
