@@ -42,6 +42,10 @@ def prepare_like_checkpoint(data_cfg: DictConfig, model: L.LightningModule) -> N
             data_cfg[key] = trained
         if "mask_classes" in data_cfg:  # a segmentation data config names its mask classes
             data_cfg.mask_classes = list(model.preprocessing.class_names)
+        # the columns the model reads: its regression target and covariates
+        for key in ("target", "covariates"):
+            if key in data_cfg and key in model.hparams:
+                data_cfg[key] = model.hparams[key]
 
 
 def check_task(ckpt_path: Any, model: L.LightningModule, data_cfg: DictConfig) -> None:

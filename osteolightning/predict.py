@@ -3,11 +3,16 @@
 Each PATH is an image file or a folder (searched recursively). No labels are needed.
 
 - A classification checkpoint (``osteo-train``) prints one CSV row per image to stdout, or to
-  ``--out FILE``: ``path,prob_<class>...,prediction``.
+  ``--out FILE``: ``path,prob_<class>...,prediction``. A checkpoint with a T-score head adds
+  ``t_score_pred,t_score_low,t_score_high,who_prediction`` (the interval calibrated on its run's
+  validation split; a BMD target adds ``bmd_pred,bmd_low,bmd_high`` before them). A model that
+  fuses covariates reads them from a CSV manifest's columns (``age,sex,bmi``); an image given
+  without them has them imputed (counted on stderr).
 - A segmentation checkpoint (``osteo-segment``) writes into the new folder ``--out DIR``:
   ``masks/<name>.png`` (the predicted label map at the image's original size, values = class
   indices), ``overlays/<name>.png`` (the mask in colour over the image) and ``manifest.csv``
-  (``image,mask[,label]``) that ``osteo-train data=manifest data.root=DIR/manifest.csv`` reads
+  (``image,mask[,label]``, and an input manifest's other columns: ``t_score``, ``bmd``,
+  ``patient_id``, ``age``, ...) that ``osteo-train data=manifest data.root=DIR/manifest.csv`` reads
   as input, e.g. with ``data.mask_input=apply`` (bone-only classification). ``--label-from-folder``
   takes each image's class from its parent folder (a class-folder tree), so the manifest can
   train a classifier.
@@ -32,7 +37,9 @@ import lightning as L
 import numpy as np
 import torch
 
+from osteolightning.callbacks.target_outputs import prediction_columns, recorded_conformal
 from osteolightning.data.cache import letterbox_resize
+from osteolightning.data.columns import MISSING_VALUES, parse_cell
 from osteolightning.data.inputs import Inputs, find_inputs
 from osteolightning.data.io import ON_BAD_IMAGE, read_image
 from osteolightning.data.transforms import ToNormalizedTensor
@@ -43,6 +50,8 @@ from osteolightning.models.portable import load_predictor
 from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+#: the columns the mask manifest writes itself (an input manifest's others are carried over)
+MANIFEST_OWN = ("image", "mask", "label")
 #: overlays are written at most this many pixels on their long side
 OVERLAY_MAX_SIDE = 1024
 
@@ -85,24 +94,89 @@ def predict(
     """Rows ``[path, prob_<class>..., prediction]`` for every image under ``paths``
     (``model``: the checkpoint's classifier when the caller has loaded it already; ``inputs``:
     the images when the caller has found them already, whose ``skipped`` gets what is left
-    out)."""
+    out), and for a checkpoint with a regression head the columns of :func:`target_header`."""
     model = (model or load_model(ckpt_path)).eval()
     pre = model.preprocessing
     to_tensor = ToNormalizedTensor(pre.mean, pre.std, pre.in_chans)
     inputs = inputs or find_inputs(list(paths), on_bad_image)
+    embedder = getattr(getattr(model, "net", None), "embedder", None)
+    if getattr(embedder, "needs_mask", False):
+        raise ConfigError(
+            f"'{ckpt_path}' measures the bone inside each image's mask, which osteo-predict "
+            "does not have. Evaluate it with its masks (osteo-eval ckpt_path=... data=manifest "
+            "data.root=CSV data.mask_input=provide), or train it with a segmenter of its own "
+            "(model.net.segmenter=<osteo-segment checkpoint>), which osteo-predict runs."
+        )
+    spec = _regression(model)
+    conformal = recorded_conformal(ckpt_path) if spec is not None else None
+    names = list(getattr(model, "hparams", {}).get("covariates") or [])
     rows: list[list[str]] = []
     for chunk in _batches(read_inputs(inputs, on_bad_image), batch_size):
         batch = torch.stack([to_tensor(letterbox_resize(img, pre.image_size)) for *_, img in chunk])
-        probs = model.predict_proba(batch)  # with the checkpoint's test-time augmentation
-        for (_, path, _), p in zip(chunk, probs.tolist(), strict=True):
+        if spec is None and not names:
+            probs = model.predict_proba(batch)  # with the checkpoint's test-time augmentation
+            values = None
+        else:
+            covariates = _covariates(inputs, [path for _, path, _ in chunk], names)
+            probs, values = model.predict_batch({"image": batch, "covariates": covariates})
+        extra = [[] for _ in chunk]
+        if values is not None:
+            predicted = values.double().numpy()
+            columns = prediction_columns(
+                spec, list(pre.class_names), predicted * np.nan, predicted, None, conformal
+            )
+            columns = {k: v for k, v in columns.items() if k not in (spec.target, "t_score")}
+            extra = [[_fmt(v[j]) for v in columns.values()] for j in range(len(chunk))]
+        for (_, path, _), p, more in zip(chunk, probs.tolist(), extra, strict=True):
             rows.append(
                 [
                     str(path),
                     *[f"{v:.6f}" for v in p],
                     pre.class_names[max(range(len(p)), key=p.__getitem__)],
+                    *more,
                 ]
             )
     return rows
+
+
+def _regression(model: Any) -> Any:
+    spec = getattr(model, "spec", None)
+    return spec if spec is not None and spec.enabled else None
+
+
+def target_header(model: Any, ckpt_path: str | Path) -> list[str]:
+    """The columns :func:`predict` adds for a checkpoint with a regression head (``[]``
+    without one): ``<target>_pred`` and, with a calibration in its run, ``_low`` / ``_high``;
+    the same for ``t_score`` of a BMD target; ``who_prediction``."""
+    spec = _regression(model)
+    if spec is None:
+        return []
+    conformal = recorded_conformal(ckpt_path)
+    one = np.zeros(1)
+    columns = prediction_columns(
+        spec, list(model.preprocessing.class_names), one * np.nan, one, None, conformal
+    )
+    return [k for k in columns if k not in (spec.target, "t_score")]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _covariates(inputs: Inputs, images: list[Path], names: list[str]) -> torch.Tensor:
+    """``(B, P)`` covariates of the images from their manifest rows (NaN: unknown, imputed by
+    the model); a bad cell is an error naming the image."""
+    values = np.full((len(images), len(names)), np.nan)
+    for i, image in enumerate(images):
+        cells = inputs.columns.get(image, {})
+        for j, name in enumerate(names):
+            try:
+                values[i, j] = parse_cell(cells.get(name), name)
+            except ValueError as err:
+                raise DataSourceError(f"Covariates of '{image}': {err}.") from None
+    return torch.as_tensor(values, dtype=torch.float32)
 
 
 def _output_names(pairs: list[tuple[Path, Path]]) -> list[Path]:
@@ -157,8 +231,9 @@ def export_masks(
         on_bad_image: ``error`` (stop at an unreadable image, naming it) or ``skip``.
 
     Returns:
-        The manifest path (``out_dir/manifest.csv``: ``image,mask[,label]``, image paths
-        absolute, mask paths relative to the manifest).
+        The manifest path (``out_dir/manifest.csv``: ``image,mask[,label]`` and every other
+        column of the input manifests (``t_score``, ``bmd``, ``patient_id``, ``age``, ...),
+        image paths absolute, mask paths relative to the manifest).
 
     Raises:
         ConfigError: a classification checkpoint, or an ``out_dir`` holding other files.
@@ -182,6 +257,12 @@ def export_masks(
     to_tensor = ToNormalizedTensor(pre.mean, pre.std, pre.in_chans)
     inputs = inputs or find_inputs(list(paths), on_bad_image)
     manifest_labels = inputs.labels
+    # an input manifest's other columns (t_score, bmd, patient_id, age, sex, bmi, ...) go on
+    carried = list(
+        dict.fromkeys(
+            c for cells in inputs.columns.values() for c in cells if c not in MANIFEST_OWN
+        )
+    )
     names = dict(zip(inputs.pairs, _output_names(inputs.pairs), strict=True))
     rows: list[list[str]] = []
     for chunk in _batches(read_inputs(inputs, on_bad_image), batch_size):
@@ -207,9 +288,9 @@ def export_masks(
                 row.append(image.parent.name)
             elif manifest_labels:
                 row.append(manifest_labels.get(image, ""))
-            rows.append(row)
+            rows.append(row + [inputs.columns.get(image, {}).get(c, "") for c in carried])
     with_label = label_from_folder or bool(manifest_labels)
-    header = ["image", "mask", *(["label"] if with_label else [])]
+    header = ["image", "mask", *(["label"] if with_label else []), *carried]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
     manifest = atomic_write_text(out / "manifest.csv", buffer.getvalue())
@@ -292,6 +373,8 @@ def _run(args: argparse.Namespace) -> int:
             on_bad_image=args.on_bad_image,
         )
         header = ["path", *[f"prob_{c}" for c in model.preprocessing.class_names], "prediction"]
+        header += target_header(model, args.ckpt)
+        _report_covariates(model, inputs)
         if args.explain:  # one saliency overlay per image, its path and border share in the CSV
             written = {row[0] for row in rows}
             pairs = [(root, image) for root, image in inputs.pairs if str(image) in written]
@@ -308,6 +391,25 @@ def _run(args: argparse.Namespace) -> int:
     left_out = f" ({len(inputs.skipped)} skipped, listed above)" if inputs.skipped else ""
     sys.stderr.write(f"osteo-predict: {done}{left_out}.\n")
     return 0
+
+
+def _report_covariates(model: Any, inputs: Inputs) -> None:
+    """Say on stderr how many images come without the model's covariates (imputed)."""
+    names = list(getattr(model, "hparams", {}).get("covariates") or [])
+    if not names:
+        return
+    missing = {
+        name: sum(
+            (inputs.columns.get(image, {}).get(name) or "").strip().lower() in MISSING_VALUES
+            for _, image in inputs.pairs
+        )
+        for name in names
+    }
+    counts = ", ".join(f"{name}={n}" for name, n in missing.items())
+    sys.stderr.write(
+        f"osteo-predict: the model fuses covariates {names}, read from the manifest's columns; "
+        f"unknown (imputed with the training mean): {counts} of {len(inputs.pairs)} images.\n"
+    )
 
 
 def _unread(inputs: Inputs) -> int:

@@ -38,12 +38,28 @@ log = get_logger(__name__)
 
 
 def data_inputs(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
-    """What the model takes from the data: the training split's images per class, for a model
-    whose config has ``class_counts`` (the classifier's class-weighted loss)."""
-    if "class_counts" not in model_cfg or model_cfg.class_counts is not None:
+    """What the model takes from the data's training split, for each key its config leaves
+    ``null``: the images per class (``class_counts``, the class-weighted loss), the target
+    values (``target_train``, the regression head's standardisation) and the covariates
+    (``covariates_train``, their standardisation and imputation)."""
+    wanted = [
+        k
+        for k in ("class_counts", "target_train", "covariates_train")
+        if k in model_cfg and model_cfg[k] is None
+    ]
+    if not wanted:
         return {}
     datamodule.setup("fit")  # the split; the trainer's own setup call then finds it done
-    return {"class_counts": datamodule.class_counts("train")}
+    inputs: dict[str, Any] = {}
+    if "class_counts" in wanted:
+        inputs["class_counts"] = datamodule.class_counts("train")
+    targets, covariates = datamodule.split_values("train")
+    if "target_train" in wanted and model_cfg.get("t_score_weight", 0):
+        datamodule.require_target()  # an absent column names the columns the data has
+        inputs["target_train"] = targets.tolist()
+    if "covariates_train" in wanted and model_cfg.get("covariates"):
+        inputs["covariates_train"] = covariates.tolist()
+    return inputs
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:

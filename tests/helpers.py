@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,21 @@ def run_osteo(
         text=True,
         timeout=timeout,
     )
+
+
+def write_manifest(phantom_dir: Path, out: Path, edit=None, n: int = 60) -> Path:
+    """A copy of the tiny phantom's manifest (absolute paths) with ``edit(row_index, row)``
+    applied to each row."""
+    with open(phantom_dir / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:n]
+    for i, row in enumerate(rows):
+        row["image"] = str(phantom_dir / row["image"])
+        row["mask"] = str(phantom_dir / row["mask"])
+        if edit is not None:
+            edit(i, row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

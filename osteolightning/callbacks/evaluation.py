@@ -5,6 +5,7 @@ checkpoint, for temperature scaling and ``val_predictions.csv``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from osteolightning.callbacks import target_outputs as targets
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.calibration import (
     T_MAX,
@@ -26,7 +28,9 @@ from osteolightning.metrics.calibration import (
     probs_to_logits,
 )
 from osteolightning.metrics.figures import write_figures
+from osteolightning.metrics.regression import WHO_CUTOFFS
 from osteolightning.metrics.report import ECE_BINS, evaluation_report
+from osteolightning.metrics.target_report import bootstrap_mean, target_report
 from osteolightning.utils import rundir
 from osteolightning.utils.files import atomic_write_csv, atomic_write_json
 from osteolightning.utils.logging import get_logger
@@ -99,12 +103,14 @@ class SplitPredictions:
         paths: ``N`` image paths.
         labels: ``(N,)`` true class indices.
         probs: ``(N, K)`` softmax probabilities (uncalibrated; TTA as at test time).
+        target_pred: ``(N,)`` the regression head's predictions, or None (no head).
     """
 
     indices: np.ndarray
     paths: list[str]
     labels: np.ndarray
     probs: np.ndarray
+    target_pred: np.ndarray | None = None
 
 
 def predict_split(
@@ -134,16 +140,20 @@ def predict_split(
             batch = trainer.strategy.batch_to_device(batch)
             out = pl_module.predict_step(batch, batch_idx)
             probs = out["probs"].float().cpu().numpy()
-            rows += list(zip(out["index"].tolist(), probs, strict=True))
+            value = out.get("target_pred")
+            values = [None] * len(probs) if value is None else value.float().cpu().tolist()
+            rows += list(zip(out["index"].tolist(), probs, values, strict=True))
     pl_module.train(was_training)
     rows = gather_rows(trainer, rows)
-    indices = np.array([i for i, _ in rows], dtype=np.int64)
+    indices = np.array([r[0] for r in rows], dtype=np.int64)
     samples = datamodule.samples
+    has_values = rows[0][2] is not None
     return SplitPredictions(
         indices=indices,
         paths=[str(samples[i].path) for i in indices],
         labels=np.array([samples[i].label for i in indices], dtype=np.int64),
-        probs=np.stack([p for _, p in rows]),
+        probs=np.stack([r[1] for r in rows]),
+        target_pred=np.array([r[2] for r in rows], dtype=np.float64) if has_values else None,
     )
 
 
@@ -177,12 +187,16 @@ def write_validation_predictions(
     probs = predictions.probs
     if temperature is not None:
         probs = apply_temperature(probs_to_logits(probs), temperature)
+    trailing = None
+    if predictions.target_pred is not None:
+        trailing = {"target_pred": predictions.target_pred.tolist()}
     path = rundir.write_predictions(
         Path(output_dir) / rundir.VAL_PREDICTIONS,
         predictions.paths,
         predictions.labels,
         probs,
         class_names,
+        trailing=trailing,
     )
     log.info(f"Wrote {len(predictions.labels)} validation predictions to {path}")
     return path
@@ -208,6 +222,10 @@ class EvaluationWriter(ReportWriter):
             recorded in the ``metrics.json`` of the run that wrote ``ckpt_path``, when that run
             fitted one on this very checkpoint (see :func:`recorded_temperature`).
         validation_predictions: write ``val_predictions.csv`` when there is a validation split.
+        coverage: a regression head's split-conformal intervals are calibrated on the
+            validation split at this coverage (``osteo-eval``: the calibration recorded for
+            ``ckpt_path`` in its run's ``conformal.json``).
+        who_cutoffs: the WHO cut-offs ``[osteoporosis, normal]`` of the T-score.
     """
 
     def __init__(
@@ -219,8 +237,12 @@ class EvaluationWriter(ReportWriter):
         temperature_scaling: bool = False,
         temperature: float | None = None,
         validation_predictions: bool = True,
+        coverage: float = 0.9,
+        who_cutoffs: Sequence[float] = WHO_CUTOFFS,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.coverage, self.who_cutoffs = float(coverage), [float(c) for c in who_cutoffs]
+        self.conformal = targets.recorded_conformal(ckpt_path) if ckpt_path else None
         self.ckpt_path = ckpt_path
         self.n_resamples, self.seed = n_resamples, seed
         self.temperature_scaling = bool(temperature_scaling)
@@ -238,10 +260,11 @@ class EvaluationWriter(ReportWriter):
         if temperature is None and ckpt_path is not None:
             temperature = recorded_temperature(ckpt_path)
         self.temperature = None if temperature is None else float(temperature)
-        self._rows: list[tuple[int, int, np.ndarray]] = []
+        self._rows: list[tuple[Any, ...]] = []
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not (self.temperature_scaling or self.validation_predictions):
+        spec = targets.regression_spec(pl_module)
+        if not (self.temperature_scaling or self.validation_predictions or spec):
             return
         validation = predict_split(trainer, pl_module, "val")
         if validation is None:
@@ -254,6 +277,14 @@ class EvaluationWriter(ReportWriter):
             return
         if self.temperature_scaling:
             self.temperature = fit_validation_temperature(validation)
+        if spec is not None and validation.target_pred is not None:
+            truth = targets.split_targets(trainer.datamodule, "val", validation.indices)
+            self.conformal = targets.calibrate(
+                truth, validation.target_pred, self.coverage, spec.target
+            )
+            if self.conformal is not None:
+                ckpt = getattr(trainer, "ckpt_path", None) or self.ckpt_path
+                targets.write_conformal(self.output_dir, self.conformal, spec.target, ckpt)
         if self.validation_predictions:
             names = list(pl_module.hparams.class_names)
             write_validation_predictions(self.output_dir, validation, names, self.temperature)
@@ -271,10 +302,18 @@ class EvaluationWriter(ReportWriter):
         dataloader_idx: int = 0,
     ) -> None:
         probs = outputs["probs"].float().cpu().numpy()
-        for i, y, p in zip(
-            outputs["index"].tolist(), outputs["labels"].tolist(), probs, strict=True
-        ):
-            self._rows.append((i, y, p))
+        n = len(probs)
+        truth = outputs.get("target")
+        truth = [None] * n if truth is None else truth.float().cpu().tolist()
+        value = outputs.get("target_pred")
+        value = [None] * n if value is None else value.float().cpu().tolist()
+        extras = {k: v.float().cpu().tolist() for k, v in (outputs.get("extras") or {}).items()}
+        per_image = [{k: v[j] for k, v in extras.items()} for j in range(n)]
+        for i, y, p, t, v, e in zip(
+            outputs["index"].tolist(), outputs["labels"].tolist(), probs, truth, value, per_image,
+            strict=True,
+        ):  # fmt: skip
+            self._rows.append((i, y, p, t, v, e))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = self._gather(trainer)
@@ -292,22 +331,56 @@ class EvaluationWriter(ReportWriter):
                 "test/ece_uncalibrated": expected_calibration_error(labels, raw, ECE_BINS),
             }
         samples = trainer.datamodule.samples
+        spec = targets.regression_spec(pl_module)
+        values = self._target_values(spec, rows, samples)
+        trailing = (
+            targets.prediction_columns(spec, class_names, *values, self.conformal)
+            if values
+            else None
+        )
         rundir.write_predictions(
             self.output_dir / rundir.PREDICTIONS,
-            [str(samples[i].path) for i, _, _ in rows],
+            [str(samples[r[0]].path) for r in rows],
             labels,
             probs,
             class_names,
+            trailing=trailing,
         )
         report = evaluation_report(
             labels, probs, class_names, prefix="test/", n_resamples=self.n_resamples, seed=self.seed
         )
+        if values:
+            truth, predicted, t_truth = values
+            report.update(
+                target_report(
+                    spec.target,
+                    truth,
+                    predicted,
+                    labels,
+                    class_names,
+                    t_truth=t_truth,
+                    t_predicted=targets.t_score_values(spec, predicted),
+                    who=spec.who,
+                    cutoffs=self.who_cutoffs,
+                    conformal=self.conformal,
+                    n_resamples=self.n_resamples,
+                    seed=self.seed,
+                )
+            )
+        report.update(self._extras(rows))
+        report.update(targets.value_counts(pl_module, trainer.datamodule))
         metrics = {**report, **calibration, **self._run_facts(trainer)}
         atomic_write_json(self.output_dir / rundir.METRICS, metrics)
         log.info(f"Wrote {len(rows)} predictions and metrics to {self.output_dir}")
         # Everything below derives from metrics.json, which is safely on disk already.
         self._write_metrics_table(trainer, metrics)
         figures = write_figures(labels, probs, class_names, self.output_dir / rundir.FIGURES)
+        if values:
+            figures.update(
+                targets.write_target_figures(
+                    self.output_dir / rundir.FIGURES, spec, *values, self.conformal
+                )
+            )
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 try:
@@ -317,6 +390,36 @@ class EvaluationWriter(ReportWriter):
                         f"Could not log the test report to W&B ({err!r}); "
                         f"metrics.json and figures/ are complete."
                     )
+
+    @staticmethod
+    def _target_values(
+        spec: Any, rows: list[tuple[Any, ...]], samples: list[Any]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """``(truth, predicted, true T-scores of a BMD target)`` of the test rows, or None
+        without a regression head."""
+        if spec is None or rows[0][4] is None:
+            return None
+        truth = np.array([np.nan if r[3] is None else r[3] for r in rows], dtype=np.float64)
+        predicted = np.array([r[4] for r in rows], dtype=np.float64)
+        t_truth = None
+        if spec.target != "t_score" and spec.has_t_score:
+            t_truth = np.array(
+                [np.nan if samples[r[0]].t_score is None else samples[r[0]].t_score for r in rows]
+            )
+        return truth, predicted, t_truth
+
+    def _extras(self, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+        """Per-image values a model returned (``extras``, e.g. a segmentation Dice): their mean
+        over the test images with its bootstrap interval, as ``test/<name>``."""
+        out: dict[str, Any] = {}
+        for name in rows[0][5]:
+            values = np.array([r[5][name] for r in rows], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            if len(values):
+                out[f"test/{name}"] = float(values.mean())
+                out[f"test/{name}_ci95"] = bootstrap_mean(values, self.n_resamples, self.seed)
+                out[f"test/{name}_n"] = int(len(values))
+        return out
 
 
 #: Columns of ``test_metrics.csv`` and of the W&B metrics table.

@@ -11,28 +11,10 @@ from torch import nn
 from torch.optim import Optimizer
 
 from osteolightning.errors import ConfigError
+from osteolightning.models.components.backbone import classifier_head
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def classifier_head(net: nn.Module) -> nn.Module:
-    """The classification head of ``net``: timm's ``get_classifier()``, else its last Linear.
-
-    Raises:
-        ConfigError: ``net`` has neither (nothing to keep trainable).
-    """
-    if hasattr(net, "get_classifier"):
-        head = net.get_classifier()
-        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-            return head
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(
-            f"FreezeBackbone found no classifier head in {type(net).__name__}: expected a timm "
-            "model (get_classifier()) or a network whose last nn.Linear is the head."
-        )
-    return linears[-1]
 
 
 def block_ids(net: nn.Module) -> dict[str, int]:

@@ -18,6 +18,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from osteolightning.data.cache import PREPROCESS_VERSION, PreprocessedCache
+from osteolightning.data.columns import ColumnValues
 from osteolightning.data.datasets import ArrayDataset
 from osteolightning.data.hygiene import (
     POLICIES,
@@ -57,12 +58,12 @@ log = get_logger(__name__)
 
 #: training samplers by ``sampler`` name (``None``: shuffle).
 SAMPLERS = (None, "balanced")
-#: what a classifier does with each sample's mask: nothing, zero the image outside it, or crop
-#: the image to it.
-MASK_INPUTS = (None, "apply", "crop")
+#: what a classifier does with each sample's mask: nothing, zero the image outside it, crop
+#: the image to it, or hand it to the model beside the unchanged image (``batch["mask"]``).
+MASK_INPUTS = (None, "apply", "crop", "provide")
 
 
-class KneeDataModule(MaskInputs, L.LightningDataModule):
+class KneeDataModule(MaskInputs, ColumnValues, L.LightningDataModule):
     """Knee radiographs from any source, split without leakage, cached once, augmented on the fly.
 
     Images of one patient and byte-identical copies of one image always land in the same split
@@ -113,6 +114,9 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
             foreground (the bone) taken from the image letterboxed at ``mask_crop_from``
             pixels, resized to ``image_size``: the bone at a higher resolution than the whole
             knee would get (:func:`~osteolightning.data.masks.crop_to_foreground`).
+            ``"provide"``: the image unchanged, its mask in every batch (``batch["mask"]``,
+            moved with the image by the augmentation) for a model that measures the bone
+            region (``experiment=fathima2020``).
         seed: the run's seed: the training order of each epoch and each image's augmentation
             are drawn from it (see :mod:`osteolightning.data.sampling`).
         mask_crop_from: ``mask_input="crop"``: the side the image is letterboxed to before
@@ -129,6 +133,13 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
         drop_last: drop the last, incomplete training batch (a batch of one image breaks
             BatchNorm in training mode); ``False`` for models that must see every image (the
             fitted-head models).
+        target: the regression target column (``t_score``, ``bmd``, any numeric column) carried
+            in every item as ``"target"`` (NaN where unknown); ``None``: none. A source without
+            the column gives NaN everywhere (a model that needs the target says so).
+        covariates: clinical covariate columns (``age``, ``sex``, ``bmi``, ...) carried as
+            ``"covariates"`` ``(P,)`` (NaN where unknown; sex coded 1 female / 0 male, see
+            :mod:`osteolightning.data.columns`); a column the data lacks is an error naming the
+            columns it has.
 
     Attributes:
         require_labels: (class attribute) every sample needs a class label.
@@ -182,6 +193,8 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
         inner_fold: int = 0,
         train_fraction: float = 1.0,
         permute_labels: int | None = None,
+        target: str | None = None,
+        covariates: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -257,6 +270,9 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
         self.digests: list[str] = []
         self.pixel_keys: list[str] = []
         self.datasets: dict[str, ArrayDataset] = {}
+        self.target = str(target) if target else None
+        self.covariates = [str(c) for c in covariates or ()]
+        self._columns: np.ndarray | None = None
 
     # -- building ---------------------------------------------------------------------------
     def _source_samples(self) -> list[Sample]:
@@ -425,6 +441,7 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
             labels: their class indices.
         """
         augment = self.train_augment if split_name == "train" else self.eval_augment
+        values = self.values()
         return ArrayDataset(
             images,
             labels,
@@ -435,6 +452,9 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
             seed=self.seed,
             keys=[self.pixel_keys[i] for i in sel],
             groups=self.groups[sel],
+            targets=values[sel, 0] if self.target else None,
+            covariates=values[sel, int(bool(self.target)) :] if self.covariates else None,
+            masks=self.masks[sel] if self.mask_input == "provide" else None,
         )
 
     def _log_copies(self, copies: CopyGroups) -> None:
@@ -497,6 +517,7 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
                 f"  left out: {len(self.skipped)} unreadable or non-image files (skipped.csv), "
                 f"{dropped} images with conflicting labels (label_conflicts.csv)"
             )
+        lines += self._values_summary()
         return "\n".join(lines + [f"  WARNING: {f.message}" for f in self.findings])
 
     # -- loaders ---------------------------------------------------------------------------

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from osteolightning.data.io import check_on_bad_image
-from osteolightning.data.sources import absolute_path, is_image_file, scan_folder
+from osteolightning.data.sources import (
+    absolute_path,
+    is_image_file,
+    normalize_class_name,
+    scan_folder,
+)
 from osteolightning.errors import DataSourceError, ImageReadError
 
 
@@ -28,11 +33,14 @@ class Inputs:
         pairs: ``(root, image)`` per image, in order; ``root`` is the folder it was found under
             (its parent when named directly), so outputs can keep its path relative to it.
         labels: image → label, from a manifest's ``label`` column.
+        columns: image → every cell of its manifest row, by normalised column name (``age``,
+            ``sex``, ``bmi``, ``t_score``, ...), e.g. a model's covariates.
         skipped: ``(path, reason)`` of everything found and not used.
     """
 
     pairs: list[tuple[Path, Path]] = field(default_factory=list)
     labels: dict[Path, str] = field(default_factory=dict)
+    columns: dict[Path, dict[str, str]] = field(default_factory=dict)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     def bad(self, path: Path, reason: str, on_bad_image: str) -> None:
@@ -120,3 +128,6 @@ def _manifest(path: Path, found: Inputs, on_bad_image: str) -> None:
             found.pairs.append((base if image.is_relative_to(base) else image.parent, image))
             if row.get("label"):
                 found.labels[image] = row["label"]
+            found.columns[image] = {
+                normalize_class_name(k): (v or "").strip() for k, v in row.items() if k
+            }

@@ -18,6 +18,8 @@ class Sample:
         patient_id: identifier that groups images of one person (both knees, follow-ups).
             Splits never put one patient on both sides.
         extra: any further columns (bmd, side, age, sex, bmi, ...) as strings, keyed by name.
+        where: where the sample was read, for error messages (a manifest's file and line:
+            ``"'/data/manifest.csv' line 7"``); ``None`` for other sources.
     """
 
     path: Path
@@ -26,3 +28,4 @@ class Sample:
     t_score: float | None = None
     patient_id: str | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    where: str | None = field(default=None, compare=False, hash=False)

@@ -425,7 +425,8 @@ class ManifestSource:
                 )
                 continue
             try:
-                samples.append(self._sample(dict(zip(header, row, strict=True)), lookup))
+                cells = dict(zip(header, row, strict=True))
+                samples.append(self._sample(cells, lookup, f"'{self.path}' line {line}"))
             except _MissingFileError as exc:
                 if self.on_bad_image == "skip":
                     self.skipped.append((exc.path, f"line {line}: {exc}"))
@@ -497,10 +498,13 @@ class ManifestSource:
             raise DataSourceError(f"Manifest '{self.path}' has a header but no rows (line 1).")
         return header, rows
 
-    def _sample(self, cells: dict[str, str], lookup: dict[str, int] | None) -> Sample:
+    def _sample(
+        self, cells: dict[str, str], lookup: dict[str, int] | None, where: str | None = None
+    ) -> Sample:
         """Build one sample; raise a DataSourceError listing every problem of the row.
 
-        ``lookup`` is ``None`` when labels are not read (label ``-1``, the cell kept in extra).
+        ``lookup`` is ``None`` when labels are not read (label ``-1``, the cell kept in extra);
+        ``where`` names the row (file and line) in later messages about its cells.
         """
         problems: list[str] = []
         missing: list[Path] = []
@@ -520,6 +524,7 @@ class ManifestSource:
             t_score=t_score,
             patient_id=cells.get("patient_id") or None,
             extra={k: v for k, v in cells.items() if k not in known},
+            where=where,
         )
 
     def _existing(

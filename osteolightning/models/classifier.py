@@ -7,15 +7,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanAbsoluteError, MeanMetric
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
+from osteolightning.metrics.regression import WHO_CUTOFFS, TargetScaler
 from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
+from osteolightning.models.components.covariates import CovariateEncoder, PooledFeatures
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 from osteolightning.models.schedulers import configure_optimizers
+from osteolightning.models.targets import TargetSpec, who_index
 
 Batch = dict[str, torch.Tensor]
 Loss = Callable[..., torch.Tensor]
@@ -44,7 +48,8 @@ def balanced_weights(counts: Sequence[int] | None, k: int, weighting: str) -> to
 
 
 class KneeClassifier(StoresRunConfig, L.LightningModule):
-    """Transfer-learned classifier with a class-weighted loss and per-split torchmetrics.
+    """Transfer-learned classifier with a class-weighted loss and per-split torchmetrics,
+    optionally with a regression head (T-score or BMD) and clinical covariates.
 
     Training options (all from config): the loss (``model/loss=cross_entropy|focal``), class
     weighting, label smoothing, mixup / cutmix on training batches (``model.mixup``) and
@@ -53,6 +58,17 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
     original hard labels (a rough guide only; ``val/`` is never mixed). With TTA, ``test_step``
     and ``predict_step`` average the softmax over the original and each flipped image; the test
     loss and validation stay on the original image only.
+
+    The regression head (``t_score_weight > 0``; see :mod:`osteolightning.models.targets`) is a
+    linear layer on the backbone's pooled features (the input of its classification layer),
+    trained with the mean squared error of the target standardised with the training split's
+    statistics (:class:`~osteolightning.metrics.regression.TargetScaler`); images without a
+    target value are left out of that loss. Covariates (``covariates=[age, sex, bmi]``) are
+    fused late: standardised and imputed with the training split's statistics, with
+    missing-indicators (:class:`~osteolightning.models.components.covariates.CovariateEncoder`),
+    they enter the class logits and the regression output through one more linear layer, so
+    each output is linear in ``[image features, covariates]``. ``self.net`` stays the image
+    network, ``(B, C, H, W)`` → ``(B, K)`` logits, for saliency and export.
 
     Args:
         net: backbone mapping ``(B, C, H, W)`` to logits ``(B, K)``.
@@ -76,10 +92,23 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         in_chans: input channels (kept in the checkpoint).
         mean: normalisation mean (kept in the checkpoint).
         std: normalisation std (kept in the checkpoint).
+        target: the regression target column (``t_score``, ``bmd``, ...).
+        t_score_weight: weight of the regression loss; 0: no regression head.
+        class_weight: weight of the class loss; 0: regression only (the class output is the
+            WHO category of the predicted T-score).
+        bmd_reference: ``[mean, sd]`` turning a BMD target into a T-score, or None.
+        who_cutoffs: the WHO T-score cut-offs ``[osteoporosis, normal]``.
+        covariates: covariate columns fused with the image (``[age, sex, bmi]``); ``[]``: none.
+        target_train: the training split's target values (NaN unknown), passed by the entry
+            point from the data; the scaler is fitted on the known ones (``None``: restored
+            from a checkpoint).
+        covariates_train: the training split's ``(N, P)`` covariates (NaN unknown), likewise.
 
     Raises:
         ConfigError: an unknown ``class_weighting`` or ``tta`` name, a smoothing outside
-            [0, 1), bad ``mixup`` arguments, or a ``loss`` that rejects its arguments.
+            [0, 1), bad ``mixup`` arguments, a ``loss`` that rejects its arguments, bad target
+            settings (:meth:`TargetSpec.of`), a regression head without any known training
+            target or with a constant one, mixup together with a target or covariates.
     """
 
     def __init__(
@@ -99,6 +128,14 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         mixup: Mapping[str, float] | None = None,
         tta: Sequence[str] = (),
         class_counts: Sequence[int] | None = None,
+        target: str = "t_score",
+        t_score_weight: float = 0.0,
+        class_weight: float = 1.0,
+        bmd_reference: Sequence[float] | None = None,
+        who_cutoffs: Sequence[float] = WHO_CUTOFFS,
+        covariates: Sequence[str] = (),
+        target_train: Sequence[float] | None = None,
+        covariates_train: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if class_weighting not in ("balanced", "none"):
@@ -120,6 +157,16 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
                     f"but got {name!r}.{hint}"
                 )
         self.mixup = MixupCutmix(**(mixup or {}))
+        self.spec = TargetSpec.of(
+            target, t_score_weight, class_weight, bmd_reference, who_cutoffs, class_names
+        )
+        covariates = [str(c) for c in covariates or ()]
+        if self.mixup.enabled and (self.spec.enabled or covariates):
+            raise ConfigError(
+                "Mixup / cutmix mixes images and their labels, not their T-scores or "
+                "covariates: turn it off (model.mixup.mixup_alpha=0 model.mixup.cutmix_alpha=0) "
+                "for a model with a regression head or covariates."
+            )
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
         preprocessing = Preprocessing.of(class_names, image_size, in_chans, mean, std)
         self.save_hyperparameters(
@@ -129,6 +176,12 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
                 "label_smoothing": float(label_smoothing),
                 "monitor": str(monitor),
                 "tta": tta,
+                "target": self.spec.target,
+                "t_score_weight": self.spec.weight,
+                "class_weight": self.spec.class_weight,
+                "bmd_reference": list(self.spec.reference) if self.spec.reference else None,
+                "who_cutoffs": list(self.spec.cutoffs),
+                "covariates": covariates,
             }
         )
         self.net = net
@@ -143,6 +196,91 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         self.test_metrics = classification_metrics(class_names, "test/")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_best = MaxMetric()
+        self._build_target(target_train)
+        self.covariate_encoder = (
+            CovariateEncoder(covariates, covariates_train) if covariates else None
+        )
+        self._build_heads(len(covariates))
+
+    # -- the regression head and the covariates ----------------------------------------------
+    def _build_target(self, target_train: Sequence[float] | None) -> None:
+        """With a regression head: the target's training statistics (buffer
+        ``target_stats = [mean, std]``), its counts and the per-split MAE metrics."""
+        #: ``(known, unknown)`` target values in the training split (None: not known here)
+        self.target_counts: tuple[int, int] | None = None
+        if not self.spec.enabled:
+            return  # no new state: a classifier's checkpoint keeps its keys
+        self.register_buffer("target_stats", torch.tensor([0.0, 1.0]))
+        if target_train is not None:
+            values = np.asarray(target_train, dtype=np.float64).reshape(-1)
+            known = values[~np.isnan(values)]
+            if not len(known):
+                raise ConfigError(
+                    f"The regression head (model.t_score_weight={self.spec.weight}) needs "
+                    f"values of target column `{self.spec.target}`, but none of the "
+                    f"{len(values)} training images has one. Fill the column, or choose "
+                    "another one (model.target=t_score|bmd)."
+                )
+            scaler = TargetScaler.fit(known, name=self.spec.target)
+            self.target_stats.copy_(torch.tensor([scaler.mean, scaler.std]))
+            self.target_counts = (len(known), len(values) - len(known))
+        self.train_mae, self.val_mae, self.test_mae = (
+            MeanAbsoluteError(),
+            MeanAbsoluteError(),
+            MeanAbsoluteError(),
+        )
+
+    @property
+    def scaler(self) -> TargetScaler:
+        """The target's standardisation (training-split mean and SD)."""
+        mean, std = self.target_stats.tolist()
+        return TargetScaler(self.spec.target, mean, std)
+
+    def _build_heads(self, n_covariates: int) -> None:
+        """The regression head on the pooled image features and the covariates' layer (hook:
+        a fitted-head model fits its own)."""
+        k = len(self.hparams.class_names)
+        r = int(self.spec.enabled)
+        self.pooled = None
+        self.target_head: nn.Module | None = None
+        self.covariate_head: nn.Module | None = None
+        if r:
+            pre = self.preprocessing
+            self.pooled = PooledFeatures(self.net, pre.in_chans, pre.image_size)
+            self.target_head = nn.Linear(self.pooled.dim, 1)
+        if n_covariates:
+            self.covariate_head = nn.Linear(2 * n_covariates, k + r, bias=False)
+            nn.init.zeros_(self.covariate_head.weight)  # start from the image model
+
+    def batch_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logits (B, K), standardised target prediction (B,) or None)`` of a batch."""
+        logits = self.net(batch["image"])
+        value = None
+        if self.target_head is not None:
+            value = self.target_head(self.pooled.pop())[:, 0]
+        if self.covariate_head is not None:
+            extra = self.covariate_head(self.covariate_encoder(self._covariates(batch)))
+            k = logits.shape[1]
+            logits = logits + extra[:, :k]
+            value = value + extra[:, k] if value is not None else None
+        return logits, value
+
+    def _covariates(self, batch: Batch) -> torch.Tensor:
+        covariates = batch.get("covariates")
+        if covariates is None:
+            raise ConfigError(
+                f"The model fuses covariates {self.covariate_encoder.names}, but the batch has "
+                "none: the data must carry them (data.covariates, set from model.covariates)."
+            )
+        return covariates
+
+    def class_probs(self, logits: torch.Tensor, value: torch.Tensor | None) -> torch.Tensor:
+        """``(B, K)`` class probabilities: the softmax, or for a regression-only model the
+        one-hot WHO category of the predicted T-score."""
+        if not self.spec.regression_only or value is None:
+            return logits.softmax(dim=1)
+        t = self.spec.t_scores(self.scaler.inverse(value.float()))
+        return nn.functional.one_hot(who_index(t, self.spec.cutoffs), logits.shape[1]).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images → ``(B, K)`` logits."""
@@ -152,23 +290,49 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
     def monitorable(self) -> list[str]:
         """The keys logged once per validation epoch, which callbacks and sweepers may monitor."""
         keys = [*self.val_metrics.keys(), "val/loss"]
+        keys += [f"val/{self.spec.target}_mae"] if self.spec.enabled else []
         keys += [f"val/auroc_{c}" for c in self.hparams.class_names]
         return [k for k in keys if k != "val/auroc"] + [f"{self.hparams.monitor}_best"]
 
     def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(loss, probs (B, K), targets (B,))``.
+        """Returns ``(loss, probs (B, K), targets (B,))`` (see :meth:`step`)."""
+        loss, probs, _ = self.step(batch)
+        return loss, probs, batch["label"]
 
-        The loss takes ``batch["soft_label"]`` ``(B, K)`` when present (mixup / cutmix), else
-        the hard ``batch["label"]``; the returned targets are always the hard labels.
+    def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Returns ``(loss, probs (B, K), predicted target (B,) in target units or None)``.
+
+        The class loss takes ``batch["soft_label"]`` ``(B, K)`` when present (mixup / cutmix),
+        else the hard ``batch["label"]``. The regression loss is the mean squared error of the
+        standardised target over the images whose ``batch["target"]`` is known (0 when none
+        is), weighted by ``t_score_weight``.
         """
-        logits = self(batch["image"])
-        loss = self.loss_fn(
-            logits,
-            batch.get("soft_label", batch["label"]),
-            weight=self.class_weights,
-            label_smoothing=self.hparams.label_smoothing,
-        )
-        return loss, logits.softmax(dim=1), batch["label"]
+        logits, value = self.batch_outputs(batch)
+        loss = logits.sum() * 0.0  # a graph-connected zero (class_weight = 0)
+        if self.spec.class_weight > 0:
+            loss = loss + self.spec.class_weight * self.loss_fn(
+                logits,
+                batch.get("soft_label", batch["label"]),
+                weight=self.class_weights,
+                label_smoothing=self.hparams.label_smoothing,
+            )
+        predicted = None
+        if value is not None:
+            truth = self.scaler.transform(batch["target"].float())
+            known = ~torch.isnan(truth)
+            error = torch.where(known, value - truth, torch.zeros_like(value))
+            mse = (error * error).sum() / known.sum().clamp(min=1)
+            loss = loss + self.spec.weight * mse
+            predicted = self.scaler.inverse(value.detach().float())
+        return loss, self.class_probs(logits, value), predicted
+
+    def _track_target(self, metric: Any, predicted: torch.Tensor | None, batch: Batch) -> None:
+        """Update a split's target MAE with the images whose target is known."""
+        if predicted is None:
+            return
+        truth = batch["target"].float()
+        known = ~torch.isnan(truth)
+        metric.update(predicted[known], truth[known])  # (none known: adds nothing)
 
     def _track_loss(self, tracker: MeanMetric, loss: torch.Tensor, targets: torch.Tensor) -> None:
         # The batch loss is sum(w_i * l_i) / sum(w_i); weighting it by sum(w_i) makes the epoch
@@ -177,10 +341,19 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         k = self.class_weights.numel()
         tracker.update(loss.detach(), weight=sample_weights(targets, self.class_weights, k).sum())
 
-    def _tta_probs(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """Mean softmax over the original (its ``probs``) and each ``tta`` flip: ``(B, K)``."""
-        views = [probs] + [self(images.flip(TTA_FLIPS[t])).softmax(1) for t in self.hparams.tta]
-        return torch.stack(views).mean(dim=0)
+    def _tta(
+        self, batch: Batch, probs: torch.Tensor, predicted: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean probabilities ``(B, K)`` and predicted target ``(B,)`` over the original (its
+        ``probs``, ``predicted``) and each ``tta`` flip of the image."""
+        views, values = [probs], [predicted]
+        for name in self.hparams.tta:
+            flipped = {**batch, "image": batch["image"].flip(TTA_FLIPS[name]), "key": None}
+            logits, value = self.batch_outputs(flipped)
+            views.append(self.class_probs(logits, value))
+            values.append(None if value is None else self.scaler.inverse(value.float()))
+        mean = None if predicted is None else torch.stack(values).mean(dim=0)
+        return torch.stack(views).mean(dim=0), mean
 
     def on_train_start(self) -> None:
         self.val_best.reset()
@@ -190,7 +363,8 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
             k = self.class_weights.numel()
             images, soft = self.mixup(batch["image"], batch["label"], k)
             batch = {**batch, "image": images, "soft_label": soft}
-        loss, probs, targets = self.model_step(batch)
+        loss, probs, predicted = self.step(batch)
+        targets = batch["label"]
         if not torch.isfinite(loss):
             files = batch.get("path") or []
             raise FloatingPointError(
@@ -202,17 +376,28 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         self.train_metrics.update(probs, targets)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self._log_target("train", predicted, batch)
         return loss
+
+    def _log_target(self, split: str, predicted: torch.Tensor | None, batch: Batch) -> None:
+        if predicted is None:
+            return
+        metric = getattr(self, f"{split}_mae")
+        self._track_target(metric, predicted, batch)
+        # logged by every rank (DDP syncs it); NaN when no image of the epoch had a target
+        self.log(f"{split}/{self.spec.target}_mae", metric, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        loss, probs, targets = self.model_step(batch)
+        loss, probs, predicted = self.step(batch)
+        targets = batch["label"]
         self._track_loss(self.val_loss, loss, targets)
         self.val_metrics.update(probs, targets)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+        self._log_target("val", predicted, batch)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
@@ -224,24 +409,47 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
             self.log(f"{self.hparams.monitor}_best", self.val_best.compute(), prog_bar=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        loss, probs, targets = self.model_step(batch)
-        probs = self._tta_probs(batch["image"], probs)
+        loss, probs, predicted = self.step(batch)
+        targets = batch["label"]
+        probs, predicted = self._tta(batch, probs, predicted)
         self._track_loss(self.test_loss, loss, targets)
         self.test_metrics.update(probs, targets)
         self.log("test/loss", self.test_loss, on_epoch=True)
+        self._log_target("test", predicted, batch)
         # Returned for the prediction writer (predictions.csv, bootstrap report).
-        return {"probs": probs.detach(), "labels": targets, "index": batch["index"]}
+        out = {"probs": probs.detach(), "labels": targets, "index": batch["index"]}
+        if predicted is not None:
+            out.update(target_pred=predicted.detach(), target=batch["target"].float())
+        return out
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"probs": self.predict_proba(batch["image"]), "index": batch["index"]}
+        probs, predicted = self.predict_batch(batch)
+        out = {"probs": probs, "index": batch["index"]}
+        return out if predicted is None else {**out, "target_pred": predicted}
 
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` images → ``(B, K)`` probabilities, averaged over the ``tta`` views."""
-        return self._tta_probs(images, self(images).softmax(dim=1))
+    def predict_batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(probs (B, K), predicted target (B,) or None)`` of a batch (``image``, and
+        ``covariates`` for a model that fuses them), averaged over the ``tta`` views."""
+        logits, value = self.batch_outputs(batch)
+        predicted = None if value is None else self.scaler.inverse(value.float())
+        return self._tta(batch, self.class_probs(logits, value), predicted)
+
+    def predict_proba(
+        self, images: torch.Tensor, covariates: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, C, H, W)`` images (and ``(B, P)`` covariates, NaN unknown, for a model that
+        fuses them) → ``(B, K)`` probabilities, averaged over the ``tta`` views."""
+        batch = {"image": images}
+        if covariates is not None:
+            batch["covariates"] = covariates
+        elif self.covariate_encoder is not None:  # all unknown: imputed
+            n = len(self.covariate_encoder.names)
+            batch["covariates"] = torch.full((len(images), n), float("nan"), device=images.device)
+        return self.predict_batch(batch)[0]
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self, self.optimizer_factory, self.scheduler_factory)

@@ -69,8 +69,19 @@ def probability_head(model: Any) -> ProbabilityHead:
 
     Raises:
         ConfigError: a segmenter with sliding-window inference (tiles and their Gaussian
-            weights are not part of the network; export a model with ``model.inference=resize``).
+            weights are not part of the network; export a model with ``model.inference=resize``),
+            or a classifier with a regression head or covariates (the export holds the image
+            network's class probabilities only).
     """
+    spec = getattr(model, "spec", None)
+    covariates = model.hparams.get("covariates") or []
+    if (spec is not None and spec.enabled) or covariates:
+        raise ConfigError(
+            "The checkpoint has a regression head (model.t_score_weight > 0) or fuses "
+            f"covariates {list(covariates)}; an export holds the image network's class "
+            "probabilities only and would silently drop them. Use the checkpoint itself "
+            "(osteo-predict CKPT ...), or export a model without them."
+        )
     if hasattr(model, "predict_masks"):
         if model.hparams.inference != "resize":
             raise ConfigError(

@@ -11,6 +11,13 @@ the training split), and the fitted coefficients become the weights of a linear 
 module is then a classifier like any other: validation, test, the report, checkpoints,
 ``osteo-eval``, ``osteo-predict`` and the ensembles use it unchanged, and its probabilities
 are scikit-learn's ``predict_proba`` on the same features.
+
+With a regression head (``model.t_score_weight > 0``) a ridge regression (its strength chosen
+by grouped inner cross-validation, or from config) is fitted on the same standardised features
+to the standardised target, and becomes one more output row of the same linear layer. With
+covariates (``model.covariates``) their encoding (standardised, imputed, missing-indicators)
+is appended to the image features; ``model=covariates`` has no image features at all, the
+clinical baseline.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from osteolightning.errors import ConfigError
 from osteolightning.models.classifier import Batch, KneeClassifier
@@ -32,6 +38,17 @@ from osteolightning.models.components.features import FeatureHead
 DEFAULT_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 #: the logit of a class the training split does not have (probability 0)
 ABSENT_LOGIT = -1.0e4
+#: the ridge strengths ``alpha = "auto"`` chooses among (on standardised features and target)
+DEFAULT_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training means and standard deviations ``(D,)`` of ``(N, D)`` features (1 where
+    constant)."""
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    return mean, scale
 
 
 @dataclass(frozen=True)
@@ -94,9 +111,7 @@ def fit_logistic(
             f"The training split holds images of one class only ({present.tolist()}): a "
             "classifier needs at least two. Check the data's labels and split fractions."
         )
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale[scale < 1e-12] = 1.0
+    mean, scale = standardisation(x)
     z = (x - mean) / scale
     scores: dict[float, float] = {}
     if C == "auto":
@@ -159,6 +174,79 @@ def _inner_search(
     return scores
 
 
+@dataclass(frozen=True)
+class RidgeFit:
+    """A fitted linear regression on standardised features: ``y = coef @ z + intercept``.
+
+    Attributes:
+        coef: ``(D,)``.
+        intercept: the intercept.
+        alpha: the strength used.
+        inner_scores: ``alpha`` → mean inner-CV squared error (``alpha = "auto"`` only).
+    """
+
+    coef: np.ndarray
+    intercept: float
+    alpha: float
+    inner_scores: dict[float, float]
+
+
+def fit_ridge(
+    z: np.ndarray,
+    y: np.ndarray,
+    alpha: float | str = "auto",
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    groups: np.ndarray | None = None,
+    inner_folds: int = 5,
+) -> RidgeFit:
+    """Fit a ridge regression (scikit-learn) on standardised features.
+
+    Args:
+        z: ``(N, D)`` standardised training features.
+        y: ``(N,)`` targets (standardised), all known.
+        alpha: the L2 strength, or ``"auto"``: the one of ``alphas`` with the smallest mean
+            squared error over ``inner_folds`` grouped folds (``GroupKFold``).
+        alphas: the candidates of ``"auto"``.
+        groups: ``(N,)`` group ids (never split across inner folds).
+        inner_folds: folds of the inner search (fewer when there are fewer groups).
+
+    Raises:
+        ConfigError: fewer than two training values, a bad ``alpha``.
+    """
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+
+    if len(y) < 2:
+        raise ConfigError(
+            f"The regression head needs at least 2 training images with a known target, but "
+            f"got {len(y)}."
+        )
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    scores: dict[float, float] = {}
+    if alpha == "auto":
+        n_splits = min(int(inner_folds), len(np.unique(groups)))
+        if n_splits >= 2:
+            for a in alphas:
+                errors = []
+                for train, test in GroupKFold(n_splits=n_splits).split(z, y, groups):
+                    model = Ridge(alpha=float(a)).fit(z[train], y[train])
+                    errors.append(float(np.mean((model.predict(z[test]) - y[test]) ** 2)))
+                scores[float(a)] = float(np.mean(errors))
+            chosen = min(scores, key=lambda a: (scores[a], -a))
+        else:
+            chosen = float(alphas[len(alphas) // 2])
+    else:
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
+            raise ConfigError(
+                f"Expected argument `alpha` to be a positive number or 'auto', but got {alpha!r}."
+            )
+        chosen = float(alpha)
+    model = Ridge(alpha=chosen).fit(z, y)
+    return RidgeFit(
+        np.asarray(model.coef_, dtype=np.float64), float(model.intercept_), chosen, scores
+    )
+
+
 class FittedHeadClassifier(KneeClassifier):
     """A classifier with fixed features and a logistic head fitted once (see the module).
 
@@ -168,6 +256,9 @@ class FittedHeadClassifier(KneeClassifier):
         C: inverse regularisation strength, or ``"auto"`` (inner grouped CV over ``Cs``).
         Cs: the candidates of ``"auto"``.
         inner_folds: folds of the inner search.
+        alpha: the ridge strength of the regression head, or ``"auto"`` (grouped inner CV over
+            ``alphas``).
+        alphas: the candidates of ``"auto"``.
         feature_cache: where features are kept between runs (``None``: computed every time).
         **kwargs: :class:`~osteolightning.models.classifier.KneeClassifier`'s (class names,
             preprocessing facts, monitor); its optimiser, loss weighting and mixup do not apply.
@@ -181,6 +272,8 @@ class FittedHeadClassifier(KneeClassifier):
         Cs: Sequence[float] = DEFAULT_CS,
         inner_folds: int = 5,
         feature_cache: FeatureCache | None = None,
+        alpha: float | str = "auto",
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
         **kwargs: Any,
     ) -> None:
         for unused in ("optimizer", "scheduler", "mixup"):
@@ -191,37 +284,95 @@ class FittedHeadClassifier(KneeClassifier):
                 f"Expected argument `C` to be a positive number or 'auto', but got {C!r}."
             )
         self.save_hyperparameters(
-            {"C": C, "Cs": [float(c) for c in Cs], "inner_folds": int(inner_folds)}
+            {
+                "C": C,
+                "Cs": [float(c) for c in Cs],
+                "inner_folds": int(inner_folds),
+                "alpha": alpha,
+                "alphas": [float(a) for a in alphas],
+            }
         )
         self.feature_cache = feature_cache or FeatureCache(None)
         self.automatic_optimization = False
-        self._collected: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._collected: list[tuple[torch.Tensor, ...]] = []
+
+    def _build_heads(self, n_covariates: int) -> None:
+        """One fitted linear layer for every output: widen the feature head for the encoded
+        covariates and the regression output."""
+        self.pooled = self.target_head = self.covariate_head = None
+        k = len(self.hparams.class_names)
+        if n_covariates or self.spec.enabled:
+            self.net.resize(2 * n_covariates, k + int(self.spec.enabled))
+
+    def batch_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logits (B, K), standardised target prediction (B,) or None)``."""
+        outputs = self.net.outputs(self.all_features(batch))
+        k = len(self.hparams.class_names)
+        return outputs[:, :k], (outputs[:, k] if self.spec.enabled else None)
+
+    def all_features(self, batch: Batch) -> torch.Tensor:
+        """``(B, D + 2P)``: the image's features and the encoded covariates."""
+        features = self.features(batch).float()
+        if self.covariate_encoder is None:
+            return features
+        covariates = self.covariate_encoder(self._covariates(batch)).to(features)
+        return torch.cat([features, covariates], dim=1)
 
     # -- features ---------------------------------------------------------------------------
     def features(self, batch: Batch) -> torch.Tensor:
         """``(B, D)`` features of a batch, from the cache where the data names each image
         (``batch["key"]``) and it is not augmented; the rest computed and stored."""
         keys = batch.get("key")
+        if self.net.image_dim == 0:  # no image features (the covariates-only baseline)
+            return batch["image"].new_zeros(len(batch["image"]), 0)
         if keys is None or bool(torch.as_tensor(batch.get("augmented", False)).any()):
-            return self.net.embedder(batch["image"])
+            return self._embed(batch, None)
         embedder = f"{self.net.key}-{self._preprocessing_key()}"
         found = self.feature_cache.get(embedder, list(keys))
         todo = [i for i, v in enumerate(found) if v is None]
         if todo:
-            computed = self.net.embedder(batch["image"][todo]).float().cpu().numpy()
+            computed = self._embed(batch, todo).float().cpu().numpy()
             self.feature_cache.put(embedder, [keys[i] for i in todo], computed)
             for i, vector in zip(todo, computed, strict=True):
                 found[i] = vector
         return torch.as_tensor(np.stack(found), device=batch["image"].device)
 
+    def _embed(self, batch: Batch, rows: list[int] | None) -> torch.Tensor:
+        """The embedder's features of the batch's images (``rows`` of them); an embedder that
+        measures a region (``needs_mask``) also gets the batch's masks."""
+        images = batch["image"] if rows is None else batch["image"][rows]
+        if not getattr(self.net.embedder, "needs_mask", False):
+            return self.net.embedder(images)
+        masks = batch.get("mask")
+        if masks is None:
+            raise ConfigError(
+                f"{type(self.net.embedder).__name__} measures the bone inside each image's "
+                "mask, but the batch has none: set data.mask_input=provide and give masks (the "
+                "phantom's, or a manifest's mask column)."
+            )
+        return self.net.embedder(images, masks if rows is None else masks[rows])
+
     def _preprocessing_key(self) -> str:
         pre = self.preprocessing
         return f"in{pre.in_chans}-m{','.join(map(str, pre.mean))}-s{','.join(map(str, pre.std))}"
 
-    def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.net.head(self.features(batch))
-        loss = nn.functional.cross_entropy(logits, batch["label"], weight=self.class_weights)
-        return loss, logits.softmax(dim=1), batch["label"]
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The classifier's test step; an embedder that segments each image (a bone-region
+        embedder with a ``segmenter``) adds, per image, the Dice of its bone against the data's
+        masks and whether the segmenter trained on the image (``extras``, reported as
+        ``test/segmentation_dice`` and ``test/segmenter_trained_on``)."""
+        out = super().test_step(batch, batch_idx)
+        embedder = self.net.embedder
+        if getattr(embedder, "segmenter", None) is None:
+            return out
+        extras = {}
+        if batch.get("mask") is not None:
+            extras["segmentation_dice"] = embedder.segmentation_dice(batch["image"], batch["mask"])
+        keys = batch.get("key")
+        if keys is not None:
+            seen = [str(k).split("-")[0] in embedder.segmenter_train for k in keys]
+            extras["segmenter_trained_on"] = torch.tensor(seen, dtype=torch.float)
+        return {**out, "extras": extras}
 
     # -- the fit ----------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -229,7 +380,17 @@ class FittedHeadClassifier(KneeClassifier):
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         groups = batch.get("group", batch["index"])
-        self._collected.append((self.features(batch).cpu(), batch["label"].cpu(), groups.cpu()))
+        targets = batch.get(
+            "target", torch.full_like(batch["label"], float("nan"), dtype=torch.float)
+        )
+        self._collected.append(
+            (
+                self.all_features(batch).cpu(),
+                batch["label"].cpu(),
+                groups.cpu(),
+                targets.float().cpu(),
+            )
+        )
         if self.trainer.is_last_batch:
             self._fit_head()
             # the fit is the run's one optimisation step: counted as one, so checkpoints are
@@ -238,25 +399,45 @@ class FittedHeadClassifier(KneeClassifier):
             self.trainer.should_stop = True  # fitted: this epoch's validation is the last
 
     def _fit_head(self) -> None:
-        features, labels, groups = (
+        features, labels, groups, targets = (
             torch.cat(parts) for parts in zip(*self._collected, strict=True)
         )
         if self.trainer.world_size > 1:  # every rank fits the same head on all images
-            features, labels, groups = (
+            features, labels, groups, targets = (
                 self.all_gather(t.to(self.device)).flatten(0, 1).cpu()
-                for t in (features, labels, groups)
+                for t in (features, labels, groups, targets)
             )
-        fit = fit_logistic(
-            features.numpy(),
-            labels.numpy(),
-            len(self.hparams.class_names),
-            C=self.hparams.C,
-            Cs=self.hparams.Cs,
-            groups=groups.numpy(),
-            inner_folds=self.hparams.inner_folds,
-        )
-        self.net.set_head(fit.mean, fit.scale, fit.coef, fit.intercept)
-        self.log("train/C", float(fit.C), on_step=False, on_epoch=True, batch_size=1)
+        x, g = features.double().numpy(), groups.numpy()
+        mean, scale = standardisation(x)
+        k = len(self.hparams.class_names)
+        coef, intercept = np.zeros((k, x.shape[1])), np.zeros(k)
+        if self.spec.class_weight > 0:
+            fit = fit_logistic(
+                x,
+                labels.numpy(),
+                k,
+                C=self.hparams.C,
+                Cs=self.hparams.Cs,
+                groups=g,
+                inner_folds=self.hparams.inner_folds,
+            )
+            coef, intercept = fit.coef, fit.intercept
+            self.log("train/C", float(fit.C), on_step=False, on_epoch=True, batch_size=1)
+        if self.spec.enabled:
+            y = self.scaler.transform(targets.double().numpy())
+            known = ~np.isnan(y)
+            ridge = fit_ridge(
+                (x[known] - mean) / scale,
+                y[known],
+                alpha=self.hparams.alpha,
+                alphas=self.hparams.alphas,
+                groups=g[known],
+                inner_folds=self.hparams.inner_folds,
+            )
+            coef = np.vstack([coef, ridge.coef[None]])
+            intercept = np.append(intercept, ridge.intercept)
+            self.log("train/alpha", ridge.alpha, on_step=False, on_epoch=True, batch_size=1)
+        self.net.set_head(mean, scale, coef, intercept)
         self.log("train/n_fitted", float(len(labels)), on_step=False, on_epoch=True, batch_size=1)
         self.print_cache_use()
 

@@ -99,7 +99,10 @@ def load_fold(run_dir: str | Path) -> Fold:
                     "key": [it["key"] for it in items],
                     "augmented": torch.tensor([False]),
                 }
-                features = model.features(batch).numpy()
+                for extra in ("covariates", "mask"):  # a covariate or bone-region model's
+                    if extra in items[0]:
+                        batch[extra] = torch.stack([it[extra] for it in items])
+                features = model.all_features(batch).numpy()
                 rows += [(int(it["index"]), f) for it, f in zip(items, features, strict=True)]
     rows.sort(key=lambda r: r[0])
     index = np.array([i for i, _ in rows])

@@ -9,7 +9,11 @@ a run file's name. A checkpoint's run is the folder above its ``checkpoints/`` f
 Classification predictions (test, validation, fused ensembles) share one format, written by
 :func:`write_predictions` and read by :func:`read_predictions`::
 
-    [extra columns,] path,label,prob_<class>...,prediction
+    [extra columns,] path,label,prob_<class>...,prediction[,trailing columns]
+
+A model with a regression head adds trailing columns (``t_score,t_score_pred,t_score_low,
+t_score_high,who_prediction``; see :mod:`osteolightning.callbacks.target_outputs`), which
+:func:`read_predictions` ignores like any column it does not know.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 #: the tested checkpoint on the validation split (what ``weighted_mean`` fits its weights on)
 VAL_PREDICTIONS = "val_predictions.csv"
+#: a regression head's split-conformal calibration (on the validation split), for the
+#: intervals of ``osteo-eval`` and ``osteo-predict`` with the same checkpoint
+CONFORMAL = "conformal.json"
 #: an ensemble's members: one report per member on the fused run's bootstrap
 MEMBERS = "members.json"
 #: ``osteo-eval`` ensemble mode: one folder per member's own evaluation
@@ -137,6 +144,7 @@ def write_predictions(
     class_names: Sequence[str],
     preds: np.ndarray | None = None,
     extra: Mapping[str, Sequence[Any]] | None = None,
+    trailing: Mapping[str, Sequence[Any]] | None = None,
 ) -> Path:
     """Write one ``path,label,prob_<class>...,prediction`` row per image, atomically.
 
@@ -153,6 +161,8 @@ def write_predictions(
         preds: ``(N,)`` predicted classes; ``None``: the argmax of ``probs`` (a fusion whose
             prediction is not the argmax of its probabilities passes its own).
         extra: leading columns, name → ``N`` values (the leaderboard's ``seed``, ``fold``).
+        trailing: columns after ``prediction``, name → ``N`` values (a regression head's
+            target, prediction and interval: floats with 4 decimals, ``""`` for NaN / None).
 
     Returns:
         ``path``.
@@ -165,7 +175,21 @@ def write_predictions(
         [*lead, name, class_names[int(y)], *[f"{v:.6f}" for v in p], class_names[int(k)]]
         for lead, name, y, p, k in zip(columns, paths, labels, probs, preds, strict=True)
     ]
-    return atomic_write_csv(path, prediction_header(class_names, list(extra)), rows)
+    trailing = dict(trailing or {})
+    if trailing:
+        cells = zip(*([_cell(v) for v in values] for values in trailing.values()), strict=True)
+        rows = [row + list(more) for row, more in zip(rows, cells, strict=True)]
+    header = prediction_header(class_names, list(extra)) + list(trailing)
+    return atomic_write_csv(path, header, rows)
+
+
+def _cell(value: Any) -> str:
+    """A trailing cell: a float with 4 decimals, ``""`` for NaN / None, else the text."""
+    if value is None:
+        return ""
+    if isinstance(value, float | np.floating):
+        return "" if np.isnan(value) else f"{float(value):.4f}"
+    return str(value)
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,25 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     return report
 
 
+def classifier_head(net: nn.Module) -> nn.Module:
+    """The classification head of ``net``: timm's ``get_classifier()``, else its last Linear.
+
+    Raises:
+        ConfigError: ``net`` has neither (nothing to keep trainable).
+    """
+    if hasattr(net, "get_classifier"):
+        head = net.get_classifier()
+        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+            return head
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            f"Found no classifier head in {type(net).__name__}: expected a timm "
+            "model (get_classifier()) or a network whose last nn.Linear is the head."
+        )
+    return linears[-1]
+
+
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent), attr, module)

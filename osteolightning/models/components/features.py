@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -266,38 +267,81 @@ class TextureEmbedder(nn.Module):
 
 class FeatureHead(nn.Module):
     """``embedder`` features, standardised, through a linear layer: ``(B, C, H, W)`` → logits
-    ``(B, K)``. The standardisation and the layer are set by :meth:`set_head`."""
+    ``(B, K)``. The standardisation and the layer are set by :meth:`set_head`.
+
+    A model that appends further features to the image's (encoded covariates) or reads more
+    outputs (a regression output after the ``K`` logits) widens the head with :meth:`resize`;
+    :meth:`outputs` then takes the full ``(B, D + extra)`` features and gives every output,
+    while :meth:`forward` (saliency, export) gives the ``K`` logits of the image with the extra
+    features at 0 (an additive constant per output, which no image gradient sees).
+    """
 
     def __init__(self, embedder: nn.Module, num_classes: int, dim: int | None = None) -> None:
         super().__init__()
         self.embedder = embedder
-        dim = int(dim or embedder.dim)
+        self.num_classes = int(num_classes)
+        self.image_dim = int(dim if dim is not None else embedder.dim)
+        self.extra = 0
+        self.resize(0, self.num_classes)
+
+    def resize(self, extra: int, outputs: int) -> None:
+        """``extra`` features after the image's and ``outputs`` outputs (``K`` logits first)."""
+        dim = self.image_dim + int(extra)
+        self.extra = int(extra)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
-        self.linear = nn.Linear(dim, num_classes)
+        with warnings.catch_warnings():  # a head without inputs (no image, no covariates yet)
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.linear = nn.Linear(dim, int(outputs))
         self.linear.requires_grad_(False)
 
     @property
     def key(self) -> str:
         return str(self.embedder.key)
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, D)`` features → ``(B, K)`` logits."""
+    def outputs(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, D + extra)`` features → every output ``(B, K [+ 1])``."""
         return self.linear((features.float() - self.mean) / self.scale)
 
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, D + extra)`` features → ``(B, K)`` logits."""
+        return self.outputs(features)[:, : self.num_classes]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embedder(x))
+        features = self.embedder(x).float()
+        if self.extra:
+            features = torch.cat([features, features.new_zeros(len(features), self.extra)], 1)
+        return self.head(features)
 
     def set_head(
         self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: np.ndarray
     ) -> None:
-        """Set the standardisation ``(D,)`` and the layer ``(K, D)``, ``(K,)`` (a fitted
-        logistic regression's coefficients)."""
+        """Set the standardisation ``(D,)`` and the layer ``(O, D)``, ``(O,)`` (a fitted
+        logistic regression's coefficients, and a ridge regression's in a last row)."""
         with torch.no_grad():
             self.mean.copy_(torch.as_tensor(mean))
             self.scale.copy_(torch.as_tensor(scale))
             self.linear.weight.copy_(torch.as_tensor(coef))
             self.linear.bias.copy_(torch.as_tensor(intercept))
+
+
+class NoImageEmbedder(nn.Module):
+    """No image features at all (``D = 0``): the covariates-only baseline (``model=covariates``)
+    is a fitted head on the covariates alone, through the same run contract as the image models.
+    """
+
+    dim = 0
+    key = "no-image"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` → ``(B, 0)``."""
+        return x.new_zeros(len(x), 0)
+
+
+def covariates_net(num_classes: int) -> FeatureHead:
+    """The covariates-only baseline's network: no image features; the model appends the
+    encoded covariates (``model=covariates``)."""
+    return FeatureHead(NoImageEmbedder(), num_classes)
 
 
 def probe_net(
