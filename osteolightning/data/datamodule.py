@@ -318,12 +318,18 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
         masks = None
         if self._uses_masks():
             samples, masks = self._load_masks(samples)
-        images, infos = self.cache.load_with_info([s.path for s in samples])
-        self.findings += image_findings([s.path for s in samples], infos, self.cache.image_size)
+        # memory-mapped, shared by workers and ranks; the splits below are views, not copies
+        cached = self.cache.open_array([s.path for s in samples])
+        images = cached.images
+        self.findings += image_findings(
+            [s.path for s in samples], cached.infos, self.cache.image_size
+        )
         labels = np.array([s.label for s in samples], dtype=np.int64)
         near = self.near_args["max_distance"] is not None
         targets, target_names = self._conflict_targets(labels, masks)
-        copies = find_copies(self.digests, targets, images if near else None, **self.near_args)
+        copies = find_copies(
+            self.digests, targets, images if near else None, hashes=cached.hashes, **self.near_args
+        )
         paths = [str(s.path) for s in samples]
         keep = apply_conflict_policy(copies, self.on_label_conflict, paths, target_names, targets)
         self.conflicts = conflict_rows(copies, self.on_label_conflict, paths, target_names, targets)
@@ -334,6 +340,7 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
         images, labels, component = images[idx], labels[idx], copies.component[idx]
         self.masks = masks[idx] if masks is not None else None
         if self.mask_input == "apply":
+            images = np.asarray(images)  # a private copy: the mapped cache is read-only
             images[self.masks == 0] = 0  # bone-only input: zero outside the mask
         elif self.mask_input == "crop":
             images, self.masks = self._crop_to_masks(images, self.masks)
