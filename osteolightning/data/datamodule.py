@@ -264,7 +264,11 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
         return self.source.samples(self.class_names)
 
     def prepare_data(self) -> None:
-        """Validate the source and decode every image into the cache (local rank 0 only)."""
+        """Validate the source and decode every image into the cache (local rank 0 only);
+        nothing to do once :meth:`setup` has run in this process (the entry point sets up
+        before fitting: it reads the training split's class counts)."""
+        if self.datasets:
+            return
         samples = self._source_samples()
         self.cache.prepare([s.path for s in samples], on_bad_image=self.on_bad_image)
 

@@ -9,13 +9,15 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
+from osteolightning.metrics.running import RunningMean
 from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 from osteolightning.models.schedulers import configure_optimizers
+from osteolightning.models.step_logging import StepLosses, batch_files
 
 Batch = dict[str, torch.Tensor]
 Loss = Callable[..., torch.Tensor]
@@ -141,8 +143,10 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         self.train_metrics = classification_metrics(class_names, "train/")
         self.val_metrics = classification_metrics(class_names, "val/")
         self.test_metrics = classification_metrics(class_names, "test/")
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # per-step updates that never wait for the GPU (see metrics/running.py)
+        self.train_loss, self.val_loss, self.test_loss = RunningMean(), RunningMean(), RunningMean()
         self.val_best = MaxMetric()
+        self.step_losses = StepLosses("Check those images, or lower the learning rate.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images → ``(B, K)`` logits."""
@@ -170,7 +174,7 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         )
         return loss, logits.softmax(dim=1), batch["label"]
 
-    def _track_loss(self, tracker: MeanMetric, loss: torch.Tensor, targets: torch.Tensor) -> None:
+    def _track_loss(self, tracker: RunningMean, loss: torch.Tensor, targets: torch.Tensor) -> None:
         # The batch loss is sum(w_i * l_i) / sum(w_i); weighting it by sum(w_i) makes the epoch
         # value the exact weighted mean over all images, however batches and ranks cut them.
         # targets: (B,) hard labels (w_i = weight[y_i]) or (B, K) soft ones (w_i = y_i @ weight).
@@ -191,20 +195,15 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
             images, soft = self.mixup(batch["image"], batch["label"], k)
             batch = {**batch, "image": images, "soft_label": soft}
         loss, probs, targets = self.model_step(batch)
-        if not torch.isfinite(loss):
-            files = batch.get("path") or []
-            raise FloatingPointError(
-                f"The training loss became {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}; files: {list(files)[:8]}). "
-                "Check those images, or lower the learning rate."
-            )
+        # NaN check and on-step logging on logging steps only (no per-step wait for the GPU)
+        self.step_losses(self, loss, batch_idx, batch_files(batch))
         self._track_loss(self.train_loss, loss, batch.get("soft_label", targets))
-        self.train_metrics.update(probs, targets)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.train_metrics.update(probs.detach(), targets)
         return loss
 
     def on_train_epoch_end(self) -> None:
+        self.step_losses.check()
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
 
@@ -212,9 +211,9 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         loss, probs, targets = self.model_step(batch)
         self._track_loss(self.val_loss, loss, targets)
         self.val_metrics.update(probs, targets)
-        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         values = self.val_metrics.compute()
         self.val_metrics.reset()
         self.log_dict(values)
@@ -228,11 +227,11 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         probs = self._tta_probs(batch["image"], probs)
         self._track_loss(self.test_loss, loss, targets)
         self.test_metrics.update(probs, targets)
-        self.log("test/loss", self.test_loss, on_epoch=True)
         # Returned for the prediction writer (predictions.csv, bootstrap report).
         return {"probs": probs.detach(), "labels": targets, "index": batch["index"]}
 
     def on_test_epoch_end(self) -> None:
+        self.log("test/loss", self.test_loss, on_epoch=True)
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 

@@ -9,12 +9,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric
 
 from osteolightning.errors import ConfigError
+from osteolightning.metrics.running import RunningMean
 from osteolightning.metrics.segmentation import dice_iou, overlap_counts, per_image_scores
 from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
 from osteolightning.models.schedulers import configure_optimizers
+from osteolightning.models.step_logging import StepLosses, batch_files
 
 Batch = dict[str, Any]
 
@@ -151,15 +153,15 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         # per-class mean Dice / IoU over images, per split (NaN: a class absent from both masks)
         self.trackers = nn.ModuleDict(
             {
-                f"{split}_{metric}": nn.ModuleList(
-                    [MeanMetric(nan_strategy="ignore") for _ in range(k)]
-                )
+                f"{split}_{metric}": nn.ModuleList([RunningMean(ignore_nan=True) for _ in range(k)])
                 for split in ("train", "val")
                 for metric in ("dice", "iou")
             }
         )
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # per-step updates that never wait for the GPU (see metrics/running.py)
+        self.train_loss, self.val_loss, self.test_loss = RunningMean(), RunningMean(), RunningMean()
         self.val_best = MaxMetric()
+        self.step_losses = StepLosses("Check those images and masks, or lower the learning rate.")
 
     # -- inference ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -254,25 +256,20 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         outputs = self(batch["image"])
         loss = self.compute_loss(outputs, batch["mask"])
-        if not torch.isfinite(loss):
-            files = batch.get("path") or []
-            raise FloatingPointError(
-                f"The training loss became {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}; files: {list(files)[:8]}). "
-                "Check those images and masks, or lower the learning rate."
-            )
+        # NaN check and on-step logging on logging steps only (no per-step wait for the GPU)
+        self.step_losses(self, loss, batch_idx, batch_files(batch))
         n = batch["image"].shape[0]
         self.train_loss.update(loss.detach(), weight=n)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         main = outputs[0] if isinstance(outputs, list | tuple) else outputs
         self._track("train", main.detach().argmax(dim=1), batch["mask"])
         return loss
 
     def on_train_epoch_end(self) -> None:
+        self.step_losses.check()
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         self._log_tracked("train")
 
-    def _eval_step(self, batch: Batch, tracker: MeanMetric) -> tuple[torch.Tensor, torch.Tensor]:
+    def _eval_step(self, batch: Batch, tracker: RunningMean) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.infer_logits(batch["image"])
         loss = self.loss_fn(logits, batch["mask"].long().unsqueeze(1))
         tracker.update(loss.detach(), weight=batch["image"].shape[0])
@@ -281,9 +278,9 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         _, pred = self._eval_step(batch, self.val_loss)
         self._track("val", pred, batch["mask"])
-        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         values = self._log_tracked("val")
         monitored = values.get(self.hparams.monitor)
         if monitored is not None and torch.isfinite(monitored):
@@ -292,12 +289,14 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         _, pred = self._eval_step(batch, self.test_loss)
-        self.log("test/loss", self.test_loss, on_epoch=True)
         scores = per_image_scores(
             pred, batch["mask"], self.num_classes, with_hd95=self.hparams.hd95_on_test
         )
         # Returned for the segmentation writer (per-image table, bootstrap report, masks).
         return {"scores": scores, "pred": pred.to(torch.uint8).cpu(), "index": batch["index"]}
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/loss", self.test_loss, on_epoch=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         masks, _ = self.predict_masks(batch["image"])
