@@ -34,6 +34,8 @@ class StepLosses:
 
     Args:
         advice: the end of the error message (what to check).
+        every_step: check every step (``None``: where the loss is on the CPU, where reading
+            it costs nothing); otherwise on logging steps and at :meth:`check`.
 
     Example:
         >>> watch = StepLosses("Check those images.")
@@ -41,8 +43,8 @@ class StepLosses:
         >>> watch(module, torch.tensor(0.5), batch_idx=0, files=["a.png"])  # fine: no error
     """
 
-    def __init__(self, advice: str) -> None:
-        self.advice = advice
+    def __init__(self, advice: str, every_step: bool | None = None) -> None:
+        self.advice, self.every_step = advice, every_step
         self._flags: list[torch.Tensor] = []
         self._where: list[tuple[int, int, int, list[str], torch.Tensor]] = []
 
@@ -66,7 +68,8 @@ class StepLosses:
         self._flags.append(torch.isfinite(loss))
         self._where.append(where)
         log_now = logging_step(module)
-        if log_now or loss.device.type == "cpu":
+        every_step = loss.device.type == "cpu" if self.every_step is None else self.every_step
+        if log_now or every_step:
             self.check()
         if log_now and module._trainer is not None:
             # a host tensor: the progress bar reads it every step without waiting for the GPU
