@@ -48,12 +48,9 @@ import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from osteolightning.utils.config import CONFIG_DIR
+from osteolightning.utils.config import compose_config
 
 #: regime → (backbone, image side, phantom images, epochs)
 REGIMES: dict[str, dict[str, Any]] = {
@@ -64,25 +61,9 @@ REGIMES: dict[str, dict[str, Any]] = {
 SHORT = {"n": 120, "epochs": 1}
 
 
-def compose_train(
-    run_dir: Path, cache_dir: Path, overrides: Sequence[str], config: str = "train"
-) -> DictConfig:
-    """Compose ``conf/<config>.yaml`` as the entry point would, writing under ``run_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config, overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.runtime.cwd = str(run_dir.parent)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-        cfg.paths.output_dir = str(run_dir)
-        cfg.paths.cache_dir = str(cache_dir)
-        cfg.paths.log_dir = str(run_dir.parent / "logs")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
+def compose_train(run_dir: Path, cache_dir: Path, overrides: Sequence[str]) -> DictConfig:
+    """``conf/train.yaml`` composed as ``osteo-train`` would, writing under ``run_dir``."""
+    return compose_config("train", overrides, output_dir=run_dir, cache_dir=cache_dir)
 
 
 def regime_overrides(regime: dict[str, Any], args: argparse.Namespace) -> list[str]:
