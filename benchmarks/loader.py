@@ -55,7 +55,7 @@ CLASSES = ("normal", "osteopenia", "osteoporosis")
 def write_images(root: Path, n: int, side: int, seed: int = 0) -> Path:
     """``n`` synthetic ``side`` px PNG images in ``root/<class>/`` (skipped when present)."""
     rng = np.random.default_rng(seed)
-    marker = root / f".n{n}-s{side}"
+    marker = root.with_name(f"{root.name}.n{n}-s{side}.done")  # outside the class tree
     if marker.exists():
         return root
     for i in range(n):
@@ -91,13 +91,28 @@ def datamodule(root: Path, cache: Path, side: int, preset: str, workers: int, ba
     return dm
 
 
+def process_cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) of the processes ``pids`` so far (Linux ``/proc``; else 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def read_loader(dm: Any, batches: int) -> dict[str, float]:
-    """Start-up (first batch) and images/s over the next ``batches`` batches."""
+    """Start-up (first batch), images/s over the next ``batches`` batches, and the CPU time
+    per image of the main process and the workers together (steady under other jobs' load)."""
     loader = dm.train_dataloader()
     start = time.perf_counter()
     epoch, seen, it = 0, 0, iter(loader)
     next(it)
     startup = time.perf_counter() - start
+    pids = [w.pid for w in getattr(it, "_workers", [])]  # persistent: the same all along
+    cpu = time.process_time() + process_cpu_s(pids)
     start = time.perf_counter()
     for _ in range(batches):
         try:
@@ -109,12 +124,14 @@ def read_loader(dm: Any, batches: int) -> dict[str, float]:
             batch = next(it)
         seen += len(batch["label"])
     seconds = time.perf_counter() - start
+    cpu = time.process_time() + process_cpu_s(pids) - cpu
     del it, loader  # stops persistent workers
     return {
         "startup_s": startup,
         "images": seen,
         "seconds": seconds,
         "images_per_s": seen / seconds,
+        "cpu_us_per_image": 1e6 * cpu / seen,
     }
 
 
@@ -188,7 +205,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def report(row: dict[str, Any]) -> None:
     print(
         f"  {row['size']:4d} px {row['preset']:10s} {row['workers']} workers "
-        f"{row['variant']:16s} {row['images_per_s']:8.0f} img/s (start-up {row['startup_s']:.2f} s)",
+        f"{row['variant']:16s} {row['images_per_s']:8.0f} img/s, "
+        f"{row['cpu_us_per_image']:6.0f} µs CPU/img (start-up {row['startup_s']:.2f} s)",
         file=sys.stderr,
     )
 
@@ -198,7 +216,7 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="Training DataLoader throughput (images/s, wall clock)")
-    for col in ("px", "preset", "workers", "variant", "img/s", "start-up s"):
+    for col in ("px", "preset", "workers", "variant", "img/s", "CPU µs/img", "start-up s"):
         table.add_column(col, justify="left" if col in ("preset", "variant") else "right")
     for r in result["rows"]:
         table.add_row(
@@ -207,6 +225,7 @@ def print_table(result: dict[str, Any]) -> None:
             str(r["workers"]),
             r["variant"],
             f"{r['images_per_s']:,.0f}",
+            f"{r['cpu_us_per_image']:,.0f}",
             f"{r['startup_s']:.2f}",
         )
     console = Console(stderr=True)

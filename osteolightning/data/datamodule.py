@@ -29,6 +29,7 @@ from osteolightning.data.hygiene import (
 from osteolightning.data.io import check_on_bad_image
 from osteolightning.data.mask_inputs import MaskInputs
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
+from osteolightning.data.on_device import DeviceData
 from osteolightning.data.privacy import dicom_patient_id, pseudonym
 from osteolightning.data.quality import Finding, image_findings
 from osteolightning.data.sample import Sample
@@ -62,7 +63,7 @@ SAMPLERS = (None, "balanced")
 MASK_INPUTS = (None, "apply", "crop")
 
 
-class KneeDataModule(MaskInputs, L.LightningDataModule):
+class KneeDataModule(MaskInputs, DeviceData, L.LightningDataModule):
     """Knee radiographs from any source, split without leakage, cached once, augmented on the fly.
 
     Images of one patient and byte-identical copies of one image always land in the same split
@@ -129,6 +130,10 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
         drop_last: drop the last, incomplete training batch (a batch of one image breaks
             BatchNorm in training mode); ``False`` for models that must see every image (the
             fitted-head models).
+        on_device: the GPU data path for training batches (:mod:`.on_device`): ``None`` (the
+            CPU path), ``"stream"`` (uint8 images shipped, augmented and normalised on the
+            device), ``"resident"`` (the training images on the device once, indices shipped)
+            or ``"auto"`` (resident when they fit in half the free device memory).
 
     Attributes:
         require_labels: (class attribute) every sample needs a class label.
@@ -182,6 +187,7 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
         inner_fold: int = 0,
         train_fraction: float = 1.0,
         permute_labels: int | None = None,
+        on_device: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -251,6 +257,7 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
         self.to_tensor = ToNormalizedTensor(mean, std, in_chans)
         self.train_augment = compose(train_transforms)
         self.eval_augment = compose(eval_transforms)
+        self._init_device_path(on_device)
         self.samples: list[Sample] = []
         self.split_codes = np.zeros(0, dtype=np.int64)
         self.groups = np.zeros(0, dtype=np.int64)
@@ -530,6 +537,8 @@ class KneeDataModule(MaskInputs, L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
+        if train and self.on_device:
+            dataset = self._device_loader_dataset(dataset)
         world = self.trainer.world_size if self.trainer is not None else 1
         if train:
             sampler: Sampler | None = self._train_sampler(dataset, world)

@@ -14,6 +14,7 @@ from torchmetrics import MaxMetric
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
 from osteolightning.metrics.running import RunningMean
+from osteolightning.models.acceleration import Accelerated
 from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 from osteolightning.models.schedulers import configure_optimizers
@@ -45,7 +46,7 @@ def balanced_weights(counts: Sequence[int] | None, k: int, weighting: str) -> to
     return weights / weights[counts > 0].mean()
 
 
-class KneeClassifier(StoresRunConfig, L.LightningModule):
+class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
     """Transfer-learned classifier with a class-weighted loss and per-split torchmetrics.
 
     Training options (all from config): the loss (``model/loss=cross_entropy|focal``), class
@@ -78,6 +79,9 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         in_chans: input channels (kept in the checkpoint).
         mean: normalisation mean (kept in the checkpoint).
         std: normalisation std (kept in the checkpoint).
+        compile: ``torch.compile`` the network (true, or a mapping of its arguments); see
+            :mod:`osteolightning.models.acceleration`. Not kept in the checkpoint.
+        channels_last: the channels-last memory layout for weights and inputs.
 
     Raises:
         ConfigError: an unknown ``class_weighting`` or ``tta`` name, a smoothing outside
@@ -101,6 +105,8 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         mixup: Mapping[str, float] | None = None,
         tta: Sequence[str] = (),
         class_counts: Sequence[int] | None = None,
+        compile: bool | Mapping[str, Any] | None = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if class_weighting not in ("balanced", "none"):
@@ -134,6 +140,7 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
             }
         )
         self.net = net
+        self._init_acceleration(compile, channels_last)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         k = len(class_names)
         self.register_buffer("class_weights", balanced_weights(class_counts, k, class_weighting))
@@ -150,7 +157,7 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images → ``(B, K)`` logits."""
-        return self.net(x)
+        return self.net(self._as_input(x))
 
     @property
     def monitorable(self) -> list[str]:

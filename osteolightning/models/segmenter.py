@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -14,6 +14,7 @@ from torchmetrics import MaxMetric
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.running import RunningMean
 from osteolightning.metrics.segmentation import dice_iou, overlap_counts, per_image_scores
+from osteolightning.models.acceleration import Accelerated
 from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
 from osteolightning.models.schedulers import configure_optimizers
 from osteolightning.models.step_logging import StepLosses, batch_files
@@ -44,7 +45,7 @@ def side_output_weights(n_side: int, weights: Sequence[float] | None) -> list[fl
     return [w / total for w in weights]
 
 
-class KneeSegmenter(StoresRunConfig, L.LightningModule):
+class KneeSegmenter(Accelerated, StoresRunConfig, L.LightningModule):
     """Bone segmentation with a Dice + cross-entropy loss and per-class Dice / IoU / HD95.
 
     The network comes from config (``model=unet | attention_unet | attention_unet_ds | unetr |
@@ -74,6 +75,9 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         in_chans: input channels (kept in the checkpoint).
         mean: normalisation mean (kept in the checkpoint).
         std: normalisation std (kept in the checkpoint).
+        compile: ``torch.compile`` the network (true, or a mapping of its arguments); see
+            :mod:`osteolightning.models.acceleration`. Not kept in the checkpoint.
+        channels_last: the channels-last memory layout for weights and inputs.
 
     Raises:
         ConfigError: fewer than two classes, an unknown inference mode, bad weights.
@@ -99,6 +103,8 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         in_chans: int = 1,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
+        compile: bool | Mapping[str, Any] | None = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         from monai.losses import DiceCELoss
@@ -162,11 +168,12 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = RunningMean(), RunningMean(), RunningMean()
         self.val_best = MaxMetric()
         self.step_losses = StepLosses("Check those images and masks, or lower the learning rate.")
+        self._init_acceleration(compile, channels_last)  # see models/acceleration.py
 
     # -- inference ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``(B, C, H, W)`` images → logits ``(B, K, H, W)`` (a list in training with sides)."""
-        return self.net(x)
+        return self.net(self._as_input(x))
 
     def infer_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Main-output logits ``(B, K, H, W)`` by the configured inference mode (eval mode)."""
@@ -185,7 +192,7 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         return self._main_output(images)
 
     def _main_output(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
+        out = self.net(self._as_input(x))
         return out[0] if isinstance(out, list | tuple) else out
 
     @torch.no_grad()
