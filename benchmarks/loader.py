@@ -8,13 +8,18 @@ start-up) is timed apart, then ``--batches`` batches (epoch after epoch), as ima
 wall-clock time. Nothing else runs in the process: this is the rate at which the loader can
 feed a model.
 
-Two extra rows, at the first size with the ``light`` preset, say what two choices cost:
+Extra rows, at the first size with the ``light`` preset and the most workers, say what some
+choices cost (each batch also goes through the DataModule's batch hooks, as the trainer's
+would on the CPU: the normalisation, and the augmentation of the device path, are counted):
 
 - **in-RAM array**: the training images copied into the process first (as DataModules did
   before the cache was memory-mapped): the cost of reading through the page cache;
 - **no per-item seed**: the augmentation not seeded per image from ``(seed, epoch, index)``
   (``ArrayDataset.seed_augment`` a no-op): the cost of reproducible augmentation, also
-  measured directly as microseconds per call.
+  measured directly as microseconds per call;
+- **on_device=normalize**: augmented in the workers, shipped as uint8, normalised after;
+- **on_device=stream**: uint8 shipped, augmented and normalised in the main process in torch
+  (on a GPU this runs on the device).
 
 Data: ``--images`` synthetic textured radiograph-like images (a smooth random field plus
 noise), written once as PNG files of the benchmarked side into class folders in a temporary
@@ -70,7 +75,15 @@ def write_images(root: Path, n: int, side: int, seed: int = 0) -> Path:
     return root
 
 
-def datamodule(root: Path, cache: Path, side: int, preset: str, workers: int, batch: int) -> Any:
+def datamodule(
+    root: Path,
+    cache: Path,
+    side: int,
+    preset: str,
+    workers: int,
+    batch: int,
+    extra: Sequence[str] = (),
+) -> Any:
     """The DataModule ``osteo-train data=folder`` builds, set up (cache and array built)."""
     cfg = compose_config(
         "train",
@@ -83,6 +96,7 @@ def datamodule(root: Path, cache: Path, side: int, preset: str, workers: int, ba
             f"data.batch_size={batch}",
             "data.val_fraction=0.05",
             "data.test_fraction=0.05",
+            *extra,
         ],
         cache_dir=cache,
     )
@@ -122,6 +136,8 @@ def read_loader(dm: Any, batches: int) -> dict[str, float]:
             loader.sampler.set_epoch(epoch)
             it = iter(loader)
             batch = next(it)
+        # what the trainer does next on the CPU (no-ops unless data.on_device is set)
+        batch = dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)
         seen += len(batch["label"])
     seconds = time.perf_counter() - start
     cpu = time.process_time() + process_cpu_s(pids) - cpu
@@ -199,6 +215,19 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             finally:
                 ArrayDataset.seed_augment = original
             report(rows[-1])
+            for mode in ("normalize", "stream"):
+                extra = [f"data.on_device={mode}"]
+                dm = datamodule(root, cache, side, "light", workers, args.batch_size, extra)
+                rows.append(
+                    {
+                        "size": side,
+                        "preset": "light",
+                        "workers": workers,
+                        "variant": f"on_device={mode}",
+                        **read_loader(dm, args.batches),
+                    }
+                )
+                report(rows[-1])
     return {"rows": rows, **extras}
 
 

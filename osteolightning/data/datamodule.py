@@ -132,8 +132,9 @@ class KneeDataModule(MaskInputs, DeviceData, L.LightningDataModule):
             fitted-head models).
         on_device: the GPU data path for training batches (:mod:`.on_device`): ``None`` (the
             CPU path), ``"stream"`` (uint8 images shipped, augmented and normalised on the
-            device), ``"resident"`` (the training images on the device once, indices shipped)
-            or ``"auto"`` (resident when they fit in half the free device memory).
+            device), ``"resident"`` (the training images on the device once, indices shipped),
+            ``"auto"`` (resident when they fit in half the free device memory) or
+            ``"normalize"`` (augmented in the workers, shipped as uint8, normalised there).
 
     Attributes:
         require_labels: (class attribute) every sample needs a class label.
