@@ -183,7 +183,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     }
                 )
                 report(rows[-1])
-        if side == args.sizes[0] and "light" in args.presets:
+        if side == args.sizes[0] and "light" in args.presets and args.variants:
             workers = max(args.workers)
             dm = datamodule(root, cache, side, "light", workers, args.batch_size)
             train = dm.datasets["train"]
@@ -279,7 +279,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=1024, help="synthetic images per size")
     parser.add_argument("--batches", type=int, default=40, help="timed batches per row")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--no-variants", dest="variants", action="store_false", help="skip the extra rows"
+    )
     parser.add_argument("--short", action="store_true", help="seconds: 64 px, tiny counts")
+    parser.add_argument("--work-dir", type=Path, default=None, help="images and cache (kept)")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON")
     args = parser.parse_args(argv)
     args.presets = [p for p in args.presets.split(",") if p]
@@ -298,7 +302,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)  # the main process only reads batches, as beside a training step
     with tempfile.TemporaryDirectory(prefix="osteo-loader-") as tmp:
-        result = measure(args, Path(tmp))
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        result = measure(args, work)
     result.update(
         short=args.short,
         batch_size=args.batch_size,
