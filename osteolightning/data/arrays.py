@@ -10,7 +10,8 @@ the kernel can drop them under memory pressure instead of swapping.
 
 * :func:`build_array` writes the file atomically (a temporary file in the same folder, then
   a rename) under an advisory lock, so two processes that build one array at once produce it
-  once, and a reader never sees half a file.
+  once, and a reader never sees half a file; it writes with ``pwrite``, so the builder's own
+  resident memory does not grow with the array either.
 * :class:`MappedImages` is the array as a dataset sees it: an ``int`` gives one image (a
   private, writable copy of its ``S x S`` bytes), a slice or an index array gives a *view*
   (no pixel is copied), ``np.asarray`` materialises it. It pickles as its path and rows, so a
@@ -69,23 +70,53 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+class RowWriter:
+    """Writes rows of a ``.npy`` array file with ``pwrite``: thread-safe, and the pages go to
+    the page cache without being mapped into the writing process (whose resident memory
+    would otherwise grow by the whole array while it builds it).
+
+    ``writer[i] = image`` writes row ``i``; ``writer[a:b] = images`` rows ``a`` to ``b - 1``.
+    """
+
+    def __init__(self, fd: int, offset: int, shape: tuple[int, ...]) -> None:
+        self.fd, self.offset, self.shape = fd, offset, tuple(shape)
+        self.row_bytes = int(np.prod(self.shape[1:]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __setitem__(self, key: int | slice, value: np.ndarray) -> None:
+        start, stop, step = (
+            key.indices(len(self)) if isinstance(key, slice) else (int(key), int(key) + 1, 1)
+        )
+        if step != 1 or not 0 <= start <= stop <= len(self):
+            raise IndexError(f"rows {key} are not a contiguous range of {len(self)}")
+        data = np.ascontiguousarray(
+            np.broadcast_to(np.asarray(value, dtype=np.uint8), (stop - start, *self.shape[1:]))
+        )
+        view, at = memoryview(data).cast("B"), self.offset + start * self.row_bytes
+        while len(view):
+            written = os.pwrite(self.fd, view, at)
+            view, at = view[written:], at + written
+
+
 def build_array(
     path: Path,
     shape: tuple[int, ...],
-    fill: Callable[[np.memmap], None],
+    fill: Callable[[RowWriter], None],
     valid: Callable[[], bool] | None = None,
 ) -> bool:
     """Write a uint8 ``.npy`` array of ``shape`` at ``path`` once, atomically.
 
     Under an exclusive lock on ``<path>.lock``: when the file is (by now) complete, nothing is
-    done; else ``fill`` writes the pixels into a memory-mapped temporary file in the same
-    folder, which is flushed and renamed onto ``path``. A crash leaves at most a temporary
-    file (``*.tmp.npy``), never a half-written array under the final name.
+    done; else ``fill`` writes the rows through a :class:`RowWriter` into a temporary file in
+    the same folder, which is flushed to disk and renamed onto ``path``. A crash leaves at most
+    a temporary file (``*.tmp.npy``), never a half-written array under the final name.
 
     Args:
         path: the array file.
         shape: its shape.
-        fill: writes the content into the ``(shape)`` uint8 memmap it is given.
+        fill: writes the content (``writer[i] = row``; it may use threads).
         valid: whether the existing files are complete (default: the ``.npy`` has ``shape``);
             called under the lock before building.
 
@@ -99,12 +130,16 @@ def build_array(
             return False
         tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy")
         try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=tuple(shape))
-            fill(out)
-            out.flush()
-            del out
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
+            # the header, and the file sized (sparse) to hold the rows
+            header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=tuple(shape))
+            offset = header.offset
+            del header
+            fd = os.open(tmp, os.O_RDWR)
+            try:
+                fill(RowWriter(fd, offset, tuple(shape)))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -47,7 +47,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from osteolightning.data.arrays import MappedImages, array_shape, build_array
+from osteolightning.data.arrays import MappedImages, RowWriter, array_shape, build_array
 from osteolightning.data.io import ImageInfo, check_on_bad_image, read_image_info
 from osteolightning.data.near_duplicates import perceptual_hash
 from osteolightning.data.privacy import load_salt
@@ -422,7 +422,7 @@ class PreprocessedCache:
                 )
             with self._writing():
 
-                def fill(out: np.memmap) -> None:
+                def fill(out: RowWriter) -> None:
                     self._fill_array(out, paths, digests, meta_path)
 
                 def valid() -> bool:
@@ -441,7 +441,7 @@ class PreprocessedCache:
         return CachedArray(MappedImages(path), infos, [int(h) for h in meta["phash"]])
 
     def _fill_array(
-        self, out: np.memmap, paths: list[Path], digests: list[str], meta_path: Path
+        self, out: RowWriter, paths: list[Path], digests: list[str], meta_path: Path
     ) -> None:
         """Copy every entry (checked, healed) into ``out``; write the facts to ``meta_path``."""
         n = len(paths)

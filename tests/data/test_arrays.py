@@ -30,8 +30,10 @@ FAST = dict(image_size=64, batch_size=8, near_duplicate_distance=None)
 def _random_array(path: Path, n: int = 16, side: int = 32) -> np.ndarray:
     data = np.random.default_rng(0).integers(0, 256, (n, side, side), dtype=np.uint8)
 
-    def fill(out: np.memmap) -> None:
-        out[:] = data
+    def fill(out) -> None:
+        out[:5] = data[:5]
+        for i in range(5, len(data)):
+            out[i] = data[i]
 
     assert build_array(path, data.shape, fill) is True
     return data
@@ -61,13 +63,13 @@ def test_a_built_array_is_not_built_again_and_a_truncated_one_is(tmp_path):
     assert build_array(path, data.shape, lambda out: pytest.fail("rebuilt")) is False
     path.write_bytes(path.read_bytes()[:-10])  # truncated: no longer complete
     assert array_shape(path) is None
-    assert build_array(path, data.shape, lambda out: out.fill(7)) is True
+    assert build_array(path, data.shape, lambda out: out.__setitem__(slice(None), 7)) is True
     assert np.load(path, mmap_mode="r").max() == 7
     assert not list(tmp_path.glob("*.tmp.npy"))
 
 
 def _build_in_process(path: str, queue) -> None:
-    def fill(out: np.memmap) -> None:
+    def fill(out) -> None:
         out[:] = 3
 
     queue.put(build_array(Path(path), (64, 64, 64), fill))
@@ -109,7 +111,7 @@ def test_reading_every_image_adds_shared_file_pages_not_private_memory(tmp_path)
     path = tmp_path / "big.npy"
     n, side = 256, 256  # 16 MiB
 
-    def fill(out: np.memmap) -> None:
+    def fill(out) -> None:
         out[:] = 1
 
     build_array(path, (n, side, side), fill)
@@ -205,3 +207,26 @@ def test_a_damaged_array_is_rebuilt_from_the_entries(phantom_manifest, tmp_path,
     assert "truncated, foreign" in caplog.text and str(first.images.path) in caplog.text
     np.testing.assert_array_equal(np.asarray(again.images), expected)
     assert again.hashes == first.hashes and again.infos == first.infos
+
+
+def _build_big(path: str, queue) -> None:
+    file = _rss_kib("RssFile")
+
+    def fill(out) -> None:
+        for i in range(256):
+            out[i] = np.full((256, 256), i, np.uint8)
+
+    build_array(Path(path), (256, 256, 256), fill)
+    queue.put(_rss_kib("RssFile") - file)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc")
+def test_building_an_array_does_not_map_it_into_the_builder(tmp_path):
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    proc = context.Process(target=_build_big, args=(str(tmp_path / "big.npy"), queue))
+    proc.start()
+    file_kib = queue.get(timeout=60)
+    proc.join(10)
+    assert file_kib < 4 * 1024  # written through the page cache, not 16 MiB mapped
+    assert np.load(tmp_path / "big.npy", mmap_mode="r")[200, 3, 3] == 200
