@@ -151,7 +151,7 @@ def run_fit(root: Path, work: Path, args: argparse.Namespace, n: int) -> dict[st
             "trainer.max_epochs=1",
             f"+trainer.limit_train_batches={args.steps}",
             f"+trainer.limit_val_batches={args.steps}",
-            "trainer.num_sanity_val_steps=0",
+            "++trainer.num_sanity_val_steps=0",
             "data.num_workers=0",
             f"data.batch_size={args.batch_size}",
             "saliency.enabled=false",

@@ -41,7 +41,10 @@ class ToNormalizedTensor:
         self.in_chans = in_chans
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
-        self._mean, self._std = self.mean.numpy(), self.std.numpy()
+        # own copies, not views of the tensors: pickling for spawned processes moves a
+        # tensor's storage into shared memory and frees the old one under a NumPy view
+        self._mean = np.array(list(mean), dtype=np.float32).reshape(-1, 1, 1)
+        self._std = np.array(list(std), dtype=np.float32).reshape(-1, 1, 1)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         # NumPy, one thread: torch would spread one image's arithmetic over its intra-op
