@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,16 @@ Loss = Callable[..., torch.Tensor]
 
 #: test-time augmentations: name → the image dims it flips (``(B, C, H, W)``).
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,)}
+
+
+def plain_partial(fn: Loss) -> Loss:
+    """A ``functools.partial`` made by ``hydra.utils.instantiate`` (``_partial_: true``) as a
+    plain partial of the same function and arguments. Hydra's re-checks its target against the
+    instantiation policy at every call (about 1 ms: per training step, for the loss) although
+    neither the target nor its bound arguments change after the first, checked, call."""
+    if isinstance(fn, functools.partial) and type(fn) is not functools.partial:
+        return functools.partial(fn.func, *fn.args, **fn.keywords)
+    return fn
 
 
 def balanced_weights(counts: Sequence[int] | None, k: int, weighting: str) -> torch.Tensor:
@@ -147,6 +158,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
         self.loss_fn = loss if loss is not None else cross_entropy
         # A dry call, so a bad loss argument (e.g. gamma < 0) fails now, not at the first step.
         self.loss_fn(torch.zeros(1, k), torch.zeros(1, dtype=torch.long), weight=self.class_weights)
+        self.loss_fn = plain_partial(self.loss_fn)  # checked once; no per-step policy check
         self.train_metrics = classification_metrics(class_names, "train/")
         self.val_metrics = classification_metrics(class_names, "val/")
         self.test_metrics = classification_metrics(class_names, "test/")

@@ -166,3 +166,13 @@ def test_on_device_is_checked(cache_dir):
     with pytest.raises(Exception, match=r"`on_device` to be one of \[None, 'stream'") as info:
         hydra.utils.instantiate(cfg.data)
     assert isinstance(info.value, ConfigError) or isinstance(info.value.__cause__, ConfigError)
+
+
+def test_a_batch_moves_its_tensors_and_keeps_its_names(cache_dir):
+    dm = _datamodule(cache_dir)
+    batch = next(iter(dm.train_dataloader()))
+    moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert moved.keys() == batch.keys()
+    assert moved["path"] is batch["path"] and isinstance(moved["image"], torch.Tensor)
+    nested = dm.transfer_batch_to_device({"x": [torch.ones(2)]}, torch.device("cpu"), 0)
+    assert torch.equal(nested["x"][0], torch.ones(2))  # anything else: Lightning's own
