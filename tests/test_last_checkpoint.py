@@ -101,3 +101,53 @@ def test_the_default_config_writes_by_the_clock_and_at_epoch_ends():
     last = cfg.callbacks.last_checkpoint
     assert last._target_ == "osteolightning.callbacks.LastCheckpoint"
     assert last.every_minutes == 5 and last.every_n_train_steps is None and last.on_epoch_end
+
+
+def _fit_epochs(tmp_path: Path, max_epochs: int, max_steps: int = -1, **kwargs) -> list[int]:
+    callback = LastCheckpoint(tmp_path / "checkpoints", **kwargs)
+    recorder = Recorder(callback.path)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        limit_train_batches=4,
+        limit_val_batches=1,
+        callbacks=[callback, recorder],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(BoringModel())
+    recorder._check(trainer)  # a write at the very end (on_train_end)
+    return recorder.steps
+
+
+def test_short_epochs_write_at_most_every_epoch_end_minutes_and_at_the_end(tmp_path):
+    """Epochs of seconds would write the full state every few seconds: an epoch end writes
+    only once epoch_end_minutes have passed since the last write, the last epoch always."""
+    steps = _fit_epochs(tmp_path, 3, every_minutes=None, epoch_end_minutes=10)
+    assert steps == [12]
+
+
+def test_an_epoch_end_writes_once_its_minutes_have_passed(tmp_path, monkeypatch):
+    clock = iter(range(0, 10_000, 30))  # 30 s of training between two readings
+    monkeypatch.setattr(module, "_now", lambda: float(next(clock)))
+    steps = _fit_epochs(tmp_path, 3, every_minutes=None, epoch_end_minutes=0.5)
+    assert steps == [4, 8, 12]
+
+
+def test_training_stopped_early_writes_its_final_state(tmp_path):
+    steps = _fit_epochs(tmp_path, 5, max_steps=6, every_minutes=None, epoch_end_minutes=10)
+    assert steps == [6]  # stopped mid-epoch 2 by max_steps: on_train_end writes it
+
+
+def test_the_default_config_writes_at_most_once_a_minute_at_epoch_ends():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train")
+    GlobalHydra.instance().clear()
+    assert cfg.callbacks.last_checkpoint.epoch_end_minutes == 1
+    assert cfg.trainer.num_sanity_val_steps == 1
+    assert cfg.callbacks.progress_bar.refresh_rate == 10

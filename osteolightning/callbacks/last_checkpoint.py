@@ -2,9 +2,12 @@
 
 The state of a large backbone (weights and Adam moments: > 1.5 GB for VGG-19) written every few
 steps would dominate a GPU run's time, so :class:`LastCheckpoint` writes it by the clock (every
-``every_minutes`` of training) and at the end of every training epoch (after its validation);
-``every_n_train_steps`` adds a step cadence where wanted. A kill loses at most the training
-since the newer of the two: ``every_minutes`` of it, or the steps since the epoch began.
+``every_minutes`` of training) and at the end of training epochs (after their validation): of
+every epoch, or, with ``epoch_end_minutes``, of the first epoch that ends that long after the
+last write (short epochs would otherwise write the state every few seconds); always at the end
+of training. ``every_n_train_steps`` adds a step cadence where wanted. A kill loses at most the
+training since the newest write: ``every_minutes`` of it, or ``epoch_end_minutes`` plus the
+epoch in progress.
 
 Lightning's ``ModelCheckpoint`` takes a time interval, a step interval or an epoch interval, one
 at a time, and at an epoch end writes ``last.ckpt`` only when it also wrote a top-k checkpoint;
@@ -49,16 +52,23 @@ class LastCheckpoint(L.Callback):
         every_minutes: minutes of training between two checkpoints (checked after each
             training step; the clock restarts at each write); ``None``: no time cadence.
         every_n_train_steps: also write every N optimizer steps; ``None`` or 0: off.
-        on_epoch_end: also write at the end of each training epoch (after its validation).
+        on_epoch_end: also write at the end of training epochs (after their validation), and
+            at the end of training.
+        epoch_end_minutes: with ``on_epoch_end``, write at an epoch end only when at least this
+            many minutes of training have passed since the last write (0: at every epoch end).
+            The end of training always writes.
 
     Raises:
         ConfigError: a negative interval, or no cadence at all.
 
     Example:
         >>> cb = LastCheckpoint("/tmp/run/checkpoints", every_minutes=5)
-        >>> cb.every_s, cb.every_n_train_steps, cb.on_epoch_end
-        (300.0, 0, True)
+        >>> cb.every_s, cb.every_n_train_steps, cb.on_epoch_end, cb.epoch_end_s
+        (300.0, 0, True, 0.0)
     """
+
+    #: under DDP the ranks agree on the clock (a collective) only every this many steps
+    CLOCK_SYNC_STEPS = 20
 
     def __init__(
         self,
@@ -66,6 +76,7 @@ class LastCheckpoint(L.Callback):
         every_minutes: float | None = 5.0,
         every_n_train_steps: int | None = None,
         on_epoch_end: bool = True,
+        epoch_end_minutes: float = 0.0,
     ) -> None:
         if every_minutes is not None and not float(every_minutes) >= 0:
             raise ConfigError(
@@ -77,6 +88,11 @@ class LastCheckpoint(L.Callback):
                 "Expected argument `every_n_train_steps` to be an integer >= 0 or null, "
                 f"but got {every_n_train_steps}."
             )
+        if not float(epoch_end_minutes) >= 0:
+            raise ConfigError(
+                "Expected argument `epoch_end_minutes` to be a number of minutes >= 0, "
+                f"but got {epoch_end_minutes}."
+            )
         if every_minutes is None and not every_n_train_steps and not on_epoch_end:
             raise ConfigError(
                 "LastCheckpoint has no cadence: expected `every_minutes`, `every_n_train_steps` "
@@ -87,6 +103,7 @@ class LastCheckpoint(L.Callback):
         self.every_s = None if every_minutes is None else 60.0 * float(every_minutes)
         self.every_n_train_steps = int(every_n_train_steps or 0)
         self.on_epoch_end = bool(on_epoch_end)
+        self.epoch_end_s = 60.0 * float(epoch_end_minutes)
         self._clock = _now()
         self._saved_step = -1
         self._saving = False
@@ -105,15 +122,39 @@ class LastCheckpoint(L.Callback):
         by_steps = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
         due = by_steps
         if self.every_s is not None:
-            # the ranks' clocks differ: rank zero decides, or a collective save would hang
-            due = trainer.strategy.broadcast(by_steps or _now() - self._clock >= self.every_s)
+            due = by_steps or _now() - self._clock >= self.every_s
+            if trainer.world_size > 1:
+                # the ranks' clocks differ: rank zero decides, or a collective save would hang;
+                # asked every CLOCK_SYNC_STEPS steps only (a collective waits for every rank)
+                if step % self.CLOCK_SYNC_STEPS and not by_steps:
+                    return
+                due = trainer.strategy.broadcast(due)
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if due and not (self.on_epoch_end and last_batch):  # the epoch end writes it next
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.on_epoch_end and not self._skip(trainer):
+        if not self.on_epoch_end or self._skip(trainer):
+            return
+        max_epochs = trainer.max_epochs
+        last_epoch = max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1
+        elapsed = _now() - self._clock
+        due = (
+            self.epoch_end_s == 0
+            or last_epoch
+            or elapsed >= self.epoch_end_s
+            or (self.every_s is not None and elapsed >= self.every_s)  # deferred to here
+        )
+        if trainer.world_size > 1 and self.epoch_end_s > 0:
+            due = trainer.strategy.broadcast(due)  # rank zero's clock, as above
+        if due:
             self.save(trainer, force=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # training stopped before max_epochs (early stopping, max_steps, max_time) after an
+        # epoch end that did not write: the final state goes to disk too
+        if self.on_epoch_end and not self._skip(trainer):
+            self.save(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _ACTIVE.clear()

@@ -18,12 +18,23 @@ folder and ``OSTEO_CACHE_DIR``.
 A file that cannot be decoded either stops the run with an error naming it
 (``on_bad_image="error"``) or is left out and listed with its reason (``"skip"``); see
 :meth:`PreprocessedCache.prepare`.
+
+A DataModule reads a data set's images through :meth:`PreprocessedCache.open_array`: the
+entries of the data set, in its order, copied once into one ``.npy`` array under
+``s<size>-v<version>/arrays/`` (keyed by the SHA-1 of the list of content hashes), with a
+``.meta.npz`` beside it (each image's :class:`ImageInfo` and perceptual hash), and mapped
+read-only by every process (:mod:`osteolightning.data.arrays`): memory does not grow with the
+data set, and the pages are shared between DataLoader workers and DDP ranks. The array is
+derived: deleting it costs one rebuild from the entries. An array file of the wrong size
+(truncated, foreign) is rebuilt; its pixels were checked (CRC-32) when it was built.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import json
 import os
 import struct
@@ -36,7 +47,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from osteolightning.data.arrays import MappedImages, RowWriter, array_shape, build_array
 from osteolightning.data.io import ImageInfo, check_on_bad_image, read_image_info
+from osteolightning.data.near_duplicates import perceptual_hash
 from osteolightning.data.privacy import load_salt
 from osteolightning.errors import ConfigError, ImageReadError, shorten
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, file_sha1
@@ -99,6 +112,22 @@ def cache_folder_error(root: Path, exc: OSError) -> ConfigError:
         f"the environment variable {CACHE_VARIABLE} at a writable folder with space (the "
         f"cache is then ${CACHE_VARIABLE}/preprocessed), or set data.cache_dir=DIR."
     )
+
+
+@dataclass
+class CachedArray:
+    """A data set's images as :meth:`PreprocessedCache.open_array` gives them.
+
+    Attributes:
+        images: ``(N, S, S)`` uint8, memory-mapped read-only (:class:`MappedImages`).
+        infos: each image's :class:`ImageInfo` (how its file was decoded).
+        hashes: each image's 64-bit :func:`perceptual_hash` (for the near-duplicate search,
+            so a process need not read every image to find copies).
+    """
+
+    images: MappedImages
+    infos: list[ImageInfo]
+    hashes: list[int]
 
 
 @dataclass
@@ -328,9 +357,24 @@ class PreprocessedCache:
             )
         return result
 
+    def _pixels(self, path: Path, digest: str) -> tuple[np.ndarray, ImageInfo]:
+        """One entry's pixels and facts; a damaged entry is logged (naming it and its image)
+        and rebuilt."""
+        entry = self._read_entry(digest)
+        if isinstance(entry, str):
+            log.warning(
+                f"Cache entry '{self._entry(digest)}' of image '{path}' is {entry}; "
+                "rebuilding it from the image."
+            )
+            entry = self._build(Path(path), digest)
+            if isinstance(entry, ImageReadError):
+                raise entry
+        return entry
+
     def load_with_info(self, paths: Sequence[Path]) -> tuple[np.ndarray, list[ImageInfo]]:
-        """``(N, S, S)`` uint8 images and each one's :class:`ImageInfo`, preprocessing any that
-        are missing; a damaged entry is logged (naming it and its image) and rebuilt.
+        """``(N, S, S)`` uint8 images in memory and each one's :class:`ImageInfo`,
+        preprocessing any that are missing; a damaged entry is logged (naming it and its
+        image) and rebuilt. (A DataModule uses :meth:`open_array`, which maps them instead.)
 
         Raises:
             ImageReadError: naming the first file that cannot be decoded.
@@ -340,19 +384,105 @@ class PreprocessedCache:
         out = np.empty((len(paths), self.image_size, self.image_size), dtype=np.uint8)
         infos: list[ImageInfo] = []
         for i, (path, digest) in enumerate(zip(paths, digests, strict=True)):
-            entry = self._read_entry(digest)
-            if isinstance(entry, str):
-                log.warning(
-                    f"Cache entry '{self._entry(digest)}' of image '{path}' is {entry}; "
-                    "rebuilding it from the image."
-                )
-                entry = self._build(Path(path), digest)
-                if isinstance(entry, ImageReadError):
-                    raise entry
-            out[i], info = entry
+            out[i], info = self._pixels(Path(path), digest)
             infos.append(info)
         return out, infos
 
     def load(self, paths: Sequence[Path]) -> np.ndarray:
-        """Return ``(N, S, S)`` uint8 images (see :meth:`load_with_info`)."""
+        """Return ``(N, S, S)`` uint8 images in memory (see :meth:`load_with_info`)."""
         return self.load_with_info(paths)[0]
+
+    # -- the data set as one memory-mapped array ----------------------------------------------
+    def array_path(self, digests: Sequence[str]) -> Path:
+        """The array file of the images with these content hashes, in this order."""
+        key = hashlib.sha1("\n".join(digests).encode()).hexdigest()
+        return self.root / f"s{self.image_size}-v{PREPROCESS_VERSION}" / "arrays" / f"{key}.npy"
+
+    def open_array(self, paths: Sequence[Path]) -> CachedArray:
+        """The images of ``paths`` as one read-only memory-mapped ``(N, S, S)`` uint8 array,
+        with each image's facts and perceptual hash; built from the entries on first use
+        (preprocessing any image not cached yet), once, atomically, also when several
+        processes ask at the same time (see :func:`~osteolightning.data.arrays.build_array`).
+
+        Raises:
+            ImageReadError: naming the first file that cannot be decoded.
+            ConfigError: the cache folder cannot be written.
+        """
+        paths = [Path(p) for p in paths]
+        digests = self.prepare(paths, on_bad_image="error").digests
+        path = self.array_path(digests)
+        meta_path = path.with_suffix(".meta.npz")
+        shape = (len(paths), self.image_size, self.image_size)
+        meta = self._read_meta(meta_path, len(paths))
+        if meta is None or not _same_shape(path, shape):
+            if path.exists():
+                log.warning(
+                    f"The cache array '{path}' is truncated, foreign or lacks its facts "
+                    f"('{meta_path.name}'); rebuilding it from the cache entries."
+                )
+            with self._writing():
+
+                def fill(out: RowWriter) -> None:
+                    self._fill_array(out, paths, digests, meta_path)
+
+                def valid() -> bool:
+                    meta = self._read_meta(meta_path, len(paths))
+                    return meta is not None and _same_shape(path, shape)
+
+                if build_array(path, shape, fill, valid) and path.exists():
+                    log.info(f"Built the data set's image array {path} ({len(paths)} images).")
+            meta = self._read_meta(meta_path, len(paths))
+            if meta is None:  # pragma: no cover - another process removed it meanwhile
+                raise ConfigError(f"The cache array '{path}' vanished while it was opened.")
+        infos = [
+            ImageInfo(int(h), int(w), int(b), int(sb), _DEPTH_FROM[int(d)])
+            for h, w, b, sb, d in zip(*(meta[k] for k in _META_INFO), strict=True)
+        ]
+        return CachedArray(MappedImages(path), infos, [int(h) for h in meta["phash"]])
+
+    def _fill_array(
+        self, out: RowWriter, paths: list[Path], digests: list[str], meta_path: Path
+    ) -> None:
+        """Copy every entry (checked, healed) into ``out``; write the facts to ``meta_path``."""
+        n = len(paths)
+        meta = {k: np.zeros(n, np.int64) for k in _META_INFO}
+        phash = np.zeros(n, np.uint64)
+
+        def one(i: int) -> None:
+            pixels, info = self._pixels(paths[i], digests[i])
+            out[i] = pixels
+            phash[i] = perceptual_hash(pixels)
+            for k, v in zip(_META_INFO, _info_values(info), strict=True):
+                meta[k][i] = v
+
+        with (
+            ThreadPoolExecutor(self.workers) as pool,
+            progress(n, "Building the image array", log) as advance,
+        ):
+            for _ in pool.map(one, range(n)):
+                advance()
+        buffer = io.BytesIO()
+        np.savez(buffer, phash=phash, **meta)
+        atomic_write_bytes(meta_path, buffer.getvalue())
+
+    @staticmethod
+    def _read_meta(path: Path, n: int) -> dict[str, np.ndarray] | None:
+        """The facts of an array's images, or ``None`` when missing or not for ``n`` images."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = {k: data[k] for k in (*_META_INFO, "phash")}
+        except (OSError, ValueError, KeyError, EOFError, zlib.error):
+            return None
+        return meta if all(len(v) == n for v in meta.values()) else None
+
+
+#: the :class:`ImageInfo` fields kept in an array's ``.meta.npz`` (depth: index in _DEPTH_FROM)
+_META_INFO = ("height", "width", "bits", "scale_bits", "depth")
+
+
+def _info_values(info: ImageInfo) -> tuple[int, ...]:
+    return (info.height, info.width, info.bits, info.scale_bits, _DEPTH_FROM.index(info.depth_from))
+
+
+def _same_shape(path: Path, shape: tuple[int, ...]) -> bool:
+    return array_shape(path) == tuple(shape)

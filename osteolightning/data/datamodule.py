@@ -30,6 +30,7 @@ from osteolightning.data.hygiene import (
 from osteolightning.data.io import check_on_bad_image
 from osteolightning.data.mask_inputs import MaskInputs
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
+from osteolightning.data.on_device import DeviceData
 from osteolightning.data.privacy import dicom_patient_id, pseudonym
 from osteolightning.data.quality import Finding, image_findings
 from osteolightning.data.sample import Sample
@@ -63,7 +64,7 @@ SAMPLERS = (None, "balanced")
 MASK_INPUTS = (None, "apply", "crop", "provide")
 
 
-class KneeDataModule(MaskInputs, ColumnValues, L.LightningDataModule):
+class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule):
     """Knee radiographs from any source, split without leakage, cached once, augmented on the fly.
 
     Images of one patient and byte-identical copies of one image always land in the same split
@@ -140,6 +141,11 @@ class KneeDataModule(MaskInputs, ColumnValues, L.LightningDataModule):
             ``"covariates"`` ``(P,)`` (NaN where unknown; sex coded 1 female / 0 male, see
             :mod:`osteolightning.data.columns`); a column the data lacks is an error naming the
             columns it has.
+        on_device: the GPU data path for training batches (:mod:`.on_device`): ``None`` (the
+            CPU path), ``"stream"`` (uint8 images shipped, augmented and normalised on the
+            device), ``"resident"`` (the training images on the device once, indices shipped),
+            ``"auto"`` (resident when they fit in half the free device memory) or
+            ``"normalize"`` (augmented in the workers, shipped as uint8, normalised there).
 
     Attributes:
         require_labels: (class attribute) every sample needs a class label.
@@ -195,6 +201,7 @@ class KneeDataModule(MaskInputs, ColumnValues, L.LightningDataModule):
         permute_labels: int | None = None,
         target: str | None = None,
         covariates: Sequence[str] = (),
+        on_device: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -264,6 +271,7 @@ class KneeDataModule(MaskInputs, ColumnValues, L.LightningDataModule):
         self.to_tensor = ToNormalizedTensor(mean, std, in_chans)
         self.train_augment = compose(train_transforms)
         self.eval_augment = compose(eval_transforms)
+        self._init_device_path(on_device)
         self.samples: list[Sample] = []
         self.split_codes = np.zeros(0, dtype=np.int64)
         self.groups = np.zeros(0, dtype=np.int64)
@@ -280,7 +288,11 @@ class KneeDataModule(MaskInputs, ColumnValues, L.LightningDataModule):
         return self.source.samples(self.class_names)
 
     def prepare_data(self) -> None:
-        """Validate the source and decode every image into the cache (local rank 0 only)."""
+        """Validate the source and decode every image into the cache (local rank 0 only);
+        nothing to do once :meth:`setup` has run in this process (the entry point sets up
+        before fitting: it reads the training split's class counts)."""
+        if self.datasets:
+            return
         samples = self._source_samples()
         self.cache.prepare([s.path for s in samples], on_bad_image=self.on_bad_image)
 
@@ -334,12 +346,18 @@ class KneeDataModule(MaskInputs, ColumnValues, L.LightningDataModule):
         masks = None
         if self._uses_masks():
             samples, masks = self._load_masks(samples)
-        images, infos = self.cache.load_with_info([s.path for s in samples])
-        self.findings += image_findings([s.path for s in samples], infos, self.cache.image_size)
+        # memory-mapped, shared by workers and ranks; the splits below are views, not copies
+        cached = self.cache.open_array([s.path for s in samples])
+        images = cached.images
+        self.findings += image_findings(
+            [s.path for s in samples], cached.infos, self.cache.image_size
+        )
         labels = np.array([s.label for s in samples], dtype=np.int64)
         near = self.near_args["max_distance"] is not None
         targets, target_names = self._conflict_targets(labels, masks)
-        copies = find_copies(self.digests, targets, images if near else None, **self.near_args)
+        copies = find_copies(
+            self.digests, targets, images if near else None, hashes=cached.hashes, **self.near_args
+        )
         paths = [str(s.path) for s in samples]
         keep = apply_conflict_policy(copies, self.on_label_conflict, paths, target_names, targets)
         self.conflicts = conflict_rows(copies, self.on_label_conflict, paths, target_names, targets)
@@ -350,6 +368,7 @@ class KneeDataModule(MaskInputs, ColumnValues, L.LightningDataModule):
         images, labels, component = images[idx], labels[idx], copies.component[idx]
         self.masks = masks[idx] if masks is not None else None
         if self.mask_input == "apply":
+            images = np.asarray(images)  # a private copy: the mapped cache is read-only
             images[self.masks == 0] = 0  # bone-only input: zero outside the mask
         elif self.mask_input == "crop":
             images, self.masks = self._crop_to_masks(images, self.masks)
@@ -540,6 +559,8 @@ class KneeDataModule(MaskInputs, ColumnValues, L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
+        if train and self.on_device:
+            dataset = self._device_loader_dataset(dataset)
         world = self.trainer.world_size if self.trainer is not None else 1
         if train:
             sampler: Sampler | None = self._train_sampler(dataset, world)

@@ -1,4 +1,6 @@
-"""The datasets the DataModules hand to their loaders: preprocessed arrays in memory."""
+"""The datasets the DataModules hand to their loaders: preprocessed images, memory-mapped from
+the cache (:class:`~osteolightning.data.arrays.MappedImages`) or, where a mask changed them,
+in memory."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from osteolightning.data.sampling import Key, item_seed, split_key
+from osteolightning.data.sampling import Key, item_seed, seed_pipeline, split_key
 from osteolightning.data.transforms import ToNormalizedTensor
 
 
@@ -55,7 +57,7 @@ class ArrayDataset(Dataset):
     def seed_augment(self, i: int, epoch: int) -> None:
         """Seed the augmentation for item ``i`` in ``epoch``."""
         if self.augment is not None:
-            self.augment.set_random_seed(item_seed(self.seed, epoch, int(self.indices[i])))
+            seed_pipeline(self.augment, item_seed(self.seed, epoch, int(self.indices[i])))
 
     def __getitem__(self, key: int | Key) -> dict[str, Any]:
         i, epoch = split_key(key)

@@ -53,6 +53,7 @@ def find_copies(
     images: np.ndarray | None = None,
     max_distance: int | None = None,
     min_correlation: float = DEFAULT_MIN_CORRELATION,
+    hashes: Sequence[int] | None = None,
 ) -> CopyGroups:
     """Group exact copies (same digest) and, given ``images`` and ``max_distance``, near copies.
 
@@ -62,11 +63,14 @@ def find_copies(
         images: ``(N, S, S)`` uint8 preprocessed images (for near-duplicate search), or None.
         max_distance: perceptual-hash Hamming distance for near copies (None: exact only).
         min_correlation: correlation a pHash candidate must reach to count as a near copy.
+        hashes: ``N`` perceptual hashes of ``images`` when already known (the cache keeps
+            them), so that only the candidates' images are read; ``None``: computed here.
     """
     keys: list[list[str | None]] = [[f"sha1:{d}"] for d in digests]
     near_pairs: list[tuple[int, int, int]] = []
     if images is not None and max_distance is not None and len(digests) > 1:
-        hashes = [perceptual_hash(image) for image in images]
+        if hashes is None:
+            hashes = [perceptual_hash(image) for image in images]
         candidates = near_duplicate_pairs(
             hashes, max_distance, images=images, min_correlation=min_correlation
         )

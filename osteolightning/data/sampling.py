@@ -16,6 +16,7 @@ DDP run, and after ``resume`` from an end-of-epoch checkpoint.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,14 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int(
         np.random.SeedSequence([int(seed) % 2**63, int(epoch), int(index)]).generate_state(1)[0]
     )
+
+
+def seed_pipeline(augment: Any, seed: int) -> None:
+    """Seed an albumentations pipeline for one image: one NumPy and one Python generator from
+    ``seed``, shared by its transforms in order (``set_random_state``). Albumentations' own
+    ``set_random_seed`` builds two generators per transform: about 80 µs an image, half as much
+    as the ``light`` preset's augmentation of a 224-px image; this takes about 20 µs."""
+    augment.set_random_state(np.random.Generator(np.random.PCG64(seed)), random.Random(seed))
 
 
 def split_key(key: int | Key) -> Key:

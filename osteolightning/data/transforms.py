@@ -41,11 +41,18 @@ class ToNormalizedTensor:
         self.in_chans = in_chans
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+        # own copies, not views of the tensors: pickling for spawned processes moves a
+        # tensor's storage into shared memory and frees the old one under a NumPy view
+        self._mean = np.array(list(mean), dtype=np.float32).reshape(-1, 1, 1)
+        self._std = np.array(list(std), dtype=np.float32).reshape(-1, 1, 1)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)  # (H, W)
-        x = x.unsqueeze(0).expand(self.in_chans, -1, -1)  # (C, H, W)
-        return (x - self.mean) / self.std
+        # NumPy, one thread: torch would spread one image's arithmetic over its intra-op
+        # threads, which in a process without DataLoader workers costs tens of times more
+        # CPU than the arithmetic (measured in benchmarks/loader.py); same float32 values.
+        x = np.asarray(image, dtype=np.float32)[None] / np.float32(255.0)  # (1, H, W)
+        x = (x - self._mean) / self._std  # (C or 1, H, W)
+        return torch.from_numpy(x).expand(self.in_chans, -1, -1)  # (C, H, W)
 
 
 def compose(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -10,15 +11,18 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanAbsoluteError, MeanMetric
+from torchmetrics import MaxMetric, MeanAbsoluteError
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
 from osteolightning.metrics.regression import WHO_CUTOFFS, TargetScaler
+from osteolightning.metrics.running import RunningMean
+from osteolightning.models.acceleration import Accelerated
 from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
 from osteolightning.models.components.covariates import CovariateEncoder, PooledFeatures
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 from osteolightning.models.schedulers import configure_optimizers
+from osteolightning.models.step_logging import StepLosses, batch_files
 from osteolightning.models.targets import TargetSpec, who_index
 
 Batch = dict[str, torch.Tensor]
@@ -26,6 +30,16 @@ Loss = Callable[..., torch.Tensor]
 
 #: test-time augmentations: name → the image dims it flips (``(B, C, H, W)``).
 TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,)}
+
+
+def plain_partial(fn: Loss) -> Loss:
+    """A ``functools.partial`` made by ``hydra.utils.instantiate`` (``_partial_: true``) as a
+    plain partial of the same function and arguments. Hydra's re-checks its target against the
+    instantiation policy at every call (about 1 ms: per training step, for the loss) although
+    neither the target nor its bound arguments change after the first, checked, call."""
+    if isinstance(fn, functools.partial) and type(fn) is not functools.partial:
+        return functools.partial(fn.func, *fn.args, **fn.keywords)
+    return fn
 
 
 def balanced_weights(counts: Sequence[int] | None, k: int, weighting: str) -> torch.Tensor:
@@ -47,7 +61,7 @@ def balanced_weights(counts: Sequence[int] | None, k: int, weighting: str) -> to
     return weights / weights[counts > 0].mean()
 
 
-class KneeClassifier(StoresRunConfig, L.LightningModule):
+class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
     """Transfer-learned classifier with a class-weighted loss and per-split torchmetrics,
     optionally with a regression head (T-score or BMD) and clinical covariates.
 
@@ -103,6 +117,9 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
             point from the data; the scaler is fitted on the known ones (``None``: restored
             from a checkpoint).
         covariates_train: the training split's ``(N, P)`` covariates (NaN unknown), likewise.
+        compile: ``torch.compile`` the network (true, or a mapping of its arguments); see
+            :mod:`osteolightning.models.acceleration`. Not kept in the checkpoint.
+        channels_last: the channels-last memory layout for weights and inputs.
 
     Raises:
         ConfigError: an unknown ``class_weighting`` or ``tta`` name, a smoothing outside
@@ -136,6 +153,8 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         covariates: Sequence[str] = (),
         target_train: Sequence[float] | None = None,
         covariates_train: Sequence[Sequence[float]] | None = None,
+        compile: bool | Mapping[str, Any] | None = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if class_weighting not in ("balanced", "none"):
@@ -185,17 +204,21 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
             }
         )
         self.net = net
+        self._init_acceleration(compile, channels_last)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         k = len(class_names)
         self.register_buffer("class_weights", balanced_weights(class_counts, k, class_weighting))
         self.loss_fn = loss if loss is not None else cross_entropy
         # A dry call, so a bad loss argument (e.g. gamma < 0) fails now, not at the first step.
         self.loss_fn(torch.zeros(1, k), torch.zeros(1, dtype=torch.long), weight=self.class_weights)
+        self.loss_fn = plain_partial(self.loss_fn)  # checked once; no per-step policy check
         self.train_metrics = classification_metrics(class_names, "train/")
         self.val_metrics = classification_metrics(class_names, "val/")
         self.test_metrics = classification_metrics(class_names, "test/")
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # per-step updates that never wait for the GPU (see metrics/running.py)
+        self.train_loss, self.val_loss, self.test_loss = RunningMean(), RunningMean(), RunningMean()
         self.val_best = MaxMetric()
+        self.step_losses = StepLosses("Check those images, or lower the learning rate.")
         self._build_target(target_train)
         self.covariate_encoder = (
             CovariateEncoder(covariates, covariates_train) if covariates else None
@@ -284,7 +307,7 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images → ``(B, K)`` logits."""
-        return self.net(x)
+        return self.net(self._as_input(x))
 
     @property
     def monitorable(self) -> list[str]:
@@ -334,7 +357,7 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         known = ~torch.isnan(truth)
         metric.update(predicted[known], truth[known])  # (none known: adds nothing)
 
-    def _track_loss(self, tracker: MeanMetric, loss: torch.Tensor, targets: torch.Tensor) -> None:
+    def _track_loss(self, tracker: RunningMean, loss: torch.Tensor, targets: torch.Tensor) -> None:
         # The batch loss is sum(w_i * l_i) / sum(w_i); weighting it by sum(w_i) makes the epoch
         # value the exact weighted mean over all images, however batches and ranks cut them.
         # targets: (B,) hard labels (w_i = weight[y_i]) or (B, K) soft ones (w_i = y_i @ weight).
@@ -365,17 +388,10 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
             batch = {**batch, "image": images, "soft_label": soft}
         loss, probs, predicted = self.step(batch)
         targets = batch["label"]
-        if not torch.isfinite(loss):
-            files = batch.get("path") or []
-            raise FloatingPointError(
-                f"The training loss became {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}; files: {list(files)[:8]}). "
-                "Check those images, or lower the learning rate."
-            )
+        # NaN check and on-step logging on logging steps only (no per-step wait for the GPU)
+        self.step_losses(self, loss, batch_idx, batch_files(batch))
         self._track_loss(self.train_loss, loss, batch.get("soft_label", targets))
-        self.train_metrics.update(probs, targets)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.train_metrics.update(probs.detach(), targets)
         self._log_target("train", predicted, batch)
         return loss
 
@@ -388,6 +404,8 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         self.log(f"{split}/{self.spec.target}_mae", metric, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
+        self.step_losses.check()
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
 
@@ -396,10 +414,10 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         targets = batch["label"]
         self._track_loss(self.val_loss, loss, targets)
         self.val_metrics.update(probs, targets)
-        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self._log_target("val", predicted, batch)
 
     def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         values = self.val_metrics.compute()
         self.val_metrics.reset()
         self.log_dict(values)
@@ -414,7 +432,6 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         probs, predicted = self._tta(batch, probs, predicted)
         self._track_loss(self.test_loss, loss, targets)
         self.test_metrics.update(probs, targets)
-        self.log("test/loss", self.test_loss, on_epoch=True)
         self._log_target("test", predicted, batch)
         # Returned for the prediction writer (predictions.csv, bootstrap report).
         out = {"probs": probs.detach(), "labels": targets, "index": batch["index"]}
@@ -423,6 +440,7 @@ class KneeClassifier(StoresRunConfig, L.LightningModule):
         return out
 
     def on_test_epoch_end(self) -> None:
+        self.log("test/loss", self.test_loss, on_epoch=True)
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric
 
 from osteolightning.errors import ConfigError
+from osteolightning.metrics.running import RunningMean
 from osteolightning.metrics.segmentation import dice_iou, overlap_counts, per_image_scores
+from osteolightning.models.acceleration import Accelerated
 from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
 from osteolightning.models.schedulers import configure_optimizers
+from osteolightning.models.step_logging import StepLosses, batch_files
 
 Batch = dict[str, Any]
 
@@ -42,7 +45,7 @@ def side_output_weights(n_side: int, weights: Sequence[float] | None) -> list[fl
     return [w / total for w in weights]
 
 
-class KneeSegmenter(StoresRunConfig, L.LightningModule):
+class KneeSegmenter(Accelerated, StoresRunConfig, L.LightningModule):
     """Bone segmentation with a Dice + cross-entropy loss and per-class Dice / IoU / HD95.
 
     The network comes from config (``model=unet | attention_unet | attention_unet_ds | unetr |
@@ -72,6 +75,9 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         in_chans: input channels (kept in the checkpoint).
         mean: normalisation mean (kept in the checkpoint).
         std: normalisation std (kept in the checkpoint).
+        compile: ``torch.compile`` the network (true, or a mapping of its arguments); see
+            :mod:`osteolightning.models.acceleration`. Not kept in the checkpoint.
+        channels_last: the channels-last memory layout for weights and inputs.
 
     Raises:
         ConfigError: fewer than two classes, an unknown inference mode, bad weights.
@@ -97,6 +103,8 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         in_chans: int = 1,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
+        compile: bool | Mapping[str, Any] | None = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         from monai.losses import DiceCELoss
@@ -151,20 +159,21 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         # per-class mean Dice / IoU over images, per split (NaN: a class absent from both masks)
         self.trackers = nn.ModuleDict(
             {
-                f"{split}_{metric}": nn.ModuleList(
-                    [MeanMetric(nan_strategy="ignore") for _ in range(k)]
-                )
+                f"{split}_{metric}": nn.ModuleList([RunningMean(ignore_nan=True) for _ in range(k)])
                 for split in ("train", "val")
                 for metric in ("dice", "iou")
             }
         )
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # per-step updates that never wait for the GPU (see metrics/running.py)
+        self.train_loss, self.val_loss, self.test_loss = RunningMean(), RunningMean(), RunningMean()
         self.val_best = MaxMetric()
+        self.step_losses = StepLosses("Check those images and masks, or lower the learning rate.")
+        self._init_acceleration(compile, channels_last)  # see models/acceleration.py
 
     # -- inference ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``(B, C, H, W)`` images → logits ``(B, K, H, W)`` (a list in training with sides)."""
-        return self.net(x)
+        return self.net(self._as_input(x))
 
     def infer_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Main-output logits ``(B, K, H, W)`` by the configured inference mode (eval mode)."""
@@ -183,7 +192,7 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
         return self._main_output(images)
 
     def _main_output(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
+        out = self.net(self._as_input(x))
         return out[0] if isinstance(out, list | tuple) else out
 
     @torch.no_grad()
@@ -254,25 +263,20 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         outputs = self(batch["image"])
         loss = self.compute_loss(outputs, batch["mask"])
-        if not torch.isfinite(loss):
-            files = batch.get("path") or []
-            raise FloatingPointError(
-                f"The training loss became {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}; files: {list(files)[:8]}). "
-                "Check those images and masks, or lower the learning rate."
-            )
+        # NaN check and on-step logging on logging steps only (no per-step wait for the GPU)
+        self.step_losses(self, loss, batch_idx, batch_files(batch))
         n = batch["image"].shape[0]
         self.train_loss.update(loss.detach(), weight=n)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         main = outputs[0] if isinstance(outputs, list | tuple) else outputs
         self._track("train", main.detach().argmax(dim=1), batch["mask"])
         return loss
 
     def on_train_epoch_end(self) -> None:
+        self.step_losses.check()
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         self._log_tracked("train")
 
-    def _eval_step(self, batch: Batch, tracker: MeanMetric) -> tuple[torch.Tensor, torch.Tensor]:
+    def _eval_step(self, batch: Batch, tracker: RunningMean) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.infer_logits(batch["image"])
         loss = self.loss_fn(logits, batch["mask"].long().unsqueeze(1))
         tracker.update(loss.detach(), weight=batch["image"].shape[0])
@@ -281,9 +285,9 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         _, pred = self._eval_step(batch, self.val_loss)
         self._track("val", pred, batch["mask"])
-        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         values = self._log_tracked("val")
         monitored = values.get(self.hparams.monitor)
         if monitored is not None and torch.isfinite(monitored):
@@ -292,12 +296,14 @@ class KneeSegmenter(StoresRunConfig, L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         _, pred = self._eval_step(batch, self.test_loss)
-        self.log("test/loss", self.test_loss, on_epoch=True)
         scores = per_image_scores(
             pred, batch["mask"], self.num_classes, with_hd95=self.hparams.hd95_on_test
         )
         # Returned for the segmentation writer (per-image table, bootstrap report, masks).
         return {"scores": scores, "pred": pred.to(torch.uint8).cpu(), "index": batch["index"]}
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/loss", self.test_loss, on_epoch=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         masks, _ = self.predict_masks(batch["image"])

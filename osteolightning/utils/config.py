@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,49 @@ def warn_conflicts(cfg: DictConfig) -> None:
             "model.class_weighting=balanced also weights the loss by inverse frequency: the "
             "imbalance is corrected twice. Set model.class_weighting=none unless intended."
         )
+
+
+def compose_config(
+    config_name: str,
+    overrides: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` as its entry point would, outside
+    a Hydra app (benchmarks, scripts, notebooks).
+
+    Args:
+        config_name: ``train``, ``segment``, ``eval``, ...
+        overrides: Hydra overrides, e.g. ``["model/backbone=resnet18", "image_size=128"]``.
+        output_dir: the run directory (``paths.output_dir``; created); ``None``: no run
+            directory (``${hydra:...}`` stays unresolved: enough to instantiate ``cfg.data``).
+        cache_dir: ``paths.cache_dir`` (phantoms and preprocessed images), if not the default.
+
+    Returns:
+        The composed config, without its ``hydra`` node (as an app's ``cfg``).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    if output_dir is not None:
+        run_dir = Path(output_dir)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+            cfg.hydra.runtime.cwd = str(run_dir.parent)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+            cfg.paths.log_dir = str(Path(output_dir).parent / "logs")
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if cache_dir is not None:
+            cfg.paths.cache_dir = str(cache_dir)
+    return cfg

@@ -1,0 +1,366 @@
+"""The framework's overhead: ``osteo-train``'s fit against a plain PyTorch loop, in one process.
+
+Both train the same network (``model.net`` of the composed config, same initial weights),
+with the same optimiser and scheduler, over the same DataLoaders (the ``KneeDataModule`` of
+the config, built once), for the same epochs, each epoch followed by a pass over the
+validation split:
+
+- **plain**: ``for batch in loader: loss = F.cross_entropy(net(x), y); zero_grad; backward;
+  step; scheduler.step()``, then the validation batches under ``torch.no_grad`` (accuracy
+  counted): what a user writes by hand.
+- **osteo-train**: :func:`osteolightning.train.train` on the composed config (``test=false``):
+  the default callbacks (best and last checkpoints, early stopping, LR monitor, rich progress
+  bar and model summary, fine-tuning schedule, run artefacts) and loggers (CSV, W&B offline),
+  the metric collections, the sanity check. Only ``Trainer.fit`` is timed: run-directory
+  set-up and W&B start-up happen once per run, before it.
+
+Two regimes (``--regimes``): ``slow`` (ResNet-18 at 128 px: a step of about a second on a
+CPU core) and ``fast`` (ResNet-10-T at 64 px: tens of milliseconds), where per-step costs of
+the framework show. The two are alternated, ``--repeats`` times each (plain, fit, fit, plain,
+...), and the ratio is that of the medians. Both the wall-clock time and the CPU time of the
+process (all its threads; ``--workers 0`` keeps data loading in the process) are reported:
+on a machine that other jobs share, the CPU time is the steadier measure.
+
+Example:
+    python benchmarks/overhead.py                        # both regimes, 3 repeats each
+    python benchmarks/overhead.py --regimes fast --repeats 5 --out results/overhead.json
+    python benchmarks/overhead.py --profile results/prof  # cProfile of one fit per regime
+    python benchmarks/overhead.py --short                 # seconds: tiny runs, for the tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from osteolightning.utils.config import compose_config
+
+#: regime → (backbone, image side, phantom images, epochs)
+REGIMES: dict[str, dict[str, Any]] = {
+    # 800 knees (the default phantom): 17 steps an epoch, as `make train`
+    "slow": {"backbone": "resnet18", "size": 128, "n": 800, "epochs": 3},
+    "fast": {"backbone": "resnet10t", "size": 64, "n": 2000, "epochs": 3},
+}
+SHORT = {"n": 120, "epochs": 1}
+
+
+def compose_train(run_dir: Path, cache_dir: Path, overrides: Sequence[str]) -> DictConfig:
+    """``conf/train.yaml`` composed as ``osteo-train`` would, writing under ``run_dir``."""
+    return compose_config("train", overrides, output_dir=run_dir, cache_dir=cache_dir)
+
+
+def regime_overrides(regime: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    return [
+        f"model/backbone={regime['backbone']}",
+        f"image_size={regime['size']}",
+        f"data.source.n={regime['n']}",
+        f"data.source.size={regime['size']}",
+        f"data.num_workers={args.workers}",
+        f"data.batch_size={args.batch_size}",
+        f"trainer.max_epochs={regime['epochs']}",
+        f"trainer.min_epochs={regime['epochs']}",
+        f"trainer.accelerator={args.device}",
+        "test=false",
+        *args.override,
+    ]
+
+
+class Clock:
+    """Wall-clock and process CPU seconds of a block (CUDA synchronised at both ends)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda, self.wall, self.cpu = cuda, 0.0, 0.0
+
+    @contextmanager
+    def __call__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield self
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.wall, self.cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+
+def plain_loop(
+    cfg: DictConfig, datamodule: Any, device: torch.device, max_batches: int | None = None
+) -> dict[str, float]:
+    """Train ``cfg.model.net`` by hand over the datamodule's loaders; return the times."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # as train() does
+    net = hydra.utils.instantiate(cfg.model.net).to(device)
+    optimizer = hydra.utils.instantiate(cfg.model.optimizer)(net.parameters())
+    train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
+    epochs = int(cfg.trainer.max_epochs)
+    scheduler = hydra.utils.instantiate(cfg.model.scheduler)(optimizer, epochs * len(train_loader))
+    clock = Clock(device.type == "cuda")
+    correct = seen = 0
+    with clock():
+        for epoch in range(epochs):
+            net.train()
+            train_loader.sampler.set_epoch(epoch)
+            for step, batch in enumerate(train_loader):
+                if max_batches is not None and step >= max_batches:
+                    break
+                x = batch["image"].to(device, non_blocking=True)  # (B, C, H, W)
+                y = batch["label"].to(device, non_blocking=True)  # (B,)
+                loss = F.cross_entropy(net(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            net.eval()
+            with torch.no_grad():
+                for batch in val_loader:
+                    logits = net(batch["image"].to(device, non_blocking=True))
+                    correct += int((logits.argmax(1).cpu() == batch["label"]).sum())
+                    seen += len(batch["label"])
+    return {"wall_s": clock.wall, "cpu_s": clock.cpu, "val_acc": correct / max(seen, 1)}
+
+
+@contextmanager
+def timed_fit(record: list[dict[str, float]], cuda: bool, profile: Path | None = None):
+    """Time every ``Trainer.fit`` in the block (optionally under cProfile, dumped to
+    ``profile``)."""
+    original = L.Trainer.fit
+
+    def fit(self: L.Trainer, *args: Any, **kwargs: Any) -> Any:
+        clock, profiler = Clock(cuda), cProfile.Profile() if profile else None
+        try:
+            with clock():
+                if profiler:
+                    profiler.enable()
+                try:
+                    return original(self, *args, **kwargs)
+                finally:
+                    if profiler:
+                        profiler.disable()
+                        profiler.dump_stats(profile)
+        finally:
+            record.append({"wall_s": clock.wall, "cpu_s": clock.cpu})
+
+    L.Trainer.fit = fit  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        L.Trainer.fit = original  # type: ignore[method-assign]
+
+
+def framework_fit(
+    work: Path, cache: Path, overrides: list[str], cuda: bool, profile: Path | None = None
+) -> dict[str, float]:
+    """``train(cfg)`` (fit only) in a fresh run directory; the time of its ``Trainer.fit``."""
+    from osteolightning.train import train
+
+    record: list[dict[str, float]] = []
+    run_dir = Path(tempfile.mkdtemp(prefix="fit-", dir=work)) / "run"
+    with timed_fit(record, cuda, profile):
+        metrics, _ = train(compose_train(run_dir, cache, overrides))
+    return {**record[-1], "val_acc": float(metrics.get("val/acc", float("nan")))}
+
+
+def profile_table(path: Path, top: int = 25) -> str:
+    """The ``top`` functions of a cProfile dump by cumulative time, as text."""
+    import io
+
+    out = io.StringIO()
+    pstats.Stats(str(path), stream=out).sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+def measure_regime(name: str, args: argparse.Namespace, work: Path, cache: Path) -> dict[str, Any]:
+    """Alternate plain and framework runs of one regime; medians and their ratio."""
+    regime = {**REGIMES[name], **(SHORT if args.short else {})}
+    overrides = regime_overrides(regime, args)
+    device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    cuda = device.type == "cuda"
+    cfg = compose_train(work / f"{name}-data" / "run", cache, overrides)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")  # the phantom and the image array are built here, untimed
+    # warm-up, untimed: first-call costs (allocator, kernels, lazy imports) hit neither side
+    if not args.short:
+        plain_loop(cfg, datamodule, device, max_batches=2)
+        framework_fit(
+            work,
+            cache,
+            [
+                *overrides,
+                "trainer.max_epochs=1",
+                "trainer.min_epochs=1",
+                "+trainer.limit_train_batches=2",
+                "+trainer.limit_val_batches=1",
+            ],
+            cuda,
+        )
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "osteo-train": []}
+    order = ["plain", "osteo-train", "osteo-train", "plain"]  # ABBA: drift cancels
+    for i in range(args.repeats):
+        for kind in order[:2] if i % 2 == 0 else order[2:]:
+            if kind == "plain":
+                runs[kind].append(plain_loop(cfg, datamodule, device))
+            else:
+                runs[kind].append(framework_fit(work, cache, overrides, cuda))
+            last = runs[kind][-1]
+            print(
+                f"  {name:5s} {kind:12s} wall {last['wall_s']:7.2f} s  cpu {last['cpu_s']:7.2f} s",
+                file=sys.stderr,
+            )
+    train_batches = len(datamodule.train_dataloader())
+    steps = train_batches * int(regime["epochs"])
+    row: dict[str, Any] = {
+        "regime": name,
+        "backbone": regime["backbone"],
+        "image_size": regime["size"],
+        "batch_size": args.batch_size,
+        "epochs": int(regime["epochs"]),
+        "train_steps": steps,
+        "val_batches": len(datamodule.val_dataloader()) * int(regime["epochs"]),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "runs": runs,
+    }
+    for clock in ("wall_s", "cpu_s"):
+        plain = statistics.median(r[clock] for r in runs["plain"])
+        fit = statistics.median(r[clock] for r in runs["osteo-train"])
+        row[f"plain_{clock}"], row[f"fit_{clock}"] = plain, fit
+        row[f"ratio_{clock[:-2]}"] = fit / plain
+        row[f"plain_ms_per_step_{clock[:-2]}"] = 1000 * plain / steps
+        # what the framework adds, per training step (fixed costs spread over the steps)
+        row[f"overhead_ms_per_step_{clock[:-2]}"] = 1000 * (fit - plain) / steps
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        dump = args.profile / f"{name}-fit.prof"
+        framework_fit(work, cache, overrides, cuda, profile=dump)
+        (args.profile / f"{name}-fit.txt").write_text(profile_table(dump))
+    return row
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="osteo-train's fit against a plain PyTorch loop (medians)")
+    columns = (
+        "regime",
+        "net",
+        "px",
+        "steps",
+        "plain ms/step",
+        "plain s",
+        "fit s",
+        "x wall",
+        "plain CPU s",
+        "fit CPU s",
+        "x CPU",
+        "+CPU ms/step",
+    )
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("regime", "net") else "right")
+    for r in rows:
+        table.add_row(
+            r["regime"],
+            r["backbone"],
+            str(r["image_size"]),
+            str(r["train_steps"]),
+            f"{r['plain_ms_per_step_cpu']:.0f}",
+            f"{r['plain_wall_s']:.1f}",
+            f"{r['fit_wall_s']:.1f}",
+            f"{r['ratio_wall']:.3f}",
+            f"{r['plain_cpu_s']:.1f}",
+            f"{r['fit_cpu_s']:.1f}",
+            f"{r['ratio_cpu']:.3f}",
+            f"{r['overhead_ms_per_step_cpu']:.1f}",
+        )
+    Console(stderr=True, width=140).print(table)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--regimes", default="slow,fast", help="comma-separated: slow, fast")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each loop per regime")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu", "auto"),
+        default="auto",
+        help="auto: the GPU when there is one",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the phantom and its cache go (default: a temp folder)",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="an extra osteo-train override for both loops (repeatable)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="also profile one fit per regime (cProfile) into this folder",
+    )
+    parser.add_argument("--short", action="store_true", help="tiny runs (seconds), 1 repeat")
+    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
+    args = parser.parse_args(argv)
+    unknown = set(args.regimes.split(",")) - set(REGIMES)
+    if unknown:
+        parser.error(f"unknown regime(s) {sorted(unknown)}; known: {list(REGIMES)}")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.device == "auto":
+        args.device = "gpu" if torch.cuda.is_available() else "cpu"
+    if args.short:
+        args.repeats = 1
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    with tempfile.TemporaryDirectory(prefix="osteo-overhead-") as tmp:
+        work = Path(tmp)
+        cache = args.cache_dir or work / "cache"
+        rows = [measure_regime(name, args, work, cache) for name in args.regimes.split(",")]
+    result = {
+        "rows": rows,
+        "short": args.short,
+        "repeats": args.repeats,
+        "load_average": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
+    print_table(rows)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
