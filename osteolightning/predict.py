@@ -109,7 +109,8 @@ def predict(
         )
     spec = _regression(model)
     conformal = recorded_conformal(ckpt_path) if spec is not None else None
-    names = list(getattr(model, "hparams", {}).get("covariates") or [])
+    # (a portable export's hparams is a namespace without covariates)
+    names = list(getattr(getattr(model, "hparams", None), "covariates", None) or [])
     rows: list[list[str]] = []
     for chunk in _batches(read_inputs(inputs, on_bad_image), batch_size):
         batch = torch.stack([to_tensor(letterbox_resize(img, pre.image_size)) for *_, img in chunk])
@@ -395,7 +396,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report_covariates(model: Any, inputs: Inputs) -> None:
     """Say on stderr how many images come without the model's covariates (imputed)."""
-    names = list(getattr(model, "hparams", {}).get("covariates") or [])
+    # (a portable export's hparams is a namespace without covariates)
+    names = list(getattr(getattr(model, "hparams", None), "covariates", None) or [])
     if not names:
         return
     missing = {

@@ -41,6 +41,8 @@ class NestedCVConf:
     _target_: str = "hydra_plugins.osteo_selection.nested_cv.NestedCVSweeper"
     #: the candidates: [{name: ..., overrides: [...]}, ...]
     recipes: list[Any] = field(default_factory=list)
+    #: names of recipes to leave out of this sweep (e.g. [finetune_lite0_160] on a CPU)
+    exclude: list[str] = field(default_factory=list)
     outer_folds: int = 5
     inner_folds: int = 3
     #: the metric of the pooled inner predictions that chooses a recipe (higher is better)
@@ -52,6 +54,11 @@ class NestedCVConf:
     #: training shares of the learning curve ([] : none)
     learning_curve: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     n_resamples: int = 1000
+    #: also run every recipe on every outer fold: a per-recipe table (plain grouped K-fold CV of
+    #: each recipe, with its permutation test for fitted-head recipes) beside the nested estimate
+    every_recipe: bool = False
+    #: label shuffles of each recipe's permutation test in that table (null: ``permutations``)
+    recipe_permutations: int | None = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="nested_cv", node=NestedCVConf)
@@ -63,6 +70,7 @@ class NestedCVSweeper(Sweeper):
     def __init__(
         self,
         recipes: list[Any],
+        exclude: list[str] | None = None,
         outer_folds: int = 5,
         inner_folds: int = 3,
         select_by: str = "auroc_macro",
@@ -70,6 +78,8 @@ class NestedCVSweeper(Sweeper):
         job_permutations: int = 0,
         learning_curve: list[float] | None = None,
         n_resamples: int = 1000,
+        every_recipe: bool = False,
+        recipe_permutations: int | None = None,
     ) -> None:
         from osteolightning.selection.nested import NestedPlan
 
@@ -83,8 +93,18 @@ class NestedCVSweeper(Sweeper):
                 "Expected `hydra.sweeper.recipes` to be a list of {name: ..., overrides: [...]}, "
                 f"but got {items!r}."
             )
+        named = {str(r["name"]): [str(o) for o in r["overrides"]] for r in items}
+        unknown = sorted(set(map(str, exclude or ())) - set(named))
+        if unknown:
+            from osteolightning.errors import ConfigError
+
+            raise ConfigError(
+                f"`hydra.sweeper.exclude` names {unknown}, which are not recipes of this sweep; "
+                f"its recipes are {sorted(named)}."
+            )
+        named = {n: o for n, o in named.items() if n not in set(map(str, exclude or ()))}
         self.plan = NestedPlan(
-            {str(r["name"]): [str(o) for o in r["overrides"]] for r in items},
+            named,
             int(outer_folds),
             int(inner_folds),
             str(select_by),
@@ -92,6 +112,10 @@ class NestedCVSweeper(Sweeper):
         self.permutations, self.job_permutations = int(permutations), int(job_permutations)
         self.fractions = [float(f) for f in (learning_curve or [])]
         self.n_resamples = int(n_resamples)
+        self.every_recipe = bool(every_recipe)
+        self.recipe_permutations = (
+            self.permutations if recipe_permutations is None else int(recipe_permutations)
+        )
         self.next_job = 0
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
@@ -172,11 +196,24 @@ class NestedCVSweeper(Sweeper):
         for k, recipe in chosen.items():
             log.info(f"Outer fold {k}: the inner folds chose `{recipe}` ({scores[k]}).")
         outer_jobs = [plan.outer_job(k, chosen[k]) for k in range(plan.outer_folds)]
-        outer = {job.outer: d for job, d in self._launch(outer_jobs, arguments).items()}
+        # every_recipe: the other recipes on every outer fold too (after the chosen ones, so the
+        # chosen runs keep their job numbers)
+        others = [
+            plan.outer_job(k, name)
+            for name in (plan.recipes if self.every_recipe else ())
+            for k in range(plan.outer_folds)
+            if chosen[k] != name
+        ]
+        launched = self._launch(outer_jobs + others, arguments)
+        outer = {job.outer: launched[job] for job in outer_jobs}
         if not all(finished(d) for d in outer.values()):
             raise RuntimeError(f"An outer run failed; see the error.json files under {sweep_dir}.")
         extra = self._null_tests(outer, outer_jobs, arguments)
         evaluation = self.config.get("evaluation") or {}
+        if self.every_recipe:
+            extra["every_recipe"] = self._every_recipe(
+                launched, int(evaluation.get("seed", 0))
+            )
         result = report(
             plan,
             chosen,
@@ -215,6 +252,35 @@ class NestedCVSweeper(Sweeper):
                 folds, self.fractions, n_resamples=self.n_resamples
             )
         return extra
+
+    def _every_recipe(self, launched: dict[Any, Path], seed: int) -> dict[str, Any]:
+        """Per recipe: its outer runs' pooled metrics with intervals and, for a fitted-head
+        recipe, its permutation test (``recipe_permutations`` shuffles)."""
+        from osteolightning.errors import ConfigError
+        from osteolightning.selection import null
+        from osteolightning.selection.nested import finished, pooled_report
+
+        rows: dict[str, Any] = {}
+        for name in self.plan.recipes:
+            dirs = {job.outer: d for job, d in launched.items() if job.recipe == name}
+            runs = [dirs.get(k) for k in range(self.plan.outer_folds)]
+            if not all(d is not None and finished(d) for d in runs):
+                log.error(f"Recipe `{name}`: an outer run failed; it has no row.")
+                rows[name] = {"pooled": None}
+                continue
+            pooled, _, _ = pooled_report(runs, self.n_resamples, seed)
+            row: dict[str, Any] = {"pooled": pooled, "runs": [str(d) for d in runs]}
+            if self.recipe_permutations:
+                try:
+                    folds = [null.load_fold(d) for d in runs]
+                except ConfigError:
+                    folds = None  # not a fitted-head recipe: no in-process test
+                if folds is not None:
+                    row["permutation"] = null.permutation_test(
+                        folds, self.recipe_permutations, self.plan.select_by
+                    )
+            rows[name] = row
+        return rows
 
     def _job_permutations(
         self, outer: dict[int, Path], outer_jobs: list[Any], arguments: list[str]

@@ -113,6 +113,14 @@ def fit_logistic(
         )
     mean, scale = standardisation(x)
     z = (x - mean) / scale
+    # Wider than tall (an embedding of 1280 numbers, ~100 training images): fit in the span of
+    # the training rows. The L2-penalised solution lies there (the representer theorem; the
+    # intercept is not penalised), and the penalty's norm is kept by the orthonormal basis, so
+    # the fit is the same problem in N instead of D dimensions (inner folds' rows lie in the
+    # span too): several times faster for the permutation test's thousands of fits.
+    basis = _row_space(z)
+    if basis is not None:
+        z = z @ basis
     scores: dict[float, float] = {}
     if C == "auto":
         scores = _inner_search(z, y, Cs, groups, inner_folds, seed)
@@ -128,6 +136,8 @@ def fit_logistic(
             raise ConfigError(f"Expected `C` to be a positive number or 'auto', but got {C!r}.")
     model = LogisticRegression(C=chosen, class_weight="balanced", max_iter=5000)
     model.fit(z, y)
+    if basis is not None:  # back to the D standardised features
+        model.coef_ = model.coef_ @ basis.T
     coef = np.zeros((k, x.shape[1]))
     intercept = np.full(k, ABSENT_LOGIT)
     if len(model.classes_) == 2:  # sklearn's binary form: logit of the second class only
@@ -137,6 +147,17 @@ def fit_logistic(
         coef[model.classes_] = model.coef_
         intercept[model.classes_] = model.intercept_
     return LogisticFit(coef, intercept, mean, scale, chosen, scores)
+
+
+def _row_space(z: np.ndarray) -> np.ndarray | None:
+    """An orthonormal ``(D, r)`` basis of the span of the rows of ``z`` (``None`` when ``z`` is
+    not wider than tall: nothing to gain)."""
+    n, d = z.shape
+    if d <= n:
+        return None
+    _, singular, vt = np.linalg.svd(z, full_matrices=False)
+    rank = int(np.sum(singular > singular[0] * max(n, d) * np.finfo(np.float64).eps))
+    return vt[:rank].T
 
 
 def _inner_search(
@@ -159,10 +180,11 @@ def _inner_search(
         return {float(c): 0.0 for c in Cs[len(Cs) // 2 : len(Cs) // 2 + 1]}  # nothing to search
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     labels = np.unique(y)
+    splits = list(folds.split(z, y, groups))  # once: the same folds for every C
     scores = {}
     for c in Cs:
         losses = []
-        for train, test in folds.split(z, y, groups):
+        for train, test in splits:
             if len(np.unique(y[train])) < 2:
                 continue
             model = LogisticRegression(C=float(c), class_weight="balanced", max_iter=5000)

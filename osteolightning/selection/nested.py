@@ -172,6 +172,27 @@ def choose(
     return chosen, scores
 
 
+def pooled_report(
+    run_dirs: Sequence[Path], n_resamples: int = 1000, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any], Pool]:
+    """The pooled test predictions of ``run_dirs`` (folds that test every image once): their
+    metrics with 95 % cluster-bootstrap intervals, the majority-class guess's, and the pool."""
+    pool = Pool()
+    for run in run_dirs:
+        pool.add_run(run)
+    names = pool.class_names or []
+    labels, probs = np.array(pool.labels), np.stack(pool.probs)
+    pooled = cluster_bootstrap_report(
+        labels, probs, pool.paths, names, n_resamples=n_resamples, seed=seed
+    )
+    majority = np.zeros_like(probs)
+    majority[:, np.bincount(labels, minlength=len(names)).argmax()] = 1.0
+    baseline = cluster_bootstrap_report(
+        labels, majority, pool.paths, names, n_resamples=n_resamples, seed=seed
+    )
+    return pooled, baseline, pool
+
+
 def report(
     plan: NestedPlan,
     chosen: Mapping[int, str],
@@ -190,20 +211,13 @@ def report(
         bootstrap over images), the majority-class baseline, the chosen recipes, the inner
         scores and the runs behind them.
     """
-    pool = Pool()
-    for k in range(plan.outer_folds):
-        pool.add_run(outer_dirs[k])
-    names = pool.class_names or []
+    pooled, baseline, pool = pooled_report(
+        [outer_dirs[k] for k in range(plan.outer_folds)], n_resamples, seed
+    )
     labels, probs = np.array(pool.labels), np.stack(pool.probs)
-    pooled = cluster_bootstrap_report(
-        labels, probs, pool.paths, names, n_resamples=n_resamples, seed=seed
+    rundir.write_predictions(
+        out / rundir.PREDICTIONS, pool.paths, labels, probs, pool.class_names or []
     )
-    majority = np.zeros_like(probs)
-    majority[:, np.bincount(labels, minlength=len(names)).argmax()] = 1.0
-    baseline = cluster_bootstrap_report(
-        labels, majority, pool.paths, names, n_resamples=n_resamples, seed=seed
-    )
-    rundir.write_predictions(out / rundir.PREDICTIONS, pool.paths, labels, probs, names)
     result = {
         "select_by": plan.select_by,
         "outer_folds": plan.outer_folds,
@@ -248,6 +262,23 @@ def markdown(result: Mapping[str, Any]) -> str:
         scores = result["inner_scores"][k]
         cells = ["failed" if scores[n] is None else f"{scores[n]:.3f}" for n in result["recipes"]]
         lines.append(f"| {k} | {recipe} | " + " | ".join(cells) + " |")
+    if result.get("every_recipe"):
+        lines += [
+            "",
+            "Every recipe on every outer fold (a comparison of recipes, each estimate "
+            "optimistic by the choice among them; the nested CV above is the honest one):",
+            "",
+            "| recipe | " + " | ".join(SHOWN) + " | permutation p |",
+            "|---|" + "---:|" * (len(SHOWN) + 1),
+        ]
+        for name, row in result["every_recipe"].items():
+            if row.get("pooled") is None:
+                lines.append(f"| {name} | " + " | ".join(["failed"] * len(SHOWN)) + " | |")
+                continue
+            test = row.get("permutation")
+            p = f"{test['p_value']:.4f} ({test['n_permutations']})" if test else "not run"
+            cells = " | ".join(_cell(row["pooled"], m) for m in SHOWN)
+            lines.append(f"| {name} | {cells} | {p} |")
     if "permutation" in result:
         test = result["permutation"]
         lines += [

@@ -106,6 +106,25 @@ def test_the_binary_head_is_scikit_learns_too():
     assert np.all(probs[:, 1] < 1e-6)  # an absent class gets no probability
 
 
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_a_wide_head_is_scikit_learns_on_the_full_features(C):
+    """More features than images (an embedding): the fit in the rows' span is the same fit."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(45, 300))
+    y = np.repeat(np.arange(3), 15)
+    x[:, :5] += y[:, None]
+    fit = fit_logistic(x, y, 3, C=C)
+    z = (x - x.mean(0)) / x.std(0)
+    reference = LogisticRegression(
+        C=C, class_weight="balanced", max_iter=20000, tol=1e-10
+    ).fit(z, y)
+    new = rng.normal(size=(20, 300)) + np.repeat(np.arange(3), 7)[:20, None] * 0.5
+    for data in (x, new):
+        ours = probe_head(fit, 300)(torch.as_tensor(data, dtype=torch.float32)).softmax(1)
+        zd = (data - x.mean(0)) / x.std(0)
+        np.testing.assert_allclose(ours.numpy(), reference.predict_proba(zd), atol=2e-3)
+
+
 def test_auto_C_searches_grouped_inner_folds():
     rng = np.random.default_rng(2)
     y = np.repeat(np.arange(3), 20)

@@ -123,22 +123,38 @@ def _split_rows(run_dir: Path) -> dict[str, str]:
 
 
 def test_knee_select_runs_end_to_end(tmp_path, cache_dir, phantom_dir):
-    """One recipe, 2 outer × 2 inner folds of the tiny phantom: the selection report, and no
-    outer test image in any inner run of its fold (from the runs' own splits.csv)."""
+    """Two recipes, 2 outer × 2 inner folds of the tiny phantom: the selection report, every
+    recipe's row, no outer test image in any inner run of its fold (from the runs' own
+    splits.csv); then killed and resumed."""
     args = [
         "experiment=knee_select_tiny",
-        "hydra.sweeper.recipes=[{name:texture,overrides:['model=texture','model.C=0.1']}]",
+        "hydra.sweeper.recipes=[{name:texture,overrides:['model=texture','model.C=0.1']},"
+        "{name:strong,overrides:['model=texture','model.C=0.001']}]",
         "hydra.sweeper.permutations=9",
         "hydra.sweeper.learning_curve=[0.5,1.0]",
+        "hydra.sweeper.every_recipe=true",
+        "hydra.sweeper.recipe_permutations=4",
     ]
     done = run_osteo("train", args, tmp_path, cache_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     result = json.loads((sweep / "selection" / "selection.json").read_text())
-    assert result["chosen"] == {"0": "texture", "1": "texture"}
+    assert set(result["chosen"]) == {"0", "1"}
+    assert set(result["chosen"].values()) <= {"texture", "strong"}
     assert result["pooled"]["test/n"] == 60  # every image tested once, by its outer fold
     assert 0 < result["permutation"]["p_value"] <= 1 and len(result["learning_curve"]) == 2
-    assert "Nested CV" in (sweep / "selection" / "selection.md").read_text()
+    report = (sweep / "selection" / "selection.md").read_text()
+    assert "Nested CV" in report and "Every recipe on every outer fold" in report
+    for name in ("texture", "strong"):
+        row = result["every_recipe"][name]
+        assert row["pooled"]["test/n"] == 60
+        assert row["permutation"]["n_permutations"] == 4
+        assert f"| {name} | " in report
+        # the same outer folds as the nested estimate: run k tests outer fold k's images
+        for k, run in enumerate(row["runs"]):
+            chosen_run = Path(result["outer_runs"][str(k)])
+            tested = {p for p, s in _split_rows(Path(run)).items() if s == "test"}
+            assert tested == {p for p, s in _split_rows(chosen_run).items() if s == "test"}
     for k in ("0", "1"):
         outer = _split_rows(Path(result["outer_runs"][k]))
         held_out = {p for p, s in outer.items() if s == "test"}
@@ -149,7 +165,7 @@ def test_knee_select_runs_end_to_end(tmp_path, cache_dir, phantom_dir):
             and f"data.fold={k}" in (d / ".hydra" / "overrides.yaml").read_text()
             and "data.inner_fold=" in (d / ".hydra" / "overrides.yaml").read_text()
         ]
-        assert len(inner_runs) == 2
+        assert len(inner_runs) == 4  # 2 recipes x 2 inner folds
         for run in inner_runs:
             rows = _split_rows(run)
             assert all(rows[p] == "excluded" for p in held_out)
@@ -162,17 +178,31 @@ def test_knee_select_runs_end_to_end(tmp_path, cache_dir, phantom_dir):
         if path.name != ".hydra":
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     shutil.rmtree(sweep / "selection")
-    # and outer job 4's folder holds a run of another recipe (its inner choice had differed)
-    saved = sweep / "4" / ".hydra" / "overrides.yaml"
-    saved.write_text(saved.read_text().replace("model.C=0.1", "model.C=0.5"))
+    # and outer job 8's folder holds a run of another recipe (its inner choice had differed)
+    saved = sweep / "8" / ".hydra" / "overrides.yaml"
+    saved.write_text(saved.read_text().replace("model=texture", "model=linear_probe"))
     again = run_osteo("train", [*args, "resume=auto"], tmp_path, cache_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     output = again.stdout + again.stderr
     assert "continuing the nested cross-validation in" in output
-    assert output.count("skip, finished") == 4 and output.count(": run, ") == 2  # 4 inner + 2 outer
-    assert "Job 4 (outer" in output and "holds a run of other overrides" in output
-    assert (sweep / ".attempts" / "4.1" / "metrics.json").is_file()
+    assert output.count("skip, finished") == 10 and output.count(": run, ") == 2  # of 8 + 4
+    assert "Job 8 (outer" in output and "holds a run of other overrides" in output
+    assert (sweep / ".attempts" / "8.1" / "metrics.json").is_file()
     assert [d.name for d in (tmp_path / "logs" / "train" / "multiruns").iterdir()] == [sweep.name]
     resumed = json.loads((sweep / "selection" / "selection.json").read_text())
     assert resumed["chosen"] == result["chosen"]
     assert resumed["pooled"] == result["pooled"]
+    assert resumed["every_recipe"]["strong"]["pooled"] == result["every_recipe"]["strong"]["pooled"]
+
+
+def test_a_sweep_can_leave_recipes_out_by_name():
+    from hydra_plugins.osteo_selection.nested_cv import NestedCVSweeper
+
+    recipes = [
+        {"name": "probe", "overrides": ["model=linear_probe"]},
+        {"name": "finetune", "overrides": ["model=classifier"]},
+    ]
+    sweeper = NestedCVSweeper(recipes, exclude=["finetune"])
+    assert list(sweeper.plan.recipes) == ["probe"]
+    with pytest.raises(ConfigError, match=r"\['fine_tune'\].*its recipes are \['finetune', 'probe'\]"):
+        NestedCVSweeper(recipes, exclude=["fine_tune"])
