@@ -211,9 +211,7 @@ class NestedCVSweeper(Sweeper):
         extra = self._null_tests(outer, outer_jobs, arguments)
         evaluation = self.config.get("evaluation") or {}
         if self.every_recipe:
-            extra["every_recipe"] = self._every_recipe(
-                launched, int(evaluation.get("seed", 0))
-            )
+            extra["every_recipe"] = self._every_recipe(launched, int(evaluation.get("seed", 0)))
         result = report(
             plan,
             chosen,

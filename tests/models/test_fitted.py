@@ -115,9 +115,9 @@ def test_a_wide_head_is_scikit_learns_on_the_full_features(C):
     x[:, :5] += y[:, None]
     fit = fit_logistic(x, y, 3, C=C)
     z = (x - x.mean(0)) / x.std(0)
-    reference = LogisticRegression(
-        C=C, class_weight="balanced", max_iter=20000, tol=1e-10
-    ).fit(z, y)
+    reference = LogisticRegression(C=C, class_weight="balanced", max_iter=20000, tol=1e-10).fit(
+        z, y
+    )
     new = rng.normal(size=(20, 300)) + np.repeat(np.arange(3), 7)[:20, None] * 0.5
     for data in (x, new):
         ours = probe_head(fit, 300)(torch.as_tensor(data, dtype=torch.float32)).softmax(1)

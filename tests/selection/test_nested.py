@@ -204,5 +204,7 @@ def test_a_sweep_can_leave_recipes_out_by_name():
     ]
     sweeper = NestedCVSweeper(recipes, exclude=["finetune"])
     assert list(sweeper.plan.recipes) == ["probe"]
-    with pytest.raises(ConfigError, match=r"\['fine_tune'\].*its recipes are \['finetune', 'probe'\]"):
+    with pytest.raises(
+        ConfigError, match=r"\['fine_tune'\].*its recipes are \['finetune', 'probe'\]"
+    ):
         NestedCVSweeper(recipes, exclude=["fine_tune"])
