@@ -150,4 +150,4 @@ def test_the_default_config_writes_at_most_once_a_minute_at_epoch_ends():
     GlobalHydra.instance().clear()
     assert cfg.callbacks.last_checkpoint.epoch_end_minutes == 1
     assert cfg.trainer.num_sanity_val_steps == 1
-    assert cfg.callbacks.progress_bar.refresh_rate == 10
+    assert cfg.callbacks.progress_bar.refresh_rate == 2
