@@ -25,7 +25,7 @@ SHRINK = [
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs(make_cfg, name, class_tree):
     # experiments on real data take a class-folder root: the tiny phantom's images stand in
-    extra = [f"data.root={class_tree}"] if name == "knee_xray" else []
+    extra = [f"data.root={class_tree}"] if name in ("knee_xray", "knee_probe") else []
     shrink = [o for o in SHRINK if not o.startswith("data.source")] if extra else SHRINK
     cfg = make_cfg("train", [f"experiment={name}", *shrink, *extra])
     metrics, _ = train(cfg)
