@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -52,6 +51,7 @@ import torch
 from osteolightning.data.datasets import ArrayDataset
 from osteolightning.data.sampling import item_seed
 from osteolightning.utils.config import compose_config
+from osteolightning.utils.files import atomic_write_json
 
 PRESETS = ("none", "light", "radiograph", "strong")
 CLASSES = ("normal", "osteopenia", "osteoporosis")
@@ -314,8 +314,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     print_table(result)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.out, result)
     return result
 
 

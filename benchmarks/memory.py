@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from osteolightning.utils.config import compose_config
+from osteolightning.utils.files import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks import one another
 from loader import write_images as write_pngs  # noqa: E402
@@ -256,8 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     print_table(result)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.out, result)
     return result
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import statistics
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from osteolightning.utils.config import compose_config
+from osteolightning.utils.files import atomic_write_json
 
 #: regime → (backbone, image side, phantom images, epochs)
 REGIMES: dict[str, dict[str, Any]] = {
@@ -357,8 +357,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     print_table(rows)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.out, result)
     return result
 
 

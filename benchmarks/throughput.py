@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -321,8 +320,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch=torch.__version__,
     )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        from osteolightning.utils.files import atomic_write_json
+
+        atomic_write_json(args.out, result)
     return result
 
 
