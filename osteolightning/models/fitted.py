@@ -40,6 +40,9 @@ DEFAULT_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 ABSENT_LOGIT = -1.0e4
 #: the ridge strengths ``alpha = "auto"`` chooses among (on standardised features and target)
 DEFAULT_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+#: the image block's weights ``image_weight = "auto"`` chooses among, beside covariates (0: the
+#: covariates alone; 1: one penalty for both blocks)
+DEFAULT_IMAGE_WEIGHTS = (0.0, 0.03, 0.1, 0.3, 1.0)
 
 
 def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,18 +104,37 @@ def fit_logistic(
     Raises:
         ConfigError: fewer than two classes in the training data, a bad ``C``.
     """
-    from sklearn.linear_model import LogisticRegression
-
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
+    mean, scale = standardisation(x)
+    coef, intercept, chosen, scores = fit_logistic_z(
+        (x - mean) / scale, y, k, C, Cs, groups, inner_folds, seed
+    )
+    return LogisticFit(coef, intercept, mean, scale, chosen, scores)
+
+
+def fit_logistic_z(
+    z: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    C: float | str = "auto",
+    Cs: Sequence[float] = DEFAULT_CS,
+    groups: np.ndarray | None = None,
+    inner_folds: int = 5,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, float, dict[float, float]]:
+    """:func:`fit_logistic` on features already standardised (or scaled on purpose, e.g. a
+    block weighted down): ``(coef (K, D), intercept (K,), C, inner scores)``, logits
+    ``z @ coef.T + intercept``."""
+    from sklearn.linear_model import LogisticRegression
+
     present = np.unique(y)
     if len(present) < 2:
         raise ConfigError(
             f"The training split holds images of one class only ({present.tolist()}): a "
             "classifier needs at least two. Check the data's labels and split fractions."
         )
-    mean, scale = standardisation(x)
-    z = (x - mean) / scale
+    d = z.shape[1]
     # Wider than tall (an embedding of 1280 numbers, ~100 training images): fit in the span of
     # the training rows. The L2-penalised solution lies there (the representer theorem; the
     # intercept is not penalised), and the penalty's norm is kept by the orthonormal basis, so
@@ -138,7 +160,7 @@ def fit_logistic(
     model.fit(z, y)
     if basis is not None:  # back to the D standardised features
         model.coef_ = model.coef_ @ basis.T
-    coef = np.zeros((k, x.shape[1]))
+    coef = np.zeros((k, d))
     intercept = np.full(k, ABSENT_LOGIT)
     if len(model.classes_) == 2:  # sklearn's binary form: logit of the second class only
         coef[model.classes_[1]], intercept[model.classes_[1]] = model.coef_[0], model.intercept_[0]
@@ -146,7 +168,7 @@ def fit_logistic(
     else:
         coef[model.classes_] = model.coef_
         intercept[model.classes_] = model.intercept_
-    return LogisticFit(coef, intercept, mean, scale, chosen, scores)
+    return coef, intercept, chosen, scores
 
 
 def _row_space(z: np.ndarray) -> np.ndarray | None:
@@ -157,7 +179,7 @@ def _row_space(z: np.ndarray) -> np.ndarray | None:
         return None
     _, singular, vt = np.linalg.svd(z, full_matrices=False)
     rank = int(np.sum(singular > singular[0] * max(n, d) * np.finfo(np.float64).eps))
-    return vt[:rank].T
+    return vt[:rank].T if rank else None
 
 
 def _inner_search(
@@ -269,6 +291,42 @@ def fit_ridge(
     )
 
 
+@dataclass(frozen=True)
+class HeadFit:
+    """A fitted linear head: ``outputs = ((x - mean) / scale) @ coef.T + intercept``, the ``K``
+    logits then (with a regression head) the standardised target prediction.
+
+    Attributes:
+        mean: ``(D,)`` training means.
+        scale: ``(D,)`` training standard deviations (1 where constant).
+        coef: ``(O, D)``.
+        intercept: ``(O,)``.
+        info: what the fit chose (``C``, ``alpha``, ``image_weight``), logged as ``train/*``.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    info: dict[str, float]
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """``(M, D)`` features → ``(M, O)`` outputs."""
+        return ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
+
+
+def _weighted(z: np.ndarray, d_image: int, w: float) -> np.ndarray:
+    """``z`` with its first ``d_image`` columns (the image block) times ``w``. An L2 penalty on
+    the weighted features is a penalty ``1 / w²`` times as strong on the image's coefficients
+    as on the covariates': the two blocks regularised separately with one solver; ``w = 0`` is
+    the covariates alone."""
+    if w == 1.0:
+        return z
+    out = np.array(z, dtype=np.float64, copy=True)
+    out[:, :d_image] *= w
+    return out
+
+
 class FittedHeadClassifier(KneeClassifier):
     """A classifier with fixed features and a logistic head fitted once (see the module).
 
@@ -281,6 +339,12 @@ class FittedHeadClassifier(KneeClassifier):
         alpha: the ridge strength of the regression head, or ``"auto"`` (grouped inner CV over
             ``alphas``).
         alphas: the candidates of ``"auto"``.
+        image_weight: with covariates beside image features, the image block's weight (its
+            penalty ``1 / w²`` times the covariates'), or ``"auto"``: the one of
+            ``image_weights`` (and ``C`` / ``alpha`` with it) with the best grouped inner-CV
+            loss. ``0`` in the grid keeps the covariates-alone model among the candidates, so
+            an image without signal cannot drown what the record knows.
+        image_weights: the candidates of ``"auto"``.
         feature_cache: where features are kept between runs (``None``: computed every time).
         **kwargs: :class:`~osteolightning.models.classifier.KneeClassifier`'s (class names,
             preprocessing facts, monitor); its optimiser, loss weighting and mixup do not apply.
@@ -296,6 +360,8 @@ class FittedHeadClassifier(KneeClassifier):
         feature_cache: FeatureCache | None = None,
         alpha: float | str = "auto",
         alphas: Sequence[float] = DEFAULT_ALPHAS,
+        image_weight: float | str = 1.0,
+        image_weights: Sequence[float] = DEFAULT_IMAGE_WEIGHTS,
         **kwargs: Any,
     ) -> None:
         for unused in ("optimizer", "scheduler", "mixup"):
@@ -305,8 +371,17 @@ class FittedHeadClassifier(KneeClassifier):
             raise ConfigError(
                 f"Expected argument `C` to be a positive number or 'auto', but got {C!r}."
             )
+        if image_weight != "auto" and not (
+            isinstance(image_weight, int | float) and image_weight >= 0
+        ):
+            raise ConfigError(
+                "Expected argument `image_weight` to be a number >= 0 or 'auto', but got "
+                f"{image_weight!r}."
+            )
         self.save_hyperparameters(
             {
+                "image_weight": image_weight,
+                "image_weights": [float(w) for w in image_weights],
                 "C": C,
                 "Cs": [float(c) for c in Cs],
                 "inner_folds": int(inner_folds),
@@ -429,39 +504,93 @@ class FittedHeadClassifier(KneeClassifier):
                 self.all_gather(t.to(self.device)).flatten(0, 1).cpu()
                 for t in (features, labels, groups, targets)
             )
-        x, g = features.double().numpy(), groups.numpy()
-        mean, scale = standardisation(x)
-        k = len(self.hparams.class_names)
-        coef, intercept = np.zeros((k, x.shape[1])), np.zeros(k)
-        if self.spec.class_weight > 0:
-            fit = fit_logistic(
-                x,
-                labels.numpy(),
-                k,
-                C=self.hparams.C,
-                Cs=self.hparams.Cs,
-                groups=g,
-                inner_folds=self.hparams.inner_folds,
-            )
-            coef, intercept = fit.coef, fit.intercept
-            self.log("train/C", float(fit.C), on_step=False, on_epoch=True, batch_size=1)
-        if self.spec.enabled:
-            y = self.scaler.transform(targets.double().numpy())
-            known = ~np.isnan(y)
-            ridge = fit_ridge(
-                (x[known] - mean) / scale,
-                y[known],
-                alpha=self.hparams.alpha,
-                alphas=self.hparams.alphas,
-                groups=g[known],
-                inner_folds=self.hparams.inner_folds,
-            )
-            coef = np.vstack([coef, ridge.coef[None]])
-            intercept = np.append(intercept, ridge.intercept)
-            self.log("train/alpha", ridge.alpha, on_step=False, on_epoch=True, batch_size=1)
-        self.net.set_head(mean, scale, coef, intercept)
+        fit = self.fit_head(
+            features.double().numpy(), labels.numpy(), groups.numpy(), targets.double().numpy()
+        )
+        self.install_head(fit)
+        for name, value in fit.info.items():
+            self.log(f"train/{name}", float(value), on_step=False, on_epoch=True, batch_size=1)
         self.log("train/n_fitted", float(len(labels)), on_step=False, on_epoch=True, batch_size=1)
         self.print_cache_use()
+
+    def fit_head(
+        self, x: np.ndarray, labels: np.ndarray, groups: np.ndarray, targets: np.ndarray
+    ) -> HeadFit:
+        """The model's whole fitting procedure on training arrays (no trainer needed: the
+        permutation tests call it on shuffled labels or features).
+
+        Args:
+            x: ``(N, D + 2P)`` features (:meth:`all_features`).
+            labels: ``(N,)`` class indices.
+            groups: ``(N,)`` group ids (never split by an inner fold).
+            targets: ``(N,)`` raw target values (NaN unknown; unused without a regression head).
+
+        Returns:
+            The fitted outputs (logits, then the standardised target prediction).
+        """
+        mean, scale = standardisation(x)
+        z = (x - mean) / scale
+        k = len(self.hparams.class_names)
+        d_image = self.net.image_dim
+        weights = self._image_weights(d_image, x.shape[1])
+        coef, intercept, info = np.zeros((k, x.shape[1])), np.zeros(k), {}
+        hp = self.hparams
+        # several weights: each is scored by the inner search, also with a fixed strength
+        C, Cs = (hp.C, hp.Cs) if hp.C == "auto" or len(weights) == 1 else ("auto", [hp.C])
+        alpha, alphas = (
+            (hp.alpha, hp.alphas)
+            if hp.alpha == "auto" or len(weights) == 1
+            else ("auto", [hp.alpha])
+        )
+        if self.spec.class_weight > 0:
+            best = None
+            for w in weights:
+                zw = _weighted(z, d_image, w)
+                c, b, chosen, scores = fit_logistic_z(zw, labels, k, C, Cs, groups, hp.inner_folds)
+                score = min(scores.values()) if scores else 0.0
+                if best is None or score < best[0]:
+                    best = (score, c, b, chosen, w)
+            _, coef, intercept, info["C"], w = best
+            coef = _weighted(coef, d_image, w)  # back to the unweighted standardised features
+            if len(weights) > 1 or weights[0] != 1.0:
+                info["image_weight"] = w
+        if self.spec.enabled:
+            y = self.scaler.transform(targets)
+            known = ~np.isnan(y)
+            best = None
+            for w in weights:
+                ridge = fit_ridge(
+                    _weighted(z[known], d_image, w),
+                    y[known],
+                    alpha=alpha,
+                    alphas=alphas,
+                    groups=groups[known],
+                    inner_folds=hp.inner_folds,
+                )
+                score = min(ridge.inner_scores.values()) if ridge.inner_scores else 0.0
+                if best is None or score < best[0]:
+                    best = (score, ridge, w)
+            _, ridge, w = best
+            coef = np.vstack([coef, _weighted(ridge.coef[None], d_image, w)])
+            intercept = np.append(intercept, ridge.intercept)
+            info["alpha"] = ridge.alpha
+            if len(weights) > 1 or weights[0] != 1.0:
+                info["target_image_weight"] = w
+        return HeadFit(mean, scale, coef, intercept, info)
+
+    def _image_weights(self, d_image: int, d: int) -> list[float]:
+        """The image block's weights to try: one (no fusion, or a fixed weight), or the grid of
+        ``image_weight="auto"`` when the features hold both an image and covariates."""
+        weight = self.hparams.get("image_weight", 1.0)
+        if d_image == 0 or d_image == d:  # one block only: nothing to weigh
+            return [1.0]
+        if weight == "auto":
+            return [float(w) for w in self.hparams.image_weights]
+        return [float(weight)]
+
+    def install_head(self, fit: HeadFit) -> None:
+        """Make ``fit`` the model's head (hook: a model with another kind of head)."""
+        self.net.set_head(fit.mean, fit.scale, fit.coef, fit.intercept)
 
     def print_cache_use(self) -> None:
         """Log how many features the cache served (``train/cache_hits``, ``train/cache_misses``)."""

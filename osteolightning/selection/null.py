@@ -32,7 +32,7 @@ from osteolightning.data.splits import (
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.report import cluster_bootstrap_report, metric_table
 from osteolightning.models.checkpointing import load_checkpoint
-from osteolightning.models.fitted import FittedHeadClassifier, fit_logistic
+from osteolightning.models.fitted import FittedHeadClassifier
 from osteolightning.utils import rundir
 from osteolightning.utils.logging import get_logger
 
@@ -59,23 +59,26 @@ class Fold:
     groups: np.ndarray  # (N,)
     codes: np.ndarray  # (N,) split codes of the outer run
     model: FittedHeadClassifier
+    targets: np.ndarray | None = None  # (N,) the regression target (NaN unknown), if any
 
-    def fit_and_predict(self, labels: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
-        """Fit the head on the training split under ``labels`` and return ``(n_test, K)``
-        probabilities of the test split."""
+    def fit_and_predict(
+        self,
+        labels: np.ndarray,
+        codes: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Fit the model's head (its own procedure, :meth:`FittedHeadClassifier.fit_head`) on
+        the training split under ``labels`` (and ``features``: e.g. with the image block
+        shuffled) and return ``(n_test, K)`` probabilities of the test split."""
         codes = self.codes if codes is None else codes
+        features = self.features if features is None else features
         train, test = codes == TRAIN, codes == TEST
-        hp = self.model.hparams
-        fit = fit_logistic(
-            self.features[train],
-            labels[train],
-            len(hp.class_names),
-            C=hp.C,
-            Cs=hp.Cs,
-            groups=self.groups[train],
-            inner_folds=hp.inner_folds,
+        targets = self.targets if self.targets is not None else np.full(len(labels), np.nan)
+        fit = self.model.fit_head(
+            features[train], labels[train], self.groups[train], targets[train]
         )
-        logits = ((self.features[test] - fit.mean) / fit.scale) @ fit.coef.T + fit.intercept
+        k = len(self.model.hparams.class_names)
+        logits = fit.outputs(features[test])[:, :k]
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
@@ -119,7 +122,9 @@ def load_fold(run_dir: str | Path) -> Fold:
     features = np.full((len(datamodule.samples), rows[0][1].shape[0]), np.nan)
     features[index] = np.stack([f for _, f in rows])
     codes = datamodule.split_codes.copy()
+    targets = datamodule.values()[:, 0].copy() if datamodule.target else None
     return Fold(
+        targets=targets,
         paths=[str(s.path) for s in datamodule.samples],
         features=features,
         labels=np.array([s.label for s in datamodule.samples]),

@@ -6,7 +6,6 @@ import csv
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +20,8 @@ from osteolightning.data.splits import (
     subsample_training,
 )
 from osteolightning.errors import ConfigError
+from osteolightning.models.components.features import FeatureHead, NoImageEmbedder
+from osteolightning.models.fitted import FittedHeadClassifier
 from osteolightning.selection.nested import NestedPlan
 from osteolightning.selection.null import Fold, learning_curve, permutation_test
 from tests.helpers import run_osteo
@@ -67,8 +68,9 @@ def test_permuted_labels_keep_groups_and_counts():
 
 
 def _folds(labels, groups, features, k: int = 3) -> list[Fold]:
-    hparams = SimpleNamespace(class_names=["a", "b", "c"], C=0.3, Cs=[0.3], inner_folds=3)
-    model = SimpleNamespace(hparams=hparams)
+    # a real fitted-head model over given features (an embedder of that width)
+    net = FeatureHead(NoImageEmbedder(), 3, dim=features.shape[1])
+    model = FittedHeadClassifier(net, ["a", "b", "c"], C=0.3, Cs=[0.3], inner_folds=3)
     return [
         Fold(
             paths=[f"img{i}" for i in range(len(labels))],
