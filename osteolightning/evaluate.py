@@ -42,8 +42,8 @@ def prepare_like_checkpoint(data_cfg: DictConfig, model: L.LightningModule) -> N
             data_cfg[key] = trained
         if "mask_classes" in data_cfg:  # a segmentation data config names its mask classes
             data_cfg.mask_classes = list(model.preprocessing.class_names)
-        # the columns the model reads: its regression target and covariates
-        for key in ("target", "covariates"):
+        # the columns the model reads: its regression target, covariates and their coding
+        for key in ("target", "covariates", "covariate_coding"):
             if key in data_cfg and key in model.hparams:
                 data_cfg[key] = model.hparams[key]
 

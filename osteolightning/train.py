@@ -41,7 +41,8 @@ def data_inputs(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     """What the model takes from the data's training split, for each key its config leaves
     ``null``: the images per class (``class_counts``, the class-weighted loss), the target
     values (``target_train``, the regression head's standardisation) and the covariates
-    (``covariates_train``, their standardisation and imputation)."""
+    (``covariates_train``, their standardisation and imputation; with them the resolved
+    covariate list, ``all`` spelled out, and its coding)."""
     wanted = [
         k
         for k in ("class_counts", "target_train", "covariates_train")
@@ -59,6 +60,8 @@ def data_inputs(model_cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
         inputs["target_train"] = targets.tolist()
     if "covariates_train" in wanted and model_cfg.get("covariates"):
         inputs["covariates_train"] = covariates.tolist()
+        inputs["covariates"] = list(datamodule.covariates)
+        inputs["covariate_coding"] = datamodule.covariate_coding()
     return inputs
 
 

@@ -100,6 +100,8 @@ class SaliencyWriter(L.Callback):
         gets no saliency report, with a warning naming the option."""
         net = getattr(pl_module, "net", None)
         self._active = net is not None and hasattr(pl_module, "predict_proba")
+        # a model without an image network (the covariates alone): nothing to explain, no word
+        self._active = self._active and getattr(net, "image_dim", None) != 0
         if not self._active:
             return
         try:

@@ -51,7 +51,7 @@ from osteolightning.data.arrays import MappedImages, RowWriter, array_shape, bui
 from osteolightning.data.io import ImageInfo, check_on_bad_image, read_image_info
 from osteolightning.data.near_duplicates import perceptual_hash
 from osteolightning.data.privacy import load_salt
-from osteolightning.errors import ConfigError, ImageReadError, shorten
+from osteolightning.errors import ConfigError, DataSourceError, ImageReadError, shorten
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, file_sha1
 from osteolightning.utils.logging import get_logger
 from osteolightning.utils.progress import progress
@@ -223,6 +223,29 @@ class PreprocessedCache:
             with self._writing():
                 atomic_write_json(self._hash_index_path, index)
         return result
+
+    def file_digests(
+        self, paths: Sequence[Path], on_bad_image: str = "error"
+    ) -> tuple[list[str | None], list[tuple[Path, str]]]:
+        """:meth:`hashes` of files that are not decoded (a model without pixels), and the
+        unreadable ones ``(path, reason)``.
+
+        Raises:
+            DataSourceError: an unreadable file under ``on_bad_image="error"``, named.
+        """
+        self.unreadable.clear()
+        digests = self.hashes(paths)
+        unread = [
+            (p, self.unreadable[str(p)]) for p, d in zip(paths, digests, strict=True) if d is None
+        ]
+        if unread and on_bad_image == "error":
+            raise DataSourceError(
+                f"{len(unread)} file(s) cannot be read: "
+                + "; ".join(f"'{p}': {why}" for p, why in unread[:5])
+                + ". Fix them, or data.on_bad_image=skip to leave them out (skipped.csv).",
+                details=[f"{p}: {why}" for p, why in unread],
+            )
+        return digests, unread
 
     # -- entries -----------------------------------------------------------------------------
     def _encode(self, sha1: str, array: np.ndarray, info: ImageInfo) -> bytes:

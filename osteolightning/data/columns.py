@@ -1,5 +1,16 @@
-"""Numeric columns of the samples: a regression target (``t_score``, ``bmd``) and clinical
-covariates (``age``, ``sex``, ``bmi``, ...), as float arrays with NaN for "unknown".
+"""Value columns of the samples: a regression target (``t_score``, ``bmd``) and clinical
+covariates (``age``, ``sex``, ``bmi``, yes/no risk factors, categories), as float arrays with
+NaN for "unknown".
+
+Clinical tables come with numbers, yes/no answers and text categories. A
+:data:`Coding` says how each covariate becomes numbers: ``"number"``; ``"binary"`` (``yes`` /
+``no``, ``y`` / ``n``, ``true`` / ``false`` → 1 / 0); ``"sex"`` (below); or a list of category
+levels, one-hot encoded (one column ``name=level`` per level; a level the training data did
+not have is unknown). :func:`infer_coding` reads it from the training split's cells; the model
+keeps it in its checkpoint, so ``osteo-eval`` and ``osteo-predict`` encode new rows the same
+way. Columns whose names say what they measure (``age``, ``weight_kg``, ``bmi``, ``t_score``,
+...) are checked against plausible ranges (:data:`PLAUSIBLE`): an impossible value (a negative
+age) is an error naming its file and line, not a number a model learns from.
 
 A manifest's cells reach a :class:`~osteolightning.data.sample.Sample` as strings
 (``Sample.extra``; the T-score already as a number). Here they become numbers: an empty cell or
@@ -20,8 +31,11 @@ import numpy as np
 
 from osteolightning.data.sample import Sample
 from osteolightning.data.sources import MAX_REPORTED, ManifestSource
-from osteolightning.data.splits import SPLIT_NAMES
-from osteolightning.errors import DataSourceError
+from osteolightning.data.splits import SPLIT_NAMES, TRAIN
+from osteolightning.errors import ConfigError, DataSourceError, shorten
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 #: the column coded as 1 (female) / 0 (male) instead of read as a number
 SEX_COLUMN = "sex"
@@ -36,6 +50,31 @@ SEX_CODES: dict[str, float] = {
 }
 #: cells that mean "unknown"
 MISSING_VALUES = ManifestSource.MISSING_VALUES
+#: yes/no answers, case-insensitively
+BINARY_CODES: dict[str, float] = {
+    "yes": 1.0, "no": 0.0, "y": 1.0, "n": 0.0, "true": 1.0, "false": 0.0,
+}  # fmt: skip
+#: more distinct text values than this in a column: free text, not a category
+MAX_LEVELS = 30
+#: plausible ranges ``(low, high)`` of columns whose names say what they measure; a value
+#: outside is an error (a unit or typing mistake, or a code for "unknown")
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "age": (0.0, 120.0),
+    "height_m": (0.4, 2.5),
+    "height_cm": (40.0, 250.0),
+    "weight_kg": (1.0, 400.0),
+    "bmi": (8.0, 100.0),
+    "t_score": (-10.0, 10.0),
+    "z_score": (-10.0, 10.0),
+    "bmd": (0.01, 3.0),
+    "menopause_age": (10.0, 70.0),
+    "pregnancies": (0.0, 30.0),
+    "walking_km": (0.0, 200.0),
+}
+#: how a column's cells become numbers: "number", "binary", "sex", or category levels
+Coding = dict[str, str | list[str]]
+#: columns that are never covariates under ``covariates=all``: identifiers and file names
+NOT_COVARIATES = frozenset({"image", "label", "mask", "patient_id", "id", "path", "file"})
 
 
 def available_columns(samples: Sequence[Sample]) -> list[str]:
@@ -53,15 +92,96 @@ def _cell(sample: Sample, column: str) -> str | float | None:
     return sample.extra.get(column)
 
 
-def parse_cell(cell: str | float | None, column: str) -> float:
-    """One cell as a float (NaN: unknown); ValueError with the reason when it is bad."""
+def _missing(cell: str | float | None) -> bool:
     if cell is None:
+        return True
+    if isinstance(cell, float):
+        return math.isnan(cell)
+    return cell.strip().lower() in MISSING_VALUES
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def infer_coding(samples: Sequence[Sample], columns: Sequence[str], source: str) -> Coding:
+    """How each of ``columns`` becomes numbers, from the cells of ``samples`` (the training
+    split's): ``sex`` is ``"sex"``; a column with any number is ``"number"`` (its other cells
+    are errors, see :func:`column_values`); one whose every known cell is a yes/no answer is
+    ``"binary"``; any other text column is a category with its sorted levels (lower case).
+
+    Raises:
+        DataSourceError: a text column with more than :data:`MAX_LEVELS` distinct values (free
+            text: leave it out of the covariates).
+    """
+    coding: Coding = {}
+    for column in columns:
+        cells = [_cell(s, column) for s in samples]
+        known = [c.strip() if isinstance(c, str) else c for c in cells if not _missing(c)]
+        if column == SEX_COLUMN:
+            coding[column] = "sex"
+        elif not known or any(isinstance(c, float) or _is_number(c) for c in known):
+            coding[column] = "number"
+        elif all(c.lower() in BINARY_CODES for c in known):
+            coding[column] = "binary"
+        else:
+            levels = sorted({c.lower() for c in known})
+            if len(levels) > MAX_LEVELS:
+                raise DataSourceError(
+                    f"Column `{column}` of {source} holds {len(levels)} distinct text values "
+                    f"({shorten(levels, 3)}): it is neither a number, a yes/no answer nor a "
+                    f"category of at most {MAX_LEVELS} levels. Leave it out of the covariates "
+                    "(list the ones to use: model.covariates=[age,sex,...])."
+                )
+            coding[column] = levels
+    return coding
+
+
+def coded_names(columns: Sequence[str], coding: Coding) -> list[str]:
+    """The encoded columns' names: a category's one-hot columns are ``name=level``."""
+    names = []
+    for column in columns:
+        kind = coding.get(column, "number")
+        names += [f"{column}={level}" for level in kind] if isinstance(kind, list) else [column]
+    return names
+
+
+def covariate_candidates(samples: Sequence[Sample], exclude: Sequence[str]) -> list[str]:
+    """What ``covariates=all`` means: every value column but ``exclude`` (the target),
+    identifiers (``*_id``, :data:`NOT_COVARIATES`) and the T-score (the label's source), in
+    the manifest's order."""
+    order: dict[str, None] = {}
+    for s in samples:
+        order.update(dict.fromkeys(s.extra))
+    skip = {*exclude, "t_score", *NOT_COVARIATES}
+    return [c for c in order if c not in skip and not c.endswith("_id")]
+
+
+def parse_cell(cell: str | float | None, column: str, kind: str = "number") -> float:
+    """One cell as a float (NaN: unknown); ValueError with the reason when it is bad.
+
+    Args:
+        cell: the manifest's text (or the T-score, already a number).
+        column: the column's name (``sex`` has its own codes).
+        kind: ``"number"`` or ``"binary"`` (a yes/no answer); ``sex`` is always coded.
+    """
+    if _missing(cell):
         return math.nan
     if isinstance(cell, float):
-        return cell
+        return _plausible(cell, column)
     text = cell.strip()
-    if text.lower() in MISSING_VALUES:
-        return math.nan
+    if kind == "binary" and column != SEX_COLUMN:
+        code = BINARY_CODES.get(text.lower())
+        if code is None:
+            raise ValueError(
+                f"{column} '{cell}' is not a yes/no answer (yes, no, y, n, true, false; any "
+                "case; empty if unknown)"
+            )
+        return code
     if column == SEX_COLUMN:
         code = SEX_CODES.get(text.lower())
         if code is None:
@@ -76,10 +196,38 @@ def parse_cell(cell: str | float | None, column: str) -> float:
         value = math.nan
     if not math.isfinite(value):
         raise ValueError(f"{column} '{cell}' is not a finite number (empty or NA if unknown)")
+    return _plausible(value, column)
+
+
+def _plausible(value: float, column: str) -> float:
+    bounds = PLAUSIBLE.get(column)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        raise ValueError(
+            f"{column} {value:g} is not a plausible value (expected {bounds[0]:g} to "
+            f"{bounds[1]:g}; leave the cell empty if unknown)"
+        )
     return value
 
 
-def column_values(samples: Sequence[Sample], columns: Sequence[str], source: str) -> np.ndarray:
+def _encode_cell(cell: str | float | None, column: str, kind: str | list[str]) -> list[float]:
+    """A cell's encoded values: one number, or a category's one-hot row (all NaN: unknown or
+    a level the coding does not have)."""
+    if not isinstance(kind, list):
+        return [parse_cell(cell, column, kind)]
+    row = [math.nan] * len(kind)
+    if not _missing(cell):
+        level = str(cell).strip().lower()
+        if level in kind:
+            row = [float(level == other) for other in kind]
+    return row
+
+
+def column_values(
+    samples: Sequence[Sample],
+    columns: Sequence[str],
+    source: str,
+    coding: Coding | None = None,
+) -> np.ndarray:
     """The values of ``columns`` for every sample.
 
     Args:
@@ -87,13 +235,17 @@ def column_values(samples: Sequence[Sample], columns: Sequence[str], source: str
         columns: ``P`` column names (normalised as the manifest's header: ``t_score``, ``bmd``,
             ``age``, ``sex``, ``bmi``, ...).
         source: the data source's description, for messages.
+        coding: how each column becomes numbers (:func:`infer_coding`); a column it does not
+            name is a number.
 
     Returns:
-        ``(N, P)`` float64, NaN where a value is unknown.
+        ``(N, P')`` float64, NaN where a value is unknown: one column per number, yes/no or
+        sex column, one per level of a category (:func:`coded_names`).
 
     Raises:
         DataSourceError: a column no sample has (the message lists the columns the data has),
-            or cells that are not numbers (each bad row named by file and line, up to ten).
+            or cells that are not numbers, yes/no answers or plausible values (each bad row
+            named by file and line; the full list in the error's details).
 
     Example:
         >>> s = Sample(path=Path("a.png"), extra={"age": "61", "sex": "F"})  # doctest: +SKIP
@@ -108,49 +260,168 @@ def column_values(samples: Sequence[Sample], columns: Sequence[str], source: str
             f"its value columns are: {', '.join(have) or 'none'}. Add the column to the "
             f"manifest, or ask for one of these."
         )
-    values = np.full((len(samples), len(columns)), np.nan)
+    coding = coding or {}
+    rows = np.full((len(samples), len(coded_names(columns, coding))), np.nan)
     errors: list[str] = []
     for i, sample in enumerate(samples):
-        for j, column in enumerate(columns):
+        row: list[float] = []
+        for column in columns:
+            kind = coding.get(column, "number")
             try:
-                values[i, j] = parse_cell(_cell(sample, column), column)
+                row += _encode_cell(_cell(sample, column), column, kind)
             except ValueError as err:
                 errors.append(f"{sample.where or sample.path}: {err}")
+                row += [math.nan] * (len(kind) if isinstance(kind, list) else 1)
+        rows[i] = row
     if errors:
         shown = "\n  ".join(errors[:MAX_REPORTED])
         more = (
-            f"\n  ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
+            f"\n  ... and {len(errors) - MAX_REPORTED} more (all in the error's details file)"
+            if len(errors) > MAX_REPORTED
+            else ""
         )
-        raise DataSourceError(f"{len(errors)} bad value(s) in {source}:\n  {shown}{more}")
-    return values
+        raise DataSourceError(
+            f"{len(errors)} bad value(s) in {source}:\n  {shown}{more}", details=errors
+        )
+    return rows
+
+
+def separating_columns(
+    samples: Sequence[Sample],
+    labels: np.ndarray,
+    columns: Sequence[str],
+    coding: Coding,
+    threshold: float,
+) -> list[tuple[str, float]]:
+    """The covariates that on their own nearly separate the classes: a label in disguise (a
+    Z-score, a diagnosis column, the T-score) rather than a risk factor.
+
+    Each column alone (its encoded values; unknown as a value of its own) fits a shallow
+    decision tree (depth ``ceil(log2(K))``: enough cut-points or levels for ``K`` classes),
+    and its balanced accuracy on these samples is the column's score.
+
+    Args:
+        samples: the training split's ``N`` samples.
+        labels: their ``(N,)`` class indices.
+        columns: the covariates.
+        coding: their coding.
+        threshold: a score at or above this flags the column.
+
+    Returns:
+        ``(column, score)`` of every flagged column.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    if len(np.unique(labels)) < 2:
+        return []
+    depth = max(1, math.ceil(math.log2(len(np.unique(labels)))))
+    flagged = []
+    for column in columns:
+        x = column_values(samples, [column], "", coding)
+        x = np.column_stack([np.nan_to_num(x, nan=-1e12), np.isnan(x).any(axis=1)])
+        tree = DecisionTreeClassifier(max_depth=depth, class_weight="balanced", random_state=0)
+        score = float(balanced_accuracy_score(labels, tree.fit(x, labels).predict(x)))
+        if score >= threshold:
+            flagged.append((column, score))
+    return flagged
 
 
 class ColumnValues:
     """The target and covariate columns of a DataModule's samples (a mixin of
-    :class:`~osteolightning.data.datamodule.KneeDataModule`, whose ``target``, ``covariates``,
-    ``samples``, ``source`` and ``datasets`` it reads)."""
+    :class:`~osteolightning.data.datamodule.KneeDataModule`: :meth:`_init_columns` sets its
+    state; it reads the DataModule's ``samples``, ``split_codes``, ``source`` and
+    ``datasets``)."""
 
-    target: str | None
-    covariates: list[str]
     samples: list[Sample]
+    split_codes: np.ndarray
     source: Any
     datasets: dict[str, Any]
-    _columns: np.ndarray | None
+
+    def _init_columns(
+        self,
+        target: str | None,
+        covariates: Sequence[str] | str,
+        coding: Coding | None,
+        separating_threshold: float | None,
+        allow_separating: Sequence[str],
+    ) -> None:
+        """Args: see :class:`~osteolightning.data.datamodule.KneeDataModule`."""
+        if isinstance(covariates, str) and covariates != "all":
+            raise ConfigError(
+                f"Expected argument `covariates` to be a list of column names or 'all', but got "
+                f"{covariates!r}."
+            )
+        if separating_threshold is not None and not 0 < float(separating_threshold) <= 1:
+            raise ConfigError(
+                "Expected argument `separating_threshold` to be a balanced accuracy in (0, 1] "
+                f"or null (no check), but got {separating_threshold!r}."
+            )
+        self.target = str(target) if target else None
+        self.covariates_all = covariates == "all"
+        self.covariates: list[str] = [] if self.covariates_all else [str(c) for c in covariates]
+        self.separating = dict(
+            threshold=separating_threshold, allow=[str(c) for c in allow_separating or ()]
+        )
+        self._coding: Coding | None = dict(coding) if coding else None
+        self._columns: np.ndarray | None = None
+
+    def _resolve_columns(self) -> None:
+        """After the split: ``covariates=all`` as a list, the coding (the training split's, or
+        the checkpoint's), and the leakage guard on the training split."""
+        where = self.source.describe()
+        if self.covariates_all:
+            exclude = [self.target] if self.target else []
+            self.covariates = covariate_candidates(self.samples, exclude)
+            log.info(f"covariates=all: {', '.join(self.covariates) or 'none'} (from {where}).")
+        train = [s for s, c in zip(self.samples, self.split_codes, strict=True) if c == TRAIN]
+        if self._coding is None:
+            self._coding = infer_coding(train or self.samples, self.covariates, where)
+        threshold = self.separating["threshold"]
+        if not train or threshold is None or not self.covariates:
+            return
+        labels = np.array([s.label for s in train])
+        flagged = [
+            (c, score)
+            for c, score in separating_columns(
+                train, labels, self.covariates, self._coding, float(threshold)
+            )
+            if c not in self.separating["allow"]
+        ]
+        if flagged:
+            shown = ", ".join(f"`{c}` (balanced accuracy {score:.2f})" for c, score in flagged)
+            raise DataSourceError(
+                f"Covariate(s) {shown} on their own nearly separate the classes of the "
+                f"{len(train)} training images of {where}: a label in disguise (a Z-score, a "
+                "diagnosis, the T-score) leaks the answer into the model. Leave them out of "
+                "model.covariates, or, if intended, allow them: "
+                f"data.allow_separating=[{','.join(c for c, _ in flagged)}] (the threshold is "
+                f"data.separating_threshold={threshold})."
+            )
+
+    def covariate_coding(self) -> Coding:
+        """How each covariate becomes numbers (:func:`infer_coding`; after :meth:`setup`)."""
+        return dict(self._coding or {})
+
+    def covariate_names(self) -> list[str]:
+        """The encoded covariate columns (a category's one-hot columns ``name=level``)."""
+        return coded_names(self.covariates, self._coding or {})
 
     def values(self) -> np.ndarray:
-        """``(N, T + P)`` float64 values of :attr:`samples`: the target column (``T = 1`` when
-        one is set) then the covariates; NaN where unknown. Parsed once (a bad cell or a
-        missing covariate column raises, see :func:`~osteolightning.data.columns.column_values`).
+        """``(N, T + P')`` float64 values of :attr:`samples`: the target column (``T = 1`` when
+        one is set) then the encoded covariates; NaN where unknown. Parsed once (a bad cell or
+        a missing covariate column raises, see :func:`column_values`).
         """
         if self._columns is None or len(self._columns) != len(self.samples):
             t = int(bool(self.target))
-            values = np.full((len(self.samples), t + len(self.covariates)), np.nan)
             where = self.source.describe()
+            names = self.covariate_names()
+            values = np.full((len(self.samples), t + len(names)), np.nan)
             # an absent target column is all-unknown here; the model that needs it says so
             if self.target and self.target in available_columns(self.samples):
                 values[:, :1] = column_values(self.samples, [self.target], where)
             if self.covariates:
-                values[:, t:] = column_values(self.samples, self.covariates, where)
+                values[:, t:] = column_values(self.samples, self.covariates, where, self._coding)
             self._columns = values
         return self._columns
 
@@ -183,7 +454,7 @@ class ColumnValues:
         """How many images of each split lack the target and each covariate."""
         if not (self.target or self.covariates) or not self.datasets:
             return []
-        names = ([self.target] if self.target else []) + self.covariates
+        names = ([self.target] if self.target else []) + self.covariate_names()
         parts = []
         for split in SPLIT_NAMES:
             targets, covariates = self.split_values(split)

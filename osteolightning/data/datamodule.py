@@ -13,19 +13,19 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from osteolightning.data.cache import PREPROCESS_VERSION, PreprocessedCache
 from osteolightning.data.columns import ColumnValues
 from osteolightning.data.datasets import ArrayDataset
 from osteolightning.data.hygiene import (
     POLICIES,
-    CopyGroups,
     apply_conflict_policy,
+    apply_record_policy,
     conflict_rows,
     find_copies,
+    log_copies,
 )
 from osteolightning.data.io import check_on_bad_image
 from osteolightning.data.mask_inputs import MaskInputs
@@ -34,11 +34,7 @@ from osteolightning.data.on_device import DeviceData
 from osteolightning.data.privacy import dicom_patient_id, pseudonym
 from osteolightning.data.quality import Finding, image_findings
 from osteolightning.data.sample import Sample
-from osteolightning.data.sampling import (
-    SeededBalanced,
-    SeededShuffle,
-    WithEpoch,
-)
+from osteolightning.data.sampling import train_sampler
 from osteolightning.data.splits import (
     EXCLUDED,
     SPLIT_NAMES,
@@ -105,19 +101,10 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
             wrapped in Lightning's ``DistributedSamplerWrapper``, each rank taking its share).
             With ``model.class_weighting=balanced`` too the imbalance is corrected twice (the
             classifier warns).
-        mask_input: ``None`` (default) or ``"apply"``: zero each image outside its mask's
-            foreground (any non-zero mask pixel; see
-            :func:`~osteolightning.data.masks.read_foreground`), so the classifier sees only
-            the segmented bone (the segmentation → classification cascade). The mask comes
-            from the source (a manifest's ``mask`` column, e.g. the manifest the mask export
-            writes), must have its image's size and is letterboxed like it; an image without a
-            mask is an error. ``"crop"``: crop each image to the square around its mask's
-            foreground (the bone) taken from the image letterboxed at ``mask_crop_from``
-            pixels, resized to ``image_size``: the bone at a higher resolution than the whole
-            knee would get (:func:`~osteolightning.data.masks.crop_to_foreground`).
-            ``"provide"``: the image unchanged, its mask in every batch (``batch["mask"]``,
-            moved with the image by the augmentation) for a model that measures the bone
-            region (``experiment=fathima2020``).
+        mask_input: ``None`` (default), ``"apply"`` (zero each image outside its mask: the
+            segmentation → classification cascade), ``"crop"`` (the image cropped to its mask,
+            at a higher resolution) or ``"provide"`` (the mask beside the image in every
+            batch); see :mod:`osteolightning.data.mask_inputs`.
         seed: the run's seed: the training order of each epoch and each image's augmentation
             are drawn from it (see :mod:`osteolightning.data.sampling`).
         mask_crop_from: ``mask_input="crop"``: the side the image is letterboxed to before
@@ -137,15 +124,24 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
         target: the regression target column (``t_score``, ``bmd``, any numeric column) carried
             in every item as ``"target"`` (NaN where unknown); ``None``: none. A source without
             the column gives NaN everywhere (a model that needs the target says so).
-        covariates: clinical covariate columns (``age``, ``sex``, ``bmi``, ...) carried as
-            ``"covariates"`` ``(P,)`` (NaN where unknown; sex coded 1 female / 0 male, see
-            :mod:`osteolightning.data.columns`); a column the data lacks is an error naming the
-            columns it has.
+        covariates: clinical covariate columns (``age``, ``sex``, ``bmi``, yes/no, categories)
+            carried as ``"covariates"`` ``(P',)`` (NaN where unknown; encoded as
+            :mod:`osteolightning.data.columns` says), or ``"all"``: every value column but the
+            target, the T-score and identifiers. A column the data lacks is an error naming the
+            columns it has; an implausible value (a negative age) names its file and line.
         on_device: the GPU data path for training batches (:mod:`.on_device`): ``None`` (the
-            CPU path), ``"stream"`` (uint8 images shipped, augmented and normalised on the
-            device), ``"resident"`` (the training images on the device once, indices shipped),
-            ``"auto"`` (resident when they fit in half the free device memory) or
-            ``"normalize"`` (augmented in the workers, shipped as uint8, normalised there).
+            CPU path), ``"stream"``, ``"resident"``, ``"auto"`` or ``"normalize"``.
+        covariate_coding: how each covariate becomes numbers (a checkpoint's, for new data);
+            ``None``: from the training split's cells.
+        separating_threshold: the leakage guard: a covariate that alone separates the training
+            classes with this balanced accuracy stops the run, naming it (``None``: no check).
+        allow_separating: covariates the guard lets through (intended).
+        on_record_conflict: copies of one image filed under different records (manifest
+            columns): ``drop`` (every copy; neither record can be trusted), ``keep`` or
+            ``error``; listed in ``label_conflicts.csv``.
+        images: ``False``: decode no pixels (a model without an image network, e.g.
+            ``model=covariates``): copies are found by file hashes only, every image is a
+            1 × 1 placeholder.
 
     Attributes:
         require_labels: (class attribute) every sample needs a class label.
@@ -200,8 +196,13 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
         train_fraction: float = 1.0,
         permute_labels: int | None = None,
         target: str | None = None,
-        covariates: Sequence[str] = (),
+        covariates: Sequence[str] | str = (),
         on_device: str | None = None,
+        covariate_coding: dict[str, Any] | None = None,
+        separating_threshold: float | None = 0.95,
+        allow_separating: Sequence[str] = (),
+        on_record_conflict: str = "drop",
+        images: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -232,12 +233,16 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
         self.train_fraction = float(train_fraction)
         self.permute_labels = permute_labels
         check_on_bad_image(on_bad_image)
-        if on_label_conflict not in POLICIES:
-            raise ConfigError(
-                f"Expected argument `on_label_conflict` to be one of {list(POLICIES)}, "
-                f"but got {on_label_conflict!r}."
-            )
+        for name, policy in (
+            ("on_label_conflict", on_label_conflict),
+            ("on_record_conflict", on_record_conflict),
+        ):
+            if policy not in POLICIES:
+                raise ConfigError(
+                    f"Expected argument `{name}` to be one of {list(POLICIES)}, but got {policy!r}."
+                )
         self.on_bad_image, self.on_label_conflict = on_bad_image, on_label_conflict
+        self.on_record_conflict, self.images = on_record_conflict, bool(images)
         if sampler not in SAMPLERS:
             raise ConfigError(
                 f"Expected argument `sampler` to be one of {list(SAMPLERS)}, but got {sampler!r}."
@@ -278,9 +283,9 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
         self.digests: list[str] = []
         self.pixel_keys: list[str] = []
         self.datasets: dict[str, ArrayDataset] = {}
-        self.target = str(target) if target else None
-        self.covariates = [str(c) for c in covariates or ()]
-        self._columns: np.ndarray | None = None
+        self._init_columns(
+            target, covariates, covariate_coding, separating_threshold, allow_separating
+        )
 
     # -- building ---------------------------------------------------------------------------
     def _source_samples(self) -> list[Sample]:
@@ -299,11 +304,16 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
     def _readable_samples(self) -> list[Sample]:
         """The source's samples minus skipped files (listed in ``self.skipped``)."""
         samples = self._source_samples()
-        prepared = self.cache.prepare([s.path for s in samples], on_bad_image=self.on_bad_image)
-        skipped = [*getattr(self.source, "skipped", []), *prepared.skipped]
+        paths = [s.path for s in samples]
+        if self.images:
+            prepared = self.cache.prepare(paths, on_bad_image=self.on_bad_image)
+            digests, unread = prepared.digests, prepared.skipped
+        else:  # no pixels: the files' content hashes are all hygiene needs
+            digests, unread = self.cache.file_digests(paths, self.on_bad_image)
+        skipped = [*getattr(self.source, "skipped", []), *unread]
         self.skipped = [(str(path), reason) for path, reason in skipped]
-        self.digests = [d for d in prepared.digests if d is not None]
-        good = [s for s, d in zip(samples, prepared.digests, strict=True) if d is not None]
+        self.digests = [d for d in digests if d is not None]
+        good = [s for s, d in zip(samples, digests, strict=True) if d is not None]
         if not good:
             raise DataSourceError(
                 f"The data source {self.source.describe()} yielded no readable images "
@@ -346,22 +356,31 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
         masks = None
         if self._uses_masks():
             samples, masks = self._load_masks(samples)
-        # memory-mapped, shared by workers and ranks; the splits below are views, not copies
-        cached = self.cache.open_array([s.path for s in samples])
-        images = cached.images
-        self.findings += image_findings(
-            [s.path for s in samples], cached.infos, self.cache.image_size
-        )
+        hashes = None
+        if self.images:
+            # memory-mapped, shared by workers and ranks; the splits below are views, not copies
+            cached = self.cache.open_array([s.path for s in samples])
+            images, hashes = cached.images, cached.hashes
+            self.findings += image_findings(
+                [s.path for s in samples], cached.infos, self.cache.image_size
+            )
+        else:  # one shared 1 x 1 placeholder (a broadcast view: no memory per image)
+            images = np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (len(samples), 1, 1))
         labels = np.array([s.label for s in samples], dtype=np.int64)
-        near = self.near_args["max_distance"] is not None
+        near = self.near_args["max_distance"] is not None and self.images
         targets, target_names = self._conflict_targets(labels, masks)
         copies = find_copies(
-            self.digests, targets, images if near else None, hashes=cached.hashes, **self.near_args
+            self.digests, targets, images if near else None, hashes=hashes, **self.near_args
         )
         paths = [str(s.path) for s in samples]
         keep = apply_conflict_policy(copies, self.on_label_conflict, paths, target_names, targets)
         self.conflicts = conflict_rows(copies, self.on_label_conflict, paths, target_names, targets)
-        self._log_copies(copies)
+        records = [(s.extra, s.t_score) for s in samples]
+        kept, rows = apply_record_policy(copies, records, keep, self.on_record_conflict, paths)
+        keep &= kept
+        base = len(copies.conflicts)  # record-conflict groups numbered after the label ones
+        self.conflicts += [(base + g, p, target_names[targets[i]], a) for g, i, p, a in rows]
+        log_copies(copies, self.on_label_conflict)
         idx = np.flatnonzero(keep)
         self.samples = [samples[i] for i in idx]
         self.digests = [self.digests[i] for i in idx]
@@ -387,6 +406,7 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
             names = self.class_names if self.require_labels else None
             for _, message in split_warnings(self.split_codes, labels, names or []):
                 self.findings.append(Finding("few_images", message))
+        self._resolve_columns()
         if self.permute_labels is not None:
             labels = permute_group_labels(labels, self.groups, int(self.permute_labels))
             self.samples = [
@@ -476,20 +496,6 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
             masks=self.masks[sel] if self.mask_input == "provide" else None,
         )
 
-    def _log_copies(self, copies: CopyGroups) -> None:
-        if not copies.groups:
-            return
-        n_files = sum(map(len, copies.groups))
-        action = {"drop": "dropped", "keep": "kept, each group inside one split"}.get(
-            self.on_label_conflict, ""
-        )
-        log.warning(
-            f"{len(copies.groups)} groups of identical or near-identical images ({n_files} files; "
-            f"{len(copies.near_pairs)} near-duplicate pairs); {len(copies.conflicts)} groups "
-            f"carry conflicting labels ({action}; listed in label_conflicts.csv). Each group "
-            "stays whole inside one split, so no copy leaks across splits."
-        )
-
     # -- facts other layers read -----------------------------------------------------------
     def class_counts(self, split: str = "train") -> list[int]:
         """Number of images per class in ``split`` (label-index order)."""
@@ -540,30 +546,16 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
         return "\n".join(lines + [f"  WARNING: {f.message}" for f in self.findings])
 
     # -- loaders ---------------------------------------------------------------------------
-    def _train_sampler(self, dataset: Dataset, world: int) -> Sampler:
-        """The training order, drawn from ``(seed, epoch)``: a shuffle or balanced draws; under
-        DDP each rank takes its share (every rank draws the same list first)."""
-        if self.sampler == "balanced":
-            inner: Sampler = SeededBalanced(dataset.labels, self.seed)
-            if world > 1:
-                inner = DistributedSamplerWrapper(
-                    inner, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
-                )
-        elif world > 1:
-            inner = DistributedSampler(
-                dataset, num_replicas=world, rank=self.trainer.global_rank, seed=self.seed
-            )
-        else:
-            inner = SeededShuffle(len(dataset), self.seed)
-        return WithEpoch(inner, clock=self.trainer)
-
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
         if train and self.on_device:
             dataset = self._device_loader_dataset(dataset)
         world = self.trainer.world_size if self.trainer is not None else 1
         if train:
-            sampler: Sampler | None = self._train_sampler(dataset, world)
+            rank = self.trainer.global_rank if world > 1 else 0
+            sampler: Sampler | None = train_sampler(
+                dataset, self.sampler, self.seed, world, rank, clock=self.trainer
+            )
         elif world > 1:
             # every image exactly once across ranks (no padding duplicates), so synced test
             # metrics equal a 1-device run

@@ -9,11 +9,17 @@ different labels is a *label conflict*; the policy decides what happens to it:
 * ``drop``: remove every image of a conflicting group (no label can be trusted);
 * ``keep``: keep them; like every copy group they stay whole on one side of every split.
 
+Copies of one image filed under different *records* (the manifest's other columns: T-score,
+age, sex, ...) are a *record conflict*: the image-to-record link cannot be trusted for any of
+them (two people's records on one radiograph). :func:`record_conflicts` finds them; the
+DataModule's ``on_record_conflict`` (the same three policies) decides.
+
 Whatever the policy, copies never straddle a split: the split assigns groups, not images.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +32,9 @@ from osteolightning.data.near_duplicates import (
 )
 from osteolightning.data.splits import group_ids
 from osteolightning.errors import ConfigError, DataSourceError
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 POLICIES = ("error", "drop", "keep")
 
@@ -149,3 +158,88 @@ def conflict_rows(
         for g, group in enumerate(copies.conflicts)
         for i in group
     ]
+
+
+def _record(extra: dict[str, str], t_score: float | None) -> tuple:
+    """A record's cells, normalised (case, spaces, number formatting), for comparison."""
+    cells = []
+    for key, value in sorted(extra.items()):
+        text = str(value).strip().lower()
+        with contextlib.suppress(ValueError):
+            text = repr(float(text))
+        cells.append((key, text))
+    return (*cells, ("t_score", None if t_score is None else round(float(t_score), 6)))
+
+
+def record_conflicts(
+    copies: CopyGroups, records: Sequence[tuple[dict[str, str], float | None]], keep: np.ndarray
+) -> list[list[int]]:
+    """Copy groups whose kept members carry different records.
+
+    Args:
+        copies: from :func:`find_copies`.
+        records: each image's ``(extra columns, t_score)`` (a :class:`Sample`'s).
+        keep: ``(N,)`` images still kept (after the label-conflict policy).
+
+    Returns:
+        The index lists of the conflicting groups (kept members only).
+    """
+    out = []
+    for group in copies.groups:
+        kept = [i for i in group if keep[i]]
+        if len({_record(*records[i]) for i in kept}) > 1:
+            out.append(kept)
+    return out
+
+
+def apply_record_policy(
+    copies: CopyGroups,
+    records: Sequence[tuple[dict[str, str], float | None]],
+    keep: np.ndarray,
+    policy: str,
+    describe: Sequence[str],
+) -> tuple[np.ndarray, list[tuple[int, int, str, str]]]:
+    """``policy`` (``error`` | ``drop`` | ``keep``) on copies filed under different records.
+
+    Returns:
+        A keep-mask ``(N,)`` and rows ``(group, image index, path, action)`` for
+        ``label_conflicts.csv``.
+
+    Raises:
+        DataSourceError: ``error`` and at least one conflict; names the files.
+    """
+    groups = record_conflicts(copies, records, keep)
+    out = np.ones(len(keep), dtype=bool)
+    if not groups:
+        return out, []
+    if policy == "error":
+        shown = "; ".join(", ".join(f"'{describe[i]}'" for i in g) for g in groups[:5])
+        raise DataSourceError(
+            f"{len(groups)} groups of identical images are filed under different records (other "
+            f"columns of the manifest differ): {shown}. Fix the records, or choose "
+            "data.on_record_conflict=drop (leave every copy out) or keep."
+        )
+    action = "dropped" if policy == "drop" else "kept"
+    rows = [(g, i, describe[i], action) for g, group in enumerate(groups) for i in group]
+    if policy == "drop":
+        out[[i for group in groups for i in group]] = False
+    log.warning(
+        f"{len(groups)} groups of identical images ({len(rows)} files) are filed under different "
+        f"records ({action}; listed in label_conflicts.csv): the image-to-record link cannot be "
+        "trusted for them."
+    )
+    return out, rows
+
+
+def log_copies(copies: CopyGroups, policy: str) -> None:
+    """Say how many copy groups there are and what ``policy`` did with the conflicting ones."""
+    if not copies.groups:
+        return
+    n_files = sum(map(len, copies.groups))
+    action = {"drop": "dropped", "keep": "kept, each group inside one split"}.get(policy, "")
+    log.warning(
+        f"{len(copies.groups)} groups of identical or near-identical images ({n_files} files; "
+        f"{len(copies.near_pairs)} near-duplicate pairs); {len(copies.conflicts)} groups "
+        f"carry conflicting labels ({action}; listed in label_conflicts.csv). Each group "
+        "stays whole inside one split, so no copy leaks across splits."
+    )

@@ -1,7 +1,18 @@
 """What a classification DataModule does with each image's mask: read, check and letterbox it
 like its image, then nothing, zero the image outside it (``mask_input="apply"``) or crop the
 image to it (``mask_input="crop"``). A mixin of :class:`~osteolightning.data.datamodule.KneeDataModule`
-(the segmentation DataModule overrides the reading hooks)."""
+(the segmentation DataModule overrides the reading hooks).
+
+``mask_input="apply"`` zeroes each image outside its mask's foreground (any non-zero mask
+pixel; :func:`~osteolightning.data.masks.read_foreground`), so the classifier sees only the
+segmented bone. The mask comes from the source (a manifest's ``mask`` column, e.g. the manifest
+the mask export writes), must have its image's size and is letterboxed like it; an image without
+a mask is an error. ``"crop"`` crops each image to the square around its mask's foreground taken
+from the image letterboxed at ``mask_crop_from`` pixels, resized to ``image_size``: the bone at
+a higher resolution than the whole knee would get
+(:func:`~osteolightning.data.masks.crop_to_foreground`). ``"provide"``: the image unchanged, its
+mask in every batch (``batch["mask"]``, moved with the image by the augmentation) for a model
+that measures the bone region (``experiment=fathima2020``)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from torch.utils.data import DistributedSampler, Sampler
 
 #: An item key: the dataset position and the epoch it is drawn in.
 Key = tuple[int, int]
@@ -148,3 +149,20 @@ class WithEpoch(Sampler[Key]):
             self.set_epoch(_epoch_about_to_run(self.clock))
         epoch = self.epoch
         return ((int(i), epoch) for i in self.sampler)
+
+
+def train_sampler(
+    dataset: Any, kind: str | None, seed: int, world: int, rank: int, clock: Any
+) -> Sampler:
+    """The training order, drawn from ``(seed, epoch)``: a shuffle (``kind=None``) or balanced
+    draws (``"balanced"``); under DDP (``world > 1``) each rank takes its share (every rank
+    draws the same list first). ``clock`` (the trainer) tells the epoch."""
+    if kind == "balanced":
+        inner: Sampler = SeededBalanced(dataset.labels, seed)
+        if world > 1:
+            inner = DistributedSamplerWrapper(inner, num_replicas=world, rank=rank, shuffle=False)
+    elif world > 1:
+        inner = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=seed)
+    else:
+        inner = SeededShuffle(len(dataset), seed)
+    return WithEpoch(inner, clock=clock)

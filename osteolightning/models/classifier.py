@@ -19,6 +19,7 @@ from osteolightning.metrics.regression import WHO_CUTOFFS, TargetScaler
 from osteolightning.metrics.running import RunningMean
 from osteolightning.models.acceleration import Accelerated
 from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
+from osteolightning.data.columns import coded_names
 from osteolightning.models.components.covariates import CovariateEncoder, PooledFeatures
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 from osteolightning.models.schedulers import configure_optimizers
@@ -116,7 +117,11 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
         target_train: the training split's target values (NaN unknown), passed by the entry
             point from the data; the scaler is fitted on the known ones (``None``: restored
             from a checkpoint).
-        covariates_train: the training split's ``(N, P)`` covariates (NaN unknown), likewise.
+        covariates_train: the training split's ``(N, P')`` encoded covariates (NaN unknown),
+            likewise.
+        covariate_coding: how each covariate's cells become numbers (numbers, yes/no, sex,
+            category levels: :func:`~osteolightning.data.columns.infer_coding`), passed by the
+            entry point from the data; kept in the checkpoint so new data is encoded alike.
         compile: ``torch.compile`` the network (true, or a mapping of its arguments); see
             :mod:`osteolightning.models.acceleration`. Not kept in the checkpoint.
         channels_last: the channels-last memory layout for weights and inputs.
@@ -153,6 +158,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
         covariates: Sequence[str] = (),
         target_train: Sequence[float] | None = None,
         covariates_train: Sequence[Sequence[float]] | None = None,
+        covariate_coding: Mapping[str, Any] | None = None,
         compile: bool | Mapping[str, Any] | None = False,
         channels_last: bool = False,
     ) -> None:
@@ -201,6 +207,10 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
                 "bmd_reference": list(self.spec.reference) if self.spec.reference else None,
                 "who_cutoffs": list(self.spec.cutoffs),
                 "covariates": covariates,
+                "covariate_coding": {
+                    str(k): v if isinstance(v, str) else [str(level) for level in v]
+                    for k, v in (covariate_coding or {}).items()
+                },
             }
         )
         self.net = net
@@ -221,9 +231,11 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
         self.step_losses = StepLosses("Check those images, or lower the learning rate.")
         self._build_target(target_train)
         self.covariate_encoder = (
-            CovariateEncoder(covariates, covariates_train) if covariates else None
+            CovariateEncoder(coded_names(covariates, covariate_coding or {}), covariates_train)
+            if covariates
+            else None
         )
-        self._build_heads(len(covariates))
+        self._build_heads(len(self.covariate_encoder.names) if self.covariate_encoder else 0)
 
     # -- the regression head and the covariates ----------------------------------------------
     def _build_target(self, target_train: Sequence[float] | None) -> None:
