@@ -39,7 +39,7 @@ import torch
 
 from osteolightning.callbacks.target_outputs import prediction_columns, recorded_conformal
 from osteolightning.data.cache import letterbox_resize
-from osteolightning.data.columns import MISSING_VALUES, parse_cell
+from osteolightning.data.columns import MISSING_VALUES, encode_row
 from osteolightning.data.inputs import Inputs, find_inputs
 from osteolightning.data.io import ON_BAD_IMAGE, read_image
 from osteolightning.data.transforms import ToNormalizedTensor
@@ -118,7 +118,8 @@ def predict(
             probs = model.predict_proba(batch)  # with the checkpoint's test-time augmentation
             values = None
         else:
-            covariates = _covariates(inputs, [path for _, path, _ in chunk], names)
+            coding = getattr(model.hparams, "covariate_coding", None)
+            covariates = _covariates(inputs, [path for _, path, _ in chunk], names, coding)
             probs, values = model.predict_batch({"image": batch, "covariates": covariates})
         extra = [[] for _ in chunk]
         if values is not None:
@@ -166,18 +167,17 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _covariates(inputs: Inputs, images: list[Path], names: list[str]) -> torch.Tensor:
-    """``(B, P)`` covariates of the images from their manifest rows (NaN: unknown, imputed by
-    the model); a bad cell is an error naming the image."""
-    values = np.full((len(images), len(names)), np.nan)
-    for i, image in enumerate(images):
-        cells = inputs.columns.get(image, {})
-        for j, name in enumerate(names):
-            try:
-                values[i, j] = parse_cell(cells.get(name), name)
-            except ValueError as err:
-                raise DataSourceError(f"Covariates of '{image}': {err}.") from None
-    return torch.as_tensor(values, dtype=torch.float32)
+def _covariates(inputs: Inputs, images: list[Path], names: list[str], coding: Any) -> torch.Tensor:
+    """``(B, P')`` encoded covariates of the images from their manifest rows, with the
+    checkpoint's coding (NaN: unknown, imputed by the model); a bad cell is an error naming
+    the image."""
+    rows = []
+    for image in images:
+        try:
+            rows.append(encode_row(inputs.columns.get(image, {}), names, coding or {}))
+        except ValueError as err:
+            raise DataSourceError(f"Covariates of '{image}': {err}.") from None
+    return torch.as_tensor(np.array(rows, dtype=np.float64).reshape(len(images), -1)).float()
 
 
 def _output_names(pairs: list[tuple[Path, Path]]) -> list[Path]:

@@ -24,7 +24,7 @@ data does not have is an error naming the columns it has.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -207,6 +207,12 @@ def _plausible(value: float, column: str) -> float:
             f"{bounds[1]:g}; leave the cell empty if unknown)"
         )
     return value
+
+
+def encode_row(cells: Mapping[str, str], columns: Sequence[str], coding: Coding) -> list[float]:
+    """One manifest row's encoded covariates (:func:`coded_names` order); ValueError names a
+    bad cell."""
+    return [v for c in columns for v in _encode_cell(cells.get(c), c, coding.get(c, "number"))]
 
 
 def _encode_cell(cell: str | float | None, column: str, kind: str | list[str]) -> list[float]:

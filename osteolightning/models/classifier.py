@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanAbsoluteError
 
+from osteolightning.data.columns import coded_names
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
 from osteolightning.metrics.regression import WHO_CUTOFFS, TargetScaler
 from osteolightning.metrics.running import RunningMean
 from osteolightning.models.acceleration import Accelerated
 from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
-from osteolightning.data.columns import coded_names
 from osteolightning.models.components.covariates import CovariateEncoder, PooledFeatures
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 from osteolightning.models.schedulers import configure_optimizers

@@ -217,6 +217,7 @@ def test_a_fitted_model_uses_covariates_that_carry_the_label(make_cfg, phantom_d
         f"data.root={manifest}",
         "model.C=1.0",
         "model.alpha=1.0",
+        "data.allow_separating=[hint]",  # the label in disguise, on purpose (the leakage guard)
     ]
     # the clinical baseline alone, and the texture model with the covariates appended
     without, _ = train(

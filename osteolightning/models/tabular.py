@@ -1,0 +1,639 @@
+"""Record-only models beside the clinical baseline (``model=covariates``): gradient-boosted
+trees on the covariates, and the published OST screening rule.
+
+Both are :class:`~osteolightning.models.fitted.FittedHeadClassifier` on
+:func:`~osteolightning.models.components.features.covariates_net` (no image features), so they
+go through the run contract of every model (checkpoint, metrics.json, predictions.csv,
+``osteo-eval``, ``osteo-predict``, the leaderboard) and the permutation tests
+(:mod:`osteolightning.selection.null`). Their :meth:`all_features` are the raw covariates
+``(B, P)`` (NaN where unknown): trees split on raw values and handle unknown ones natively, and
+the rule reads weight and age as they are.
+
+* :class:`BoostedTreesClassifier` (``model=boosting``): scikit-learn's
+  ``HistGradientBoostingClassifier`` (class-balanced) and, with a regression head, a
+  ``HistGradientBoostingRegressor`` of the standardised target. The fitted trees become
+  buffers (:class:`TreeForest`: every tree's nodes concatenated), and prediction walks them
+  in torch, so the checkpoint holds tensors only (``torch.load(weights_only=True)``) and no
+  pickled scikit-learn object.
+* :class:`ClinicalRuleClassifier` (``model=ost_rule``): the Osteoporosis Self-assessment Tool
+  (Koh et al. 2001, Osteoporos Int 12:699), ``OST = 0.2 × (weight_kg − age)``; nothing is
+  fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from osteolightning.errors import ConfigError
+from osteolightning.models.classifier import Batch
+from osteolightning.models.components.features import FeatureHead
+from osteolightning.models.fitted import ABSENT_LOGIT, FittedHeadClassifier
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+#: the buffers of a :class:`TreeForest` and their types: per node (all trees concatenated) the
+#: split feature, threshold, where an unknown value goes, the children (indices into the
+#: concatenation), whether it is a leaf and its value; per tree its root and output column;
+#: per output the starting (baseline) value
+FOREST_BUFFERS: dict[str, torch.dtype] = {
+    "feature": torch.int64,
+    "threshold": torch.float64,
+    "missing_left": torch.bool,
+    "left": torch.int64,
+    "right": torch.int64,
+    "is_leaf": torch.bool,
+    "value": torch.float64,
+    "roots": torch.int64,
+    "column": torch.int64,
+    "baseline": torch.float64,
+}
+
+
+def forest_outputs(forest: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Every output of a forest: the baseline plus, per output column, the leaf values its
+    trees reach (all samples and trees walked at once, one level per step).
+
+    A node sends a sample left when its feature is ``<= threshold``, and an unknown (NaN) value
+    the way ``missing_left`` says: scikit-learn's ``HistGradientBoosting*`` prediction.
+
+    Args:
+        forest: the arrays of :data:`FOREST_BUFFERS`.
+        x: ``(M, P)`` raw features, NaN where unknown.
+
+    Returns:
+        ``(M, O)`` float64 raw outputs (logits, or the regression value).
+    """
+    baseline = forest["baseline"].double()
+    x = x.to(baseline.device, torch.float64)
+    out = baseline.expand(len(x), -1).clone()  # (M, O)
+    roots = forest["roots"]
+    if not len(roots) or not len(x):
+        return out
+    feature, threshold = forest["feature"], forest["threshold"].double()
+    left, right, leaf = forest["left"], forest["right"], forest["is_leaf"]
+    missing_left = forest["missing_left"]
+    rows = torch.arange(len(x), device=x.device)[:, None]  # (M, 1)
+    node = roots.expand(len(x), -1).clone()  # (M, T): every sample at every tree's root
+    at_leaf = leaf[node]
+    while not bool(at_leaf.all()):  # one level of every tree per step
+        values = x[rows, feature[node]]  # (M, T)
+        go_left = torch.where(values.isnan(), missing_left[node], values <= threshold[node])
+        node = torch.where(at_leaf, node, torch.where(go_left, left[node], right[node]))
+        at_leaf = leaf[node]
+    return out.index_add_(1, forest["column"], forest["value"].double()[node])
+
+
+@dataclass(frozen=True)
+class TreesFit:
+    """Fitted trees as arrays (:data:`FOREST_BUFFERS`): what
+    :meth:`BoostedTreesClassifier.fit_head` returns and :class:`TreeForest` holds.
+
+    Attributes:
+        arrays: name → array.
+        info: what the fit made (``n_trees``, ``n_nodes``), logged as ``train/*``.
+    """
+
+    arrays: dict[str, np.ndarray]
+    info: dict[str, float]
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """``(M, P)`` raw covariates → ``(M, O)`` outputs (the ``K`` logits, then the
+        standardised target prediction)."""
+        forest = {name: torch.as_tensor(a) for name, a in self.arrays.items()}
+        return forest_outputs(forest, torch.as_tensor(np.asarray(x, dtype=np.float64))).numpy()
+
+
+def forest_arrays(
+    models: Sequence[tuple[Any, Sequence[int]]], baseline: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The trees of fitted ``HistGradientBoosting*`` models as one forest.
+
+    Args:
+        models: ``(model, columns)``: the trees a model grows for its ``k``-th raw output
+            each iteration add to output column ``columns[k]``; its baseline prediction is
+            added to ``baseline`` there.
+        baseline: ``(O,)`` the outputs' starting values without the models' baselines.
+
+    Returns:
+        The arrays of :data:`FOREST_BUFFERS` (children as indices into the concatenation).
+
+    Raises:
+        ConfigError: a model with categorical splits (the forest holds numeric ones only).
+    """
+    baseline = np.array(baseline, dtype=np.float64, copy=True)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in FOREST_BUFFERS if name != "baseline"}
+    offset = 0
+    for model, columns in models:
+        baseline[list(columns)] += np.asarray(model._baseline_prediction).reshape(-1)
+        for iteration in model._predictors:  # scikit-learn's fitted trees (TreePredictor)
+            for k, predictor in enumerate(iteration):
+                nodes = predictor.nodes
+                if nodes["is_categorical"].any():
+                    raise ConfigError(
+                        "Expected numeric splits only in the boosted trees, but a tree splits "
+                        "on a categorical feature."
+                    )
+                leaf = nodes["is_leaf"].astype(bool)
+                parts["feature"].append(np.where(leaf, 0, nodes["feature_idx"]))
+                parts["threshold"].append(nodes["num_threshold"].astype(np.float64))
+                parts["missing_left"].append(nodes["missing_go_to_left"].astype(bool))
+                parts["left"].append(nodes["left"].astype(np.int64) + offset)
+                parts["right"].append(nodes["right"].astype(np.int64) + offset)
+                parts["is_leaf"].append(leaf)
+                parts["value"].append(nodes["value"].astype(np.float64))
+                parts["roots"].append(np.array([offset]))
+                parts["column"].append(np.array([columns[k]]))
+                offset += len(nodes)
+    arrays = {
+        name: np.concatenate(chunks) if chunks else np.zeros(0) for name, chunks in parts.items()
+    }
+    arrays = {
+        name: arrays[name].astype(_NUMPY[dtype]) if name in arrays else baseline
+        for name, dtype in FOREST_BUFFERS.items()
+    }
+    return arrays
+
+
+_NUMPY = {torch.int64: np.int64, torch.float64: np.float64, torch.bool: np.bool_}
+
+
+class TreeForest(nn.Module):
+    """Fitted regression trees as buffers (:data:`FOREST_BUFFERS`), walked in torch:
+    ``(M, P)`` raw features → ``(M, O)`` outputs.
+
+    The buffers' sizes are known after the fit only: a freshly built forest is empty (its
+    outputs the zero baseline), and loading a state dict resizes them to the checkpoint's.
+
+    Args:
+        n_outputs: ``O`` (the ``K`` logits, and a regression output).
+
+    Example:
+        >>> TreeForest(3)(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, n_outputs: int) -> None:
+        super().__init__()
+        for name, dtype in FOREST_BUFFERS.items():
+            size = int(n_outputs) if name == "baseline" else 0
+            self.register_buffer(name, torch.zeros(size, dtype=dtype))
+
+    @property
+    def n_trees(self) -> int:
+        return len(self.roots)
+
+    def set(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Hold the trees of ``arrays`` (:func:`forest_arrays`)."""
+        for name, dtype in FOREST_BUFFERS.items():
+            old = getattr(self, name)
+            setattr(self, name, torch.as_tensor(arrays[name], dtype=dtype, device=old.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(M, P)`` → ``(M, O)`` float64."""
+        return forest_outputs({name: getattr(self, name) for name in FOREST_BUFFERS}, x)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # a checkpoint's trees: take their sizes before the default copy into the buffers
+        for name, dtype in FOREST_BUFFERS.items():
+            stored = state_dict.get(prefix + name)
+            if isinstance(stored, torch.Tensor) and stored.shape != getattr(self, name).shape:
+                setattr(
+                    self, name, torch.empty(stored.shape, dtype=dtype, device=self.roots.device)
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _raw_covariates(model: FittedHeadClassifier, batch: Batch) -> torch.Tensor:
+    """``(B, P)`` float64 raw covariates of a batch, NaN where unknown."""
+    return model._covariates(batch).double()
+
+
+def _require_record_only(model: FittedHeadClassifier, name: str) -> None:
+    if model.net.image_dim:
+        raise ConfigError(
+            f"Expected argument `net` of {name} to be covariates_net (no image features), but it "
+            f"has {model.net.image_dim} image features."
+        )
+
+
+class BoostedTreesClassifier(FittedHeadClassifier):
+    """Gradient-boosted trees on the clinical record (``model=boosting``).
+
+    A class-balanced ``HistGradientBoostingClassifier`` on the raw covariates ``(N, P)``
+    (unknown values go down the branch the training data sent them, or the larger child) and,
+    with a regression head, a ``HistGradientBoostingRegressor`` of the standardised target on
+    the images that have one. Early stopping is off: scikit-learn's validation share would be
+    drawn image by image, not by patient, so images of one patient would score trees they
+    trained; ``max_iter`` is a hyper-parameter like the others (sweep it on the run's own,
+    grouped validation split). The fitted trees are buffers of :attr:`forest`
+    (:class:`TreeForest`), and every prediction walks them.
+
+    Args:
+        net: :func:`~osteolightning.models.components.features.covariates_net`.
+        class_names: ``K`` class names.
+        max_iter: boosting iterations (trees per class).
+        learning_rate: shrinkage of each tree.
+        max_leaf_nodes: leaves per tree.
+        min_samples_leaf: fewest training images in a leaf.
+        l2_regularization: L2 penalty on the leaf values.
+        random_state: the trees' seed (fixed: the fit is deterministic).
+        **kwargs: :class:`~osteolightning.models.fitted.FittedHeadClassifier`'s (covariates,
+            target, class names' facts); its ``C``, ``alpha`` and image weights do not apply.
+
+    Raises:
+        ConfigError: no covariates, image features in ``net``, a bad hyper-parameter.
+
+    Example:
+        >>> from osteolightning.models.components.features import covariates_net
+        >>> x = np.array([[60.0, 1.0], [70.0, np.nan], [55.0, 0.0], [80.0, 1.0]] * 5)
+        >>> model = BoostedTreesClassifier(covariates_net(2), ["a", "b"], max_iter=3,
+        ...     min_samples_leaf=2, covariates=["age", "sex"], covariates_train=x.tolist())
+        >>> model.install_head(model.fit_head(x, np.arange(20) % 2, np.arange(20), x[:, 0]))
+        >>> model.forest.n_trees
+        3
+    """
+
+    def __init__(
+        self,
+        net: FeatureHead,
+        class_names: Sequence[str],
+        max_iter: int = 100,
+        learning_rate: float = 0.05,
+        max_leaf_nodes: int = 8,
+        min_samples_leaf: int = 10,
+        l2_regularization: float = 1.0,
+        random_state: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        for arg, value, low in (
+            ("max_iter", max_iter, 1),
+            ("max_leaf_nodes", max_leaf_nodes, 2),
+            ("min_samples_leaf", min_samples_leaf, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(
+                    f"Expected argument `{arg}` to be an integer >= {low}, but got {value!r}."
+                )
+        if not (isinstance(learning_rate, int | float) and learning_rate > 0):
+            raise ConfigError(
+                f"Expected argument `learning_rate` to be a positive number, but got "
+                f"{learning_rate!r}."
+            )
+        if not (isinstance(l2_regularization, int | float) and l2_regularization >= 0):
+            raise ConfigError(
+                "Expected argument `l2_regularization` to be a number >= 0, but got "
+                f"{l2_regularization!r}."
+            )
+        super().__init__(net, class_names, **kwargs)
+        _require_record_only(self, "BoostedTreesClassifier")
+        if self.covariate_encoder is None:
+            raise ConfigError(
+                "Expected argument `covariates` to name at least one clinical column for the "
+                "boosted trees, but got []. Set model.covariates=[age,sex,bmi,...]."
+            )
+        self.save_hyperparameters(
+            {
+                "max_iter": int(max_iter),
+                "learning_rate": float(learning_rate),
+                "max_leaf_nodes": int(max_leaf_nodes),
+                "min_samples_leaf": int(min_samples_leaf),
+                "l2_regularization": float(l2_regularization),
+                "random_state": int(random_state),
+            }
+        )
+
+    def _build_heads(self, n_covariates: int) -> None:
+        super()._build_heads(n_covariates)  # the placeholder layer the one optimiser step holds
+        k = len(self.hparams.class_names)
+        self.forest = TreeForest(k + int(self.spec.enabled))
+
+    def all_features(self, batch: Batch) -> torch.Tensor:
+        """``(B, P)`` float64 raw covariates, NaN where unknown (the trees' input)."""
+        return _raw_covariates(self, batch)
+
+    def batch_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logits (B, K), standardised target prediction (B,) or None)`` from the trees."""
+        outputs = self.forest(self.all_features(batch)).float()
+        k = len(self.hparams.class_names)
+        return outputs[:, :k], (outputs[:, k] if self.spec.enabled else None)
+
+    def _tree_args(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {
+            "max_iter": hp.max_iter,
+            "learning_rate": hp.learning_rate,
+            "max_leaf_nodes": hp.max_leaf_nodes,
+            "min_samples_leaf": hp.min_samples_leaf,
+            "l2_regularization": hp.l2_regularization,
+            "early_stopping": False,
+            "random_state": hp.random_state,
+        }
+
+    def fit_head(
+        self, x: np.ndarray, labels: np.ndarray, groups: np.ndarray, targets: np.ndarray
+    ) -> TreesFit:
+        """Grow the trees on training arrays (no trainer needed: the permutation tests call it).
+
+        Args:
+            x: ``(N, P)`` raw covariates (:meth:`all_features`), NaN where unknown.
+            labels: ``(N,)`` class indices.
+            groups: ``(N,)`` group ids (unused: no inner split, see the class).
+            targets: ``(N,)`` raw target values (NaN unknown; used with a regression head).
+
+        Returns:
+            The forest: the ``K`` logits (a class absent from the training data gets
+            :data:`~osteolightning.models.fitted.ABSENT_LOGIT`), then the standardised target.
+
+        Raises:
+            ConfigError: fewer than two classes, or fewer than two known targets.
+        """
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        x = np.asarray(x, dtype=np.float64)
+        k = len(self.hparams.class_names)
+        baseline = np.zeros(k + int(self.spec.enabled))
+        models: list[tuple[Any, list[int]]] = []
+        if self.spec.class_weight > 0:
+            present = np.unique(labels)
+            if len(present) < 2:
+                raise ConfigError(
+                    f"The training split holds images of one class only ({present.tolist()}): "
+                    "a classifier needs at least two. Check the data's labels and split "
+                    "fractions."
+                )
+            trees = HistGradientBoostingClassifier(class_weight="balanced", **self._tree_args())
+            trees.fit(x, np.asarray(labels, dtype=np.int64))
+            classes = [int(c) for c in trees.classes_]
+            baseline[:k] = ABSENT_LOGIT
+            baseline[classes] = 0.0
+            # binary: scikit-learn grows one tree per iteration, the logit of the second class
+            models.append((trees, classes[1:] if len(classes) == 2 else classes))
+        if self.spec.enabled:
+            y = self.scaler.transform(np.asarray(targets, dtype=np.float64))
+            known = ~np.isnan(y)
+            if known.sum() < 2:
+                raise ConfigError(
+                    "The regression head needs at least 2 training images with a known target, "
+                    f"but got {int(known.sum())}."
+                )
+            regressor = HistGradientBoostingRegressor(**self._tree_args())
+            models.append((regressor.fit(x[known], y[known]), [k]))
+        arrays = forest_arrays(models, baseline)
+        info = {"n_trees": float(len(arrays["roots"])), "n_nodes": float(len(arrays["value"]))}
+        return TreesFit(arrays, info)
+
+    def install_head(self, fit: TreesFit) -> None:
+        """Make the fitted trees the model's (its buffers)."""
+        self.forest.set(fit.arrays)
+
+
+#: the OST rule's risk categories, lowest first; the classes they are by default
+OST_CATEGORIES = ("low", "moderate", "high")
+WHO_CLASSES = ("normal", "osteopenia", "osteoporosis")
+#: added to the rule's category's logit, so its probability is the largest also where two
+#: categories' linear logits tie (at a cut-off: the rule's bands are closed, ``-4 <= OST <= -1``)
+TIE_MARGIN = 1e-3
+
+
+@dataclass(frozen=True)
+class OSTRule:
+    """The Osteoporosis Self-assessment Tool (Koh et al. 2001): ``OST = 0.2 × (weight_kg −
+    age)``; ``OST < cutoffs[0]`` high risk, ``cutoffs[0] <= OST <= cutoffs[1]`` moderate,
+    ``OST > cutoffs[1]`` low.
+
+    Probabilities are an adjacent-category logit model of OST with the cut-offs as its
+    boundaries: logits ``slope × (OST − cutoffs[1])`` (low), ``0`` (moderate),
+    ``slope × (cutoffs[0] − OST)`` (high), plus :data:`TIE_MARGIN` on the rule's category.
+    Its argmax is the rule's category; the probability of high risk falls and that of low
+    risk rises with OST (so AUROC is defined). Unknown weight or age: uniform probabilities.
+
+    Attributes:
+        weight: the column of weight in kg in the features.
+        age: the column of age in years.
+        cutoffs: ``(high/moderate, moderate/low)`` OST cut-offs.
+        slope: logit change per OST unit.
+        columns: the output (class) column of the low, moderate and high risk category.
+        k: the number of outputs.
+    """
+
+    weight: int
+    age: int
+    cutoffs: tuple[float, float]
+    slope: float
+    columns: tuple[int, int, int]
+    k: int
+
+    def ost(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, P)`` raw covariates → ``(B,)`` float64 OST (NaN where weight or age is
+        unknown). ``(weight − age) / 5`` is 0.2 × (weight − age) exactly at whole cut-offs."""
+        x = x.double()
+        return (x[:, self.weight] - x[:, self.age]) / 5.0
+
+    def category(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` risk category: 0 low, 1 moderate, 2 high; -1 unknown."""
+        ost = self.ost(x)
+        low, high = self.cutoffs
+        category = torch.ones_like(ost, dtype=torch.long)
+        category[ost > high] = 0
+        category[ost < low] = 2
+        return torch.where(ost.isnan(), -1, category)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, P)`` → ``(B, K)`` float64 class logits (0 for every class where unknown)."""
+        ost = self.ost(x)
+        low, high = self.cutoffs
+        zero = torch.zeros_like(ost)
+        risk = torch.stack([self.slope * (ost - high), zero, self.slope * (low - ost)], dim=1)
+        category = self.category(x)
+        risk = risk + TIE_MARGIN * nn.functional.one_hot(category.clamp(min=0), 3)
+        risk = torch.where((category < 0)[:, None], 0.0, risk)  # (B, 3)
+        out = torch.zeros(len(x), self.k, dtype=torch.float64, device=x.device)
+        out[:, list(self.columns)] = risk
+        return out
+
+
+@dataclass(frozen=True)
+class RuleFit:
+    """What :meth:`ClinicalRuleClassifier.fit_head` returns: the rule itself (nothing is
+    fitted) and the training images it cannot score (``info["ost_unknown"]``)."""
+
+    rule: OSTRule
+    info: dict[str, float]
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """``(M, P)`` raw covariates → ``(M, K)`` logits."""
+        return self.rule.logits(torch.as_tensor(np.asarray(x, dtype=np.float64))).numpy()
+
+
+class ClinicalRuleClassifier(FittedHeadClassifier):
+    """The OST screening rule as a model (``model=ost_rule``): nothing is fitted; the one
+    training step only marks the run, so it writes a checkpoint like every model.
+
+    The categories are the classes in ``class_order`` (low, moderate, high risk; by default
+    normal, osteopenia, osteoporosis). An image whose weight or age is unknown gets uniform
+    probabilities; each split's count is logged (``train/ost_unknown``, ``val/ost_unknown``,
+    ``test/ost_unknown``) and a warning names it.
+
+    Args:
+        net: :func:`~osteolightning.models.components.features.covariates_net`.
+        class_names: the run's ``K = 3`` classes, those of ``class_order`` in any order.
+        cutoffs: ``[high/moderate, moderate/low]`` OST cut-offs (Koh et al.: ``[-4, -1]``).
+        weight_column: the covariate holding weight in kg.
+        age_column: the covariate holding age in years.
+        class_order: the classes of the low, moderate and high risk category.
+        slope: the probabilities' logit change per OST unit (see :class:`OSTRule`).
+        **kwargs: :class:`~osteolightning.models.fitted.FittedHeadClassifier`'s (covariates,
+            which must include the two columns; ``t_score_weight`` must be 0).
+
+    Raises:
+        ConfigError: a T-score head, cut-offs that are not two ascending numbers, a slope that
+            is not positive, covariates without the two columns, classes other than
+            ``class_order``'s.
+
+    Example:
+        >>> from osteolightning.models.components.features import covariates_net
+        >>> model = ClinicalRuleClassifier(covariates_net(3), list(WHO_CLASSES),
+        ...     covariates=["weight_kg", "age"])
+        >>> probs = model.predict_proba(torch.zeros(2, 1, 8, 8), torch.tensor([[50.0, 75.0],
+        ...     [80.0, 50.0]]))  # OST -5 (high risk), 6 (low)
+        >>> probs.argmax(1).tolist()
+        [2, 0]
+    """
+
+    def __init__(
+        self,
+        net: FeatureHead,
+        class_names: Sequence[str],
+        cutoffs: Sequence[float] = (-4.0, -1.0),
+        weight_column: str = "weight_kg",
+        age_column: str = "age",
+        class_order: Sequence[str] = WHO_CLASSES,
+        slope: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        t_weight = kwargs.get("t_score_weight", 0.0)
+        if t_weight:
+            raise ConfigError(
+                "Expected argument `t_score_weight` to be 0 for the OST rule (it scores a risk "
+                f"category, not a T-score), but got {t_weight!r}. Set model.t_score_weight=0."
+            )
+        try:
+            cuts = [float(c) for c in cutoffs] if not isinstance(cutoffs, str) else []
+        except (TypeError, ValueError):
+            cuts = []
+        if len(cuts) != 2 or not np.all(np.isfinite(cuts)) or not cuts[0] < cuts[1]:
+            raise ConfigError(
+                "Expected argument `cutoffs` to be two ascending OST cut-offs [high/moderate, "
+                f"moderate/low] such as [-4.0, -1.0], but got {cutoffs!r}."
+            )
+        if isinstance(slope, bool) or not (isinstance(slope, int | float) and slope > 0):
+            raise ConfigError(
+                f"Expected argument `slope` to be a positive number, but got {slope!r}."
+            )
+        super().__init__(net, class_names, **kwargs)
+        _require_record_only(self, "ClinicalRuleClassifier")
+        names = list(self.hparams.covariates)
+        lacking = [c for c in (weight_column, age_column) if c not in names]
+        if lacking:
+            raise ConfigError(
+                f"Expected argument `covariates` to include the OST rule's columns "
+                f"{[weight_column, age_column]}, but got {names} (no {lacking}). Add them "
+                f"(model.covariates=[{weight_column},{age_column}]) or name the columns "
+                "holding weight in kg and age in years (model.weight_column, model.age_column)."
+            )
+        order, classes = [str(c) for c in class_order], [str(c) for c in class_names]
+        if len(order) != 3 or len(set(order)) != 3 or sorted(order) != sorted(classes):
+            raise ConfigError(
+                f"Expected the run's classes to be the OST rule's three risk categories "
+                f"`class_order` {order} (low, moderate, high risk) in any order, but got "
+                f"{classes}. Name your classes of low, moderate and high risk: "
+                "model.class_order=[<low>,<moderate>,<high>]."
+            )
+        self.save_hyperparameters(
+            {
+                "cutoffs": cuts,
+                "weight_column": str(weight_column),
+                "age_column": str(age_column),
+                "class_order": order,
+                "slope": float(slope),
+            }
+        )
+        self.rule = OSTRule(
+            weight=names.index(weight_column),
+            age=names.index(age_column),
+            cutoffs=(cuts[0], cuts[1]),
+            slope=float(slope),
+            columns=tuple(classes.index(c) for c in order),
+            k=len(classes),
+        )
+        self._unknown: dict[str, tuple[int, int]] = {}
+
+    def all_features(self, batch: Batch) -> torch.Tensor:
+        """``(B, P)`` float64 raw covariates, NaN where unknown (the rule's input)."""
+        return _raw_covariates(self, batch)
+
+    def batch_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logits (B, K), None)``: the rule's (see :class:`OSTRule`)."""
+        return self.rule.logits(self.all_features(batch)).float(), None
+
+    def fit_head(
+        self, x: np.ndarray, labels: np.ndarray, groups: np.ndarray, targets: np.ndarray
+    ) -> RuleFit:
+        """Nothing to fit: the rule, and how many of the ``(N, P)`` training rows it cannot
+        score (weight or age unknown)."""
+        unknown = int((self.rule.category(torch.as_tensor(x)) < 0).sum())
+        if unknown:
+            self._warn_unknown("training", unknown, len(x))
+        return RuleFit(self.rule, {"ost_unknown": float(unknown)})
+
+    def install_head(self, fit: RuleFit) -> None:
+        """Nothing to install: the rule is fixed by the hyper-parameters."""
+
+    def _warn_unknown(self, split: str, unknown: int, n: int) -> None:
+        hp = self.hparams
+        log.warning(
+            f"{unknown} of the {n} {split} images lack {hp.weight_column} or {hp.age_column}: "
+            "the OST rule cannot score them and gives them uniform probabilities."
+        )
+
+    def _count_unknown(self, split: str, batch: Batch) -> None:
+        unknown = self.rule.category(self.all_features(batch)) < 0
+        seen, n = self._unknown.get(split, (0, 0))
+        self._unknown[split] = (seen + int(unknown.sum()), n + len(unknown))
+        self.log(
+            f"{split}/ost_unknown",
+            unknown.sum().float(),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            batch_size=len(unknown),
+        )
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._count_unknown("val", batch)
+        return super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        self._count_unknown("test", batch)
+        return super().test_step(batch, batch_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._unknown.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._unknown.pop("test", None)
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        unknown, n = self._unknown.get("test", (0, 0))
+        if unknown:
+            self._warn_unknown("test", unknown, n)
