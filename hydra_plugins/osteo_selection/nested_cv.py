@@ -59,6 +59,12 @@ class NestedCVConf:
     every_recipe: bool = False
     #: label shuffles of each recipe's permutation test in that table (null: ``permutations``)
     recipe_permutations: int | None = None
+    #: a recipe the others are compared with, image by image (paired bootstrap, DeLong, Holm);
+    #: needs every_recipe. Writes selection/study.md (e.g. the record alone: does the image add?)
+    compare_to: str | None = None
+    #: shuffles of the conditional permutation test of the image, for every recipe that fuses
+    #: image features with covariates (the image shuffled among knees, records kept)
+    image_permutations: int = 0
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="nested_cv", node=NestedCVConf)
@@ -80,6 +86,8 @@ class NestedCVSweeper(Sweeper):
         n_resamples: int = 1000,
         every_recipe: bool = False,
         recipe_permutations: int | None = None,
+        compare_to: str | None = None,
+        image_permutations: int = 0,
     ) -> None:
         from osteolightning.selection.nested import NestedPlan
 
@@ -116,6 +124,15 @@ class NestedCVSweeper(Sweeper):
         self.recipe_permutations = (
             self.permutations if recipe_permutations is None else int(recipe_permutations)
         )
+        if compare_to is not None and (compare_to not in named or not every_recipe):
+            from osteolightning.errors import ConfigError
+
+            raise ConfigError(
+                f"`hydra.sweeper.compare_to` must name a recipe of this sweep ({sorted(named)}) "
+                f"and needs every_recipe=true, but got {compare_to!r} "
+                f"(every_recipe={every_recipe})."
+            )
+        self.compare_to, self.image_permutations = compare_to, int(image_permutations)
         self.next_job = 0
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
@@ -210,8 +227,17 @@ class NestedCVSweeper(Sweeper):
             raise RuntimeError(f"An outer run failed; see the error.json files under {sweep_dir}.")
         extra = self._null_tests(outer, outer_jobs, arguments)
         evaluation = self.config.get("evaluation") or {}
+        seed = int(evaluation.get("seed", 0))
         if self.every_recipe:
-            extra["every_recipe"] = self._every_recipe(launched, int(evaluation.get("seed", 0)))
+            extra["every_recipe"] = rows = self._every_recipe(launched, seed)
+            if self.compare_to is not None and rows[self.compare_to].get("runs"):
+                from osteolightning.selection.clinical import compare_with
+
+                runs = {n: r["runs"] for n, r in rows.items() if r.get("runs")}
+                extra["paired"] = {
+                    "baseline": self.compare_to,
+                    "recipes": compare_with(runs, self.compare_to, n_resamples=self.n_resamples),
+                }
         result = report(
             plan,
             chosen,
@@ -223,6 +249,13 @@ class NestedCVSweeper(Sweeper):
             extra=extra,
         )
         print(markdown(result), flush=True)
+        if self.compare_to is not None:
+            from osteolightning.selection import clinical
+            from osteolightning.utils.files import atomic_write_text
+
+            study = clinical.markdown(result)
+            atomic_write_text(sweep_dir / "selection" / "study.md", study)
+            print(study, flush=True)
         return result
 
     def _null_tests(
@@ -256,6 +289,7 @@ class NestedCVSweeper(Sweeper):
         recipe, its permutation test (``recipe_permutations`` shuffles)."""
         from osteolightning.errors import ConfigError
         from osteolightning.selection import null
+        from osteolightning.selection.clinical import target_report
         from osteolightning.selection.nested import finished, pooled_report
 
         rows: dict[str, Any] = {}
@@ -268,15 +302,21 @@ class NestedCVSweeper(Sweeper):
                 continue
             pooled, _, _ = pooled_report(runs, self.n_resamples, seed)
             row: dict[str, Any] = {"pooled": pooled, "runs": [str(d) for d in runs]}
-            if self.recipe_permutations:
+            row["target"] = target_report(runs, n_resamples=self.n_resamples, seed=seed)
+            folds = None
+            if self.recipe_permutations or self.image_permutations:
                 try:
                     folds = [null.load_fold(d) for d in runs]
                 except ConfigError:
                     folds = None  # not a fitted-head recipe: no in-process test
-                if folds is not None:
-                    row["permutation"] = null.permutation_test(
-                        folds, self.recipe_permutations, self.plan.select_by
-                    )
+            if folds is not None and self.recipe_permutations:
+                row["permutation"] = null.permutation_test(
+                    folds, self.recipe_permutations, self.plan.select_by
+                )
+            if folds is not None and self.image_permutations and null.fuses(folds[0]):
+                row["image_permutation"] = null.image_permutation_test(
+                    folds, self.image_permutations, self.plan.select_by
+                )
             rows[name] = row
         return rows
 

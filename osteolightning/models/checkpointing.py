@@ -196,6 +196,10 @@ def explain_unpickling(flag: str = "allow_unsafe_pickle") -> Iterator[None]:
         ) from err
 
 
+#: model arguments the data resolves at training time, restored from a checkpoint's hparams
+DATA_RESOLVED = ("covariates", "covariate_coding")
+
+
 def load_checkpoint(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) -> tuple[Any, dict]:
     """Rebuild a trained model (classifier or segmenter) from its checkpoint alone
     (``weights_only`` loading): the run config stored in the checkpoint names the module.
@@ -227,6 +231,10 @@ def load_checkpoint(ckpt_path: str | Path, allow_unsafe_pickle: bool = False) ->
     model_cfg = {
         k: v for k, v in run_cfg["model"].items() if k not in ("net", "optimizer", "scheduler")
     }
+    # what the data resolved at training (covariates=all spelled out, their coding): the
+    # checkpoint's hyperparameters, so the rebuilt model has the trained one's shapes
+    hparams = checkpoint.get("hyper_parameters") or {}
+    model_cfg.update({k: hparams[k] for k in DATA_RESOLVED if k in hparams})
     model = hydra.utils.instantiate(model_cfg, net=hydra.utils.instantiate(net_cfg))
     model.load_state_dict(checkpoint["state_dict"])
     model.run_config = run_cfg  # e.g. the saliency target layer (backbone.cam_layer)

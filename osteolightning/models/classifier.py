@@ -231,7 +231,9 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
         self.step_losses = StepLosses("Check those images, or lower the learning rate.")
         self._build_target(target_train)
         self.covariate_encoder = (
-            CovariateEncoder(coded_names(covariates, covariate_coding or {}), covariates_train)
+            CovariateEncoder(
+                coded_names(covariates, self.hparams.covariate_coding), covariates_train
+            )
             if covariates
             else None
         )

@@ -65,13 +65,18 @@ class Fold:
         self,
         labels: np.ndarray,
         codes: np.ndarray | None = None,
-        features: np.ndarray | None = None,
+        image_order: np.ndarray | None = None,
     ) -> np.ndarray:
         """Fit the model's head (its own procedure, :meth:`FittedHeadClassifier.fit_head`) on
-        the training split under ``labels`` (and ``features``: e.g. with the image block
-        shuffled) and return ``(n_test, K)`` probabilities of the test split."""
+        the training split under ``labels`` (and, given ``image_order``, with the image block
+        of the features taken from the images in that order: a conditional permutation) and
+        return ``(n_test, K)`` probabilities of the test split."""
         codes = self.codes if codes is None else codes
-        features = self.features if features is None else features
+        features = self.features
+        if image_order is not None:
+            d = int(self.model.net.image_dim)
+            features = features.copy()
+            features[:, :d] = self.features[image_order, :d]
         train, test = codes == TRAIN, codes == TEST
         targets = self.targets if self.targets is not None else np.full(len(labels), np.nan)
         fit = self.model.fit_head(
@@ -134,15 +139,78 @@ def load_fold(run_dir: str | Path) -> Fold:
     )
 
 
-def _pooled(folds: Sequence[Fold], labels: np.ndarray, metric: str, codes=None) -> float:
+def _pooled(
+    folds: Sequence[Fold],
+    labels: np.ndarray,
+    metric: str,
+    codes: Sequence[np.ndarray] | None = None,
+    image_order: np.ndarray | None = None,
+) -> float:
+    """The pooled out-of-fold ``metric`` of every fold refitted under ``labels`` (and
+    ``codes`` in place of each fold's own, ``image_order`` for its image features)."""
     truth, probs = [], []
     for i, fold in enumerate(folds):
         with one_thread():
-            probs.append(fold.fit_and_predict(labels, None if codes is None else codes[i]))
+            probs.append(
+                fold.fit_and_predict(labels, None if codes is None else codes[i], image_order)
+            )
         truth.append(labels[fold.codes == TEST])
     names = folds[0].model.hparams.class_names
     table = metric_table(np.concatenate(truth)[None], np.concatenate(probs)[None], names)
     return float(table[metric][0])
+
+
+def _test_result(metric: str, observed: float, null: Sequence[float]) -> dict[str, Any]:
+    null_arr = np.array(null)
+    return {
+        "metric": metric,
+        "observed": observed,
+        "null_mean": float(null_arr.mean()),
+        "null_q95": float(np.quantile(null_arr, 0.95)),
+        "p_value": (1 + int(np.sum(null_arr >= observed))) / (1 + len(null_arr)),
+        "n_permutations": len(null_arr),
+        "null": [float(v) for v in null],
+    }
+
+
+def fuses(fold: Fold) -> bool:
+    """Whether the fold's model holds image features beside covariates."""
+    return 0 < int(fold.model.net.image_dim) < fold.features.shape[1]
+
+
+def image_permutation_test(
+    folds: Sequence[Fold], n_permutations: int = 200, metric: str = "auroc_macro", seed: int = 0
+) -> dict[str, Any]:
+    """Does the image add anything to the record? A conditional permutation test of a model that
+    fuses image features with covariates: the image block of the features (its first
+    ``net.image_dim`` columns) is shuffled among the knees while each record stays with its
+    label, and the whole fitting procedure (the image weight and strength chosen by inner CV
+    included) is repeated on every fold. Under "the image adds nothing to the record" the
+    shuffled image carries as much as the real one; ``p = (1 + #{null >= observed}) / (1 + n)``.
+
+    Raises:
+        ConfigError: the folds' model does not hold both an image block and covariates.
+    """
+    d, width = int(folds[0].model.net.image_dim), folds[0].features.shape[1]
+    if not fuses(folds[0]):
+        raise ConfigError(
+            "The image permutation test needs a model that fuses image features with covariates "
+            f"(model.covariates with an image network), but this one has {d} image and "
+            f"{width - d} other features."
+        )
+    labels = folds[0].labels
+    observed = _pooled(folds, labels, metric)
+    rng = np.random.default_rng(seed)
+    null = []
+    for _ in range(n_permutations):  # one order for every fold: each knee one foreign image
+        order = rng.permutation(len(labels))
+        null.append(_pooled(folds, labels, metric, image_order=order))
+    result = _test_result(metric, observed, null)
+    log.info(
+        f"Image permutation test: {metric} {observed:.3f}, p = {result['p_value']:.4f} "
+        f"({n_permutations} shuffles of the image features among the knees)."
+    )
+    return result
 
 
 def permutation_test(
@@ -160,18 +228,12 @@ def permutation_test(
         _pooled(folds, permute_group_labels(labels, folds[0].groups, seed + p), metric)
         for p in range(n_permutations)
     ]
-    null_arr = np.array(null)
-    p_value = (1 + int(np.sum(null_arr >= observed))) / (1 + n_permutations)
-    log.info(f"Permutation test: {metric} {observed:.3f}, p = {p_value:.4f} ({n_permutations}).")
-    return {
-        "metric": metric,
-        "observed": observed,
-        "null_mean": float(null_arr.mean()),
-        "null_q95": float(np.quantile(null_arr, 0.95)),
-        "p_value": p_value,
-        "n_permutations": int(n_permutations),
-        "null": [float(v) for v in null],
-    }
+    result = _test_result(metric, observed, null)
+    log.info(
+        f"Permutation test: {metric} {observed:.3f}, p = {result['p_value']:.4f} "
+        f"({n_permutations})."
+    )
+    return result
 
 
 def learning_curve(

@@ -241,6 +241,33 @@ def read_predictions(path: str | Path) -> RunPredictions:
     return RunPredictions(path.resolve(), names, rows)
 
 
+def read_target_predictions(path: str | Path, target: str = "t_score") -> dict[str, np.ndarray]:
+    """The regression columns of a predictions CSV: path → ``[truth, prediction, low, high]``
+    (NaN where a cell is empty: unknown truth, no interval); ``{}`` when the file has no
+    ``<target>_pred`` column (a model without a regression head).
+
+    Raises:
+        DataSourceError: a cell that is neither empty nor a number, naming the line.
+    """
+    columns = [target, f"{target}_pred", f"{target}_low", f"{target}_high"]
+    out: dict[str, np.ndarray] = {}
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if f"{target}_pred" not in (reader.fieldnames or []):
+            return {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                out[row["path"]] = np.array(
+                    [float(row.get(c) or "nan") for c in columns], dtype=np.float64
+                )
+            except ValueError as err:
+                raise DataSourceError(
+                    f"'{path}' line {line}: expected numbers (or empty) in {columns}, but got "
+                    f"{[row.get(c) for c in columns]}."
+                ) from err
+    return out
+
+
 def has_probabilities(path: str | Path) -> bool:
     """Whether ``path`` is a predictions file with class probabilities (a classifier's, not a
     segmenter's per-image scores)."""
