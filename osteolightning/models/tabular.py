@@ -38,6 +38,10 @@ from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
+#: below this many training rows the trees grow on one thread: measured on 2 cores, a thread
+#: pool gains nothing on a clinical table (300 or 3000 rows, 0.1 s either way) and costs up to
+#: 50 times as much when other processes hold the cores (OpenMP threads spin-wait)
+ONE_THREAD_ROWS = 10_000
 #: the buffers of a :class:`TreeForest` and their types: per node (all trees concatenated) the
 #: split feature, threshold, where an unknown value goes, the children (indices into the
 #: concatenation), whether it is a leaf and its value; per tree its root and output column;
@@ -54,6 +58,7 @@ FOREST_BUFFERS: dict[str, torch.dtype] = {
     "column": torch.int64,
     "baseline": torch.float64,
 }
+_NUMPY = {torch.int64: np.int64, torch.float64: np.float64, torch.bool: np.bool_}
 
 
 def forest_outputs(forest: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -151,17 +156,11 @@ def forest_arrays(
                 parts["roots"].append(np.array([offset]))
                 parts["column"].append(np.array([columns[k]]))
                 offset += len(nodes)
-    arrays = {
-        name: np.concatenate(chunks) if chunks else np.zeros(0) for name, chunks in parts.items()
-    }
-    arrays = {
-        name: arrays[name].astype(_NUMPY[dtype]) if name in arrays else baseline
-        for name, dtype in FOREST_BUFFERS.items()
-    }
+    arrays = {"baseline": baseline}
+    for name, chunks in parts.items():
+        dtype = _NUMPY[FOREST_BUFFERS[name]]
+        arrays[name] = np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)
     return arrays
-
-
-_NUMPY = {torch.int64: np.int64, torch.float64: np.float64, torch.bool: np.bool_}
 
 
 class TreeForest(nn.Module):
@@ -199,6 +198,14 @@ class TreeForest(nn.Module):
         """``(M, P)`` → ``(M, O)`` float64."""
         return forest_outputs({name: getattr(self, name) for name in FOREST_BUFFERS}, x)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> TreeForest:
+        # moved with the module, but never rounded: a threshold in half precision would send
+        # samples down other branches (e.g. under Trainer(precision="bf16-true"))
+        for name, buffer in self._buffers.items():
+            moved = fn(buffer)
+            self._buffers[name] = moved if moved.dtype == buffer.dtype else buffer.to(moved.device)
+        return self
+
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
@@ -215,6 +222,14 @@ class TreeForest(nn.Module):
 def _raw_covariates(model: FittedHeadClassifier, batch: Batch) -> torch.Tensor:
     """``(B, P)`` float64 raw covariates of a batch, NaN where unknown."""
     return model._covariates(batch).double()
+
+
+def _silence_image_head(model: FittedHeadClassifier) -> None:
+    """Zero the network's placeholder layer (the one the optimiser step holds): an image
+    alone, ``model(images)`` (saliency, export), tells a record-only model nothing, so its
+    logits are 0, uniform probabilities."""
+    nn.init.zeros_(model.net.linear.weight)
+    nn.init.zeros_(model.net.linear.bias)
 
 
 def _require_record_only(model: FittedHeadClassifier, name: str) -> None:
@@ -313,6 +328,7 @@ class BoostedTreesClassifier(FittedHeadClassifier):
 
     def _build_heads(self, n_covariates: int) -> None:
         super()._build_heads(n_covariates)  # the placeholder layer the one optimiser step holds
+        _silence_image_head(self)
         k = len(self.hparams.class_names)
         self.forest = TreeForest(k + int(self.spec.enabled))
 
@@ -356,9 +372,16 @@ class BoostedTreesClassifier(FittedHeadClassifier):
         Raises:
             ConfigError: fewer than two classes, or fewer than two known targets.
         """
-        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+        from threadpoolctl import threadpool_limits
 
         x = np.asarray(x, dtype=np.float64)
+        with threadpool_limits(limits=1 if len(x) < ONE_THREAD_ROWS else None):
+            return self._grow(x, labels, targets)
+
+    def _grow(self, x: np.ndarray, labels: np.ndarray, targets: np.ndarray) -> TreesFit:
+        """:meth:`fit_head`'s work, on the threads it allows."""
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
         k = len(self.hparams.class_names)
         baseline = np.zeros(k + int(self.spec.enabled))
         models: list[tuple[Any, list[int]]] = []
@@ -396,8 +419,7 @@ class BoostedTreesClassifier(FittedHeadClassifier):
         self.forest.set(fit.arrays)
 
 
-#: the OST rule's risk categories, lowest first; the classes they are by default
-OST_CATEGORIES = ("low", "moderate", "high")
+#: the classes of the OST rule's low, moderate and high risk category by default
 WHO_CLASSES = ("normal", "osteopenia", "osteoporosis")
 #: added to the rule's category's logit, so its probability is the largest also where two
 #: categories' linear logits tie (at a cut-off: the rule's bands are closed, ``-4 <= OST <= -1``)
@@ -575,7 +597,11 @@ class ClinicalRuleClassifier(FittedHeadClassifier):
             columns=tuple(classes.index(c) for c in order),
             k=len(classes),
         )
-        self._unknown: dict[str, tuple[int, int]] = {}
+        self._test_unknown = [0, 0]  # (unknown, images) of the test epoch, for its warning
+
+    def _build_heads(self, n_covariates: int) -> None:
+        super()._build_heads(n_covariates)
+        _silence_image_head(self)
 
     def all_features(self, batch: Batch) -> torch.Tensor:
         """``(B, P)`` float64 raw covariates, NaN where unknown (the rule's input)."""
@@ -607,8 +633,9 @@ class ClinicalRuleClassifier(FittedHeadClassifier):
 
     def _count_unknown(self, split: str, batch: Batch) -> None:
         unknown = self.rule.category(self.all_features(batch)) < 0
-        seen, n = self._unknown.get(split, (0, 0))
-        self._unknown[split] = (seen + int(unknown.sum()), n + len(unknown))
+        if split == "test":
+            self._test_unknown[0] += int(unknown.sum())
+            self._test_unknown[1] += len(unknown)
         self.log(
             f"{split}/ost_unknown",
             unknown.sum().float(),
@@ -626,14 +653,10 @@ class ClinicalRuleClassifier(FittedHeadClassifier):
         self._count_unknown("test", batch)
         return super().test_step(batch, batch_idx)
 
-    def on_validation_epoch_start(self) -> None:
-        self._unknown.pop("val", None)
-
     def on_test_epoch_start(self) -> None:
-        self._unknown.pop("test", None)
+        self._test_unknown = [0, 0]
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        unknown, n = self._unknown.get("test", (0, 0))
-        if unknown:
-            self._warn_unknown("test", unknown, n)
+        if self._test_unknown[0]:
+            self._warn_unknown("test", *self._test_unknown)

@@ -13,7 +13,9 @@ import pytest
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
+from osteolightning.data.splits import TEST
 from osteolightning.errors import ConfigError
 from osteolightning.evaluate import evaluate
 from osteolightning.models.checkpointing import load_model
@@ -25,6 +27,7 @@ from osteolightning.models.tabular import (
     TreeForest,
 )
 from osteolightning.predict import predict
+from osteolightning.selection.null import load_fold
 from osteolightning.train import train
 from tests.helpers import write_manifest
 
@@ -55,9 +58,7 @@ def _trees(k: int, x: np.ndarray | None = None, t: np.ndarray | None = None, **k
         covariates_train=None if x is None else x.tolist(),
         t_score_weight=1.0,
         target_train=None if t is None else t.tolist(),
-        min_samples_leaf=5,
-        max_iter=30,
-        **kwargs,
+        **{"min_samples_leaf": 5, "max_iter": 30, **kwargs},
     )
 
 
@@ -73,11 +74,12 @@ def test_the_trees_tensors_predict_what_scikit_learn_does(k):
     model = _trees(k, x[train_rows], t[train_rows])
     fit = model.fit_head(x[train_rows], labels[train_rows], np.arange(120), t[train_rows])
     model.install_head(fit)
-    args = {**model._tree_args(), "class_weight": "balanced"}
-    classifier = HistGradientBoostingClassifier(**args).fit(x[train_rows], labels[train_rows])
-    args.pop("class_weight")
-    z = model.scaler.transform(t[train_rows])
-    regressor = HistGradientBoostingRegressor(**args).fit(x[train_rows], z)
+    args = model._tree_args()
+    with threadpool_limits(limits=1):  # as the model grows them (a pool is slow on busy cores)
+        classifier = HistGradientBoostingClassifier(**args, class_weight="balanced")
+        classifier.fit(x[train_rows], labels[train_rows])
+        z = model.scaler.transform(t[train_rows])
+        regressor = HistGradientBoostingRegressor(**args).fit(x[train_rows], z)
     held_out = x[test_rows]
     assert np.isnan(held_out).any(axis=0).all()  # unknown values in every column
     # the arrays' outputs (the permutation tests' path): the same numbers
@@ -99,9 +101,9 @@ def test_a_class_the_training_split_lacks_gets_probability_zero():
     keep = labels != 1  # no osteopenia: a binary problem among 3 classes
     model = _trees(3, x[keep], t[keep])
     model.install_head(model.fit_head(x[keep], labels[keep], np.arange(keep.sum()), t[keep]))
-    reference = HistGradientBoostingClassifier(**model._tree_args(), class_weight="balanced").fit(
-        x[keep], labels[keep]
-    )
+    reference = HistGradientBoostingClassifier(**model._tree_args(), class_weight="balanced")
+    with threadpool_limits(limits=1):
+        reference.fit(x[keep], labels[keep])
     probs = model.predict_batch(_batch(x[~keep]))[0].numpy()
     assert np.all(probs[:, 1] == 0)
     np.testing.assert_allclose(probs[:, [0, 2]], reference.predict_proba(x[~keep]), atol=1e-6)
@@ -122,10 +124,19 @@ def test_a_saved_forest_loads_into_a_freshly_built_model(tmp_path):
     before, after = model.predict_batch(_batch(x[150:])), fresh.predict_batch(_batch(x[150:]))
     for a, b in zip(before, after, strict=True):
         assert torch.equal(a, b)
-    # a forest of another size (another fit) loads over one already filled
-    other = TreeForest(4)
-    other.load_state_dict(model.forest.state_dict())
-    assert other.n_trees == model.forest.n_trees
+    # an image alone tells a record-only model nothing (saliency, export): uniform
+    assert torch.equal(fresh(torch.zeros(2, 1, 8, 8)), torch.zeros(2, 3))
+    # moved with the module, never rounded: half precision keeps the float64 thresholds
+    half = fresh.forest.half()
+    assert half.threshold.dtype == torch.float64 and torch.equal(half.value, model.forest.value)
+    # another fit's forest (another size) loads over one already filled
+    smaller = _trees(3, x[:150], t[:150], max_iter=4)
+    smaller.install_head(smaller.fit_head(x[:150], labels[:150], np.arange(150), t[:150]))
+    fresh.load_state_dict(smaller.state_dict())
+    assert fresh.forest.n_trees == 4 * 4 and torch.equal(
+        fresh.predict_batch(_batch(x[150:]))[0], smaller.predict_batch(_batch(x[150:]))[0]
+    )
+    assert TreeForest(4)(torch.zeros(2, 3)).tolist() == [[0.0] * 4] * 2  # empty: the baseline
 
 
 def test_bad_tree_settings_are_config_errors():
@@ -239,6 +250,10 @@ def _rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["path"]: row for row in csv.DictReader(handle)}
 
 
+def _number(cell: str) -> float:
+    return float(cell) if cell else np.nan
+
+
 def _data(manifest: Path) -> list[str]:
     return ["debug=tiny", "data=manifest", f"data.root={manifest}"]
 
@@ -268,6 +283,11 @@ def test_a_boosting_run_keeps_its_trees_for_osteo_eval_and_osteo_predict(
     for path, row in rows.items():
         for key in ("prob_normal", "prob_osteopenia", "prob_osteoporosis", "t_score_pred"):
             assert float(again[path][key]) == pytest.approx(float(row[key]), abs=2e-6), key
+    # the permutation tests refit the run's trees from its own files (fit_head on arrays)
+    fold = load_fold(run_dir)
+    test = [p for p, code in zip(fold.paths, fold.codes, strict=True) if code == TEST]
+    expected = [[float(rows[p][f"prob_{c}"]) for c in CLASSES] for p in test]
+    np.testing.assert_allclose(fold.fit_and_predict(fold.labels), expected, atol=2e-6)
     # osteo-predict reads the covariates from the manifest's columns
     predicted = {r[0]: r for r in predict(ckpt, [manifest])}
     for path, row in rows.items():
@@ -279,16 +299,15 @@ def test_a_boosting_run_keeps_its_trees_for_osteo_eval_and_osteo_predict(
 def test_an_ost_rule_run_scores_each_image_by_the_rule(make_cfg, phantom_dir, tmp_path):
     manifest = _clinical_manifest(phantom_dir, tmp_path / "clinical.csv")
     cfg = make_cfg("train", [*_data(manifest), "model=ost_rule"], run="ost")
-    train(cfg)
+    _, objects = train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert Path(saved["ckpt_path"]).is_file() and "test/auroc_macro" in saved
     rows = _rows(run_dir / "predictions.csv")
     with open(manifest, newline="") as handle:
         record = {r["image"]: r for r in csv.DictReader(handle)}
-    number = lambda cell: float(cell) if cell else np.nan  # noqa: E731
-    weight = np.array([number(record[p]["weight_kg"]) for p in rows])
-    age = np.array([number(record[p]["age"]) for p in rows])
+    weight = np.array([_number(record[p]["weight_kg"]) for p in rows])
+    age = np.array([_number(record[p]["age"]) for p in rows])
     category, expected = _ost_reference(weight, age)
     probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows.values()])
     np.testing.assert_allclose(probs, expected, atol=2e-6)
@@ -298,3 +317,12 @@ def test_an_ost_rule_run_scores_each_image_by_the_rule(make_cfg, phantom_dir, tm
     assert [p for p, k in zip(predicted, known, strict=True) if k] == [
         CLASSES[c] for c in category[known]
     ]
+    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
+        counted = [
+            float(r["test/ost_unknown"])
+            for r in csv.DictReader(handle)
+            if r.get("test/ost_unknown")
+        ]
+    assert counted == [float((~known).sum())]
+    # its checkpoint (weights_only) rebuilds the same rule
+    assert load_model(saved["ckpt_path"]).rule == objects["model"].rule
