@@ -141,6 +141,14 @@ def infer_coding(samples: Sequence[Sample], columns: Sequence[str], source: str)
     return coding
 
 
+def plain_coding(coding: Mapping[str, Any] | None) -> Coding:
+    """A coding as plain Python types (a config's or checkpoint's lists become lists)."""
+    return {
+        str(k): str(v) if isinstance(v, str) else [str(level) for level in v]
+        for k, v in (coding or {}).items()
+    }
+
+
 def coded_names(columns: Sequence[str], coding: Coding) -> list[str]:
     """The encoded columns' names: a category's one-hot columns are ``name=level``."""
     names = []
@@ -369,7 +377,7 @@ class ColumnValues:
         self.separating = dict(
             threshold=separating_threshold, allow=[str(c) for c in allow_separating or ()]
         )
-        self._coding: Coding | None = dict(coding) if coding else None
+        self._coding: Coding | None = plain_coding(coding) if coding else None
         self._columns: np.ndarray | None = None
 
     def _resolve_columns(self) -> None:

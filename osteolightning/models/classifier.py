@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanAbsoluteError
 
-from osteolightning.data.columns import coded_names
+from osteolightning.data.columns import coded_names, plain_coding
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import classification_metrics
 from osteolightning.metrics.regression import WHO_CUTOFFS, TargetScaler
@@ -207,10 +207,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
                 "bmd_reference": list(self.spec.reference) if self.spec.reference else None,
                 "who_cutoffs": list(self.spec.cutoffs),
                 "covariates": covariates,
-                "covariate_coding": {
-                    str(k): v if isinstance(v, str) else [str(level) for level in v]
-                    for k, v in (covariate_coding or {}).items()
-                },
+                "covariate_coding": plain_coding(covariate_coding),
             }
         )
         self.net = net

@@ -20,11 +20,11 @@ from osteolightning.errors import ConfigError
 from osteolightning.evaluate import evaluate
 from osteolightning.models.checkpointing import load_model
 from osteolightning.models.components.features import covariates_net, texture_net
+from osteolightning.models.components.trees import TreeForest
 from osteolightning.models.tabular import (
     TIE_MARGIN,
     BoostedTreesClassifier,
     ClinicalRuleClassifier,
-    TreeForest,
 )
 from osteolightning.predict import predict
 from osteolightning.selection.null import load_fold
