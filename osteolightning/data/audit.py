@@ -34,6 +34,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from osteolightning.data.hygiene import record_key
 from osteolightning.data.io import is_dicom
 from osteolightning.data.masks import read_foreground
 from osteolightning.data.near_duplicates import (
@@ -73,6 +74,7 @@ class DuplicateGroup:
         files: absolute paths, sorted.
         labels: class name of each file (``"unlabelled"`` for label -1).
         distance: largest pHash distance among the confirmed pairs (0 for exact).
+        records: how many different records (a manifest's other columns) the copies carry.
     """
 
     kind: str
@@ -80,11 +82,17 @@ class DuplicateGroup:
     files: list[str]
     labels: list[str]
     distance: int = 0
+    records: int = 1
 
     @property
     def conflict(self) -> bool:
         """The copies carry different labels."""
         return len(set(self.labels)) > 1
+
+    @property
+    def record_conflict(self) -> bool:
+        """The copies carry one label but different records (two people's on one image)."""
+        return not self.conflict and self.records > 1
 
 
 @dataclass
@@ -132,6 +140,11 @@ class AuditReport:
         """Exact and near duplicate groups whose copies carry different labels."""
         return [g for g in self.exact_duplicates + (self.near_duplicates or []) if g.conflict]
 
+    @property
+    def record_conflicts(self) -> list[DuplicateGroup]:
+        """Copies of one image, one label, filed under different records."""
+        return [g for g in self.exact_duplicates if g.record_conflict]
+
     def problems(self, strict: bool = True) -> list[str]:
         """One sentence per kind of problem; ``strict`` also counts unreadable files. With a
         run's splits, only the label conflicts the run kept in its split count (those it
@@ -144,6 +157,11 @@ class AuditReport:
                 )
         elif self.label_conflicts:
             found.append(f"{len(self.label_conflicts)} label-conflict group(s)")
+        if self.record_conflicts and self.conflicts_in_split is None:
+            found.append(
+                f"{len(self.record_conflicts)} record-conflict group(s) (copies of one image "
+                "filed under different records; a run leaves them out: data.on_record_conflict)"
+            )
         if self.leakage:
             found.append(f"{len(self.leakage)} group(s) leak across splits")
         if self.splits_file and self.n_images and self.not_in_splits == self.n_images:
@@ -205,6 +223,7 @@ class AuditReport:
                     f"{len(conflicts) - len(self.conflicts_in_split)} dropped by it"
                 ),
             ),
+            ("record conflicts", str(len(self.record_conflicts))),
             ("unreadable files", str(len(self.unreadable))),
             ("warnings (valid but suspicious)", ", ".join(f.kind for f in self.findings) or "0"),
             (
@@ -226,10 +245,12 @@ class AuditReport:
         base = self.root if os.path.isdir(self.root) else os.path.dirname(self.root)
         rows: list[tuple[str, str, str, str]] = []
         groups = sorted(
-            self.exact_duplicates + (self.near_duplicates or []), key=lambda g: not g.conflict
+            self.exact_duplicates + (self.near_duplicates or []),
+            key=lambda g: not (g.conflict or g.record_conflict),
         )
         for g in groups:
             note = "LABEL CONFLICT" if g.conflict else ""
+            note = "RECORD CONFLICT" if g.record_conflict else note
             if g.kind == "near":
                 note = ", ".join(filter(None, [note, f"pHash distance <= {g.distance}"]))
             rows.append((g.kind, _files(g.files, base), _short(g.labels), note))
@@ -480,8 +501,15 @@ def audit(
     for p, d in sha_of.items():
         if d is not None:  # an unreadable file is reported by the decoding step
             by_sha[d].append(p)
+    record_of = {str(s.path): record_key(s.extra, s.t_score) for s in samples}
     exact = [
-        DuplicateGroup("exact", d, sorted(fs), [label_of[f] for f in sorted(fs)])
+        DuplicateGroup(
+            "exact",
+            d,
+            sorted(fs),
+            [label_of[f] for f in sorted(fs)],
+            records=len({record_of[f] for f in fs}),
+        )
         for d, fs in sorted(by_sha.items(), key=lambda kv: sorted(kv[1])[0])
         if len(fs) > 1
     ]

@@ -160,7 +160,7 @@ def conflict_rows(
     ]
 
 
-def _record(extra: dict[str, str], t_score: float | None) -> tuple:
+def record_key(extra: dict[str, str], t_score: float | None) -> tuple:
     """A record's cells, normalised (case, spaces, number formatting), for comparison."""
     cells = []
     for key, value in sorted(extra.items()):
@@ -187,7 +187,7 @@ def record_conflicts(
     out = []
     for group in copies.groups:
         kept = [i for i in group if keep[i]]
-        if len({_record(*records[i]) for i in kept}) > 1:
+        if len({record_key(*records[i]) for i in kept}) > 1:
             out.append(kept)
     return out
 

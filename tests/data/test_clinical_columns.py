@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from osteolightning.data.audit import audit
+from osteolightning.data.cache import PreprocessedCache
 from osteolightning.data.columns import (
     coded_names,
     column_values,
@@ -159,10 +161,11 @@ def _probs(path: Path) -> dict[str, list[float]]:
         return {r["path"]: [float(r[f"prob_{c}"]) for c in CLASSES] for r in csv.DictReader(handle)}
 
 
-@pytest.mark.parametrize("policy", ["drop", "keep", "error"])
-def test_copies_filed_under_two_records(make_cfg, phantom_dir, tmp_path, policy):
-    """Two byte-identical images under two people's records: neither can be trusted."""
+def _twins(phantom_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A manifest where one radiograph is filed twice, one class, two people's records."""
     twin = tmp_path / "twin.png"
+    with open(phantom_dir / "manifest.csv", newline="") as handle:
+        row0 = next(csv.DictReader(handle))
 
     def edit(i, row):
         if i == 0:
@@ -171,9 +174,23 @@ def test_copies_filed_under_two_records(make_cfg, phantom_dir, tmp_path, policy)
             row["image"], row["label"] = str(twin), row0["label"]
             row["age"], row["patient_id"] = "33", "someone-else"
 
-    with open(phantom_dir / "manifest.csv", newline="") as handle:
-        row0 = next(csv.DictReader(handle))
-    path = write_manifest(phantom_dir, tmp_path / "m.csv", edit)
+    return write_manifest(phantom_dir, tmp_path / "m.csv", edit), twin
+
+
+def test_the_audit_names_copies_filed_under_two_records(phantom_dir, tmp_path):
+    path, twin = _twins(phantom_dir, tmp_path)
+    cache = PreprocessedCache(tmp_path / "cache", image_size=64, workers=1)
+    report = audit(ManifestSource(path), CLASSES, cache, near_duplicates=False)
+    (group,) = report.record_conflicts
+    assert str(twin) in group.files and group.records == 2 and not group.conflict
+    assert any("record-conflict" in p for p in report.problems())
+    assert report.to_dict()["exact_duplicates"][0]["records"] == 2
+
+
+@pytest.mark.parametrize("policy", ["drop", "keep", "error"])
+def test_copies_filed_under_two_records(make_cfg, phantom_dir, tmp_path, policy):
+    """Two byte-identical images under two people's records: neither can be trusted."""
+    path, twin = _twins(phantom_dir, tmp_path)
     cfg = make_cfg("train", [*_base(path), f"data.on_record_conflict={policy}"])
     if policy == "error":
         with pytest.raises(DataSourceError, match="different records") as err:
