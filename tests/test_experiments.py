@@ -22,10 +22,16 @@ SHRINK = [
 ]
 
 
+#: experiments on a CSV manifest of images and records (the tiny phantom's stands in)
+ON_A_MANIFEST = ("knee_clinical", "knee_clinical_best")
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs(make_cfg, name, class_tree):
+def test_experiment_runs(make_cfg, name, class_tree, phantom_dir):
     # experiments on real data take a class-folder root: the tiny phantom's images stand in
     extra = [f"data.root={class_tree}"] if name in ("knee_xray", "knee_probe") else []
+    if name in ON_A_MANIFEST:
+        extra = [f"data.root={phantom_dir / 'manifest.csv'}"]
     shrink = [o for o in SHRINK if not o.startswith("data.source")] if extra else SHRINK
     cfg = make_cfg("train", [f"experiment={name}", *shrink, *extra])
     metrics, _ = train(cfg)

@@ -356,22 +356,21 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
         masks = None
         if self._uses_masks():
             samples, masks = self._load_masks(samples)
-        hashes = None
+        hashes = blank = None
         if self.images:
             # memory-mapped, shared by workers and ranks; the splits below are views, not copies
             cached = self.cache.open_array([s.path for s in samples])
-            images, hashes = cached.images, cached.hashes
+            images, hashes, blank = cached.images, cached.hashes, cached.blank
             self.findings += image_findings(
-                [s.path for s in samples], cached.infos, self.cache.image_size
+                [s.path for s in samples], cached.infos, self.cache.image_size, blank
             )
         else:  # one shared 1 x 1 placeholder (a broadcast view: no memory per image)
             images = np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (len(samples), 1, 1))
         labels = np.array([s.label for s in samples], dtype=np.int64)
         near = self.near_args["max_distance"] is not None and self.images
         targets, target_names = self._conflict_targets(labels, masks)
-        copies = find_copies(
-            self.digests, targets, images if near else None, hashes=hashes, **self.near_args
-        )
+        search = dict(hashes=hashes, blank=blank, **self.near_args)
+        copies = find_copies(self.digests, targets, images if near else None, **search)
         paths = [str(s.path) for s in samples]
         keep = apply_conflict_policy(copies, self.on_label_conflict, paths, target_names, targets)
         self.conflicts = conflict_rows(copies, self.on_label_conflict, paths, target_names, targets)
@@ -540,7 +539,7 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
         if self.skipped or dropped:
             lines.append(
                 f"  left out: {len(self.skipped)} unreadable or non-image files (skipped.csv), "
-                f"{dropped} images with conflicting labels (label_conflicts.csv)"
+                f"{dropped} copies with conflicting labels or records (label_conflicts.csv)"
             )
         lines += self._values_summary()
         return "\n".join(lines + [f"  WARNING: {f.message}" for f in self.findings])
