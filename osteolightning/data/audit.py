@@ -8,7 +8,7 @@
 - label conflicts: duplicate groups whose copies carry different labels;
 - files that cannot be decoded, each with the reason;
 - input that is valid but suspicious (:mod:`.quality`): 16-bit images of partial depth,
-  extreme aspect ratios, all-background masks (of a manifest's mask column), classes with
+  extreme aspect ratios, blank images, all-background masks (of a manifest's mask column), classes with
   fewer images than a train/val/test split needs;
 - with a run's ``splits.csv``: leakage, i.e. a duplicate group or a patient found in more
   than one split, and which label conflicts the run kept (in its split) or dropped.
@@ -43,7 +43,7 @@ from osteolightning.data.near_duplicates import (
     near_duplicate_pairs,
     perceptual_hash,
 )
-from osteolightning.data.quality import Finding, image_findings, mask_findings
+from osteolightning.data.quality import Finding, blank_images, image_findings, mask_findings
 from osteolightning.data.sample import Sample
 from osteolightning.data.splits import SPLIT_NAMES, group_ids
 from osteolightning.errors import DataSourceError
@@ -517,15 +517,19 @@ def audit(
     bad = _decode_all(cache, paths)  # always: finding unreadable files is part of the audit
     contents = [d for d, fs in by_sha.items() if not any(f in bad for f in fs)]
     arrays, infos = cache.load_with_info([Path(by_sha[d][0]) for d in contents])  # (U, S, S)
+    blank = blank_images(arrays, infos)
     findings = image_findings(
         [f for d in contents for f in by_sha[d]],
         [info for d, info in zip(contents, infos, strict=True) for _ in by_sha[d]],
         cache.image_size,
+        [b for d, b in zip(contents, blank, strict=True) for _ in by_sha[d]],
     )
     source_findings, bad_masks = _source_findings(samples, class_names, counts)
     near = None
     if near_duplicates:
-        near = _near_groups(contents, arrays, by_sha, label_of, max_distance, min_correlation)
+        near = _near_groups(
+            contents, arrays, blank, by_sha, label_of, max_distance, min_correlation
+        )
     class_counts = {n: counts.get(n, 0) for n in class_names}
     if counts.get("unlabelled"):
         class_counts["unlabelled"] = counts["unlabelled"]
@@ -561,15 +565,16 @@ def audit(
 def _near_groups(
     contents: list[str],
     arrays: np.ndarray,
+    blank: list[bool],
     by_sha: dict[str, list[str]],
     label_of: dict[str, str],
     max_distance: int,
     min_correlation: float,
 ) -> list[DuplicateGroup]:
     """Near-duplicate groups over distinct contents (``arrays``: ``(U, S, S)`` uint8 of
-    ``contents``); a pure exact-copy group is never one."""
+    ``contents``); a pure exact-copy group, or a pair of blank images, is never one."""
     hashes = [perceptual_hash(a) for a in arrays]
-    pairs = near_duplicate_pairs(hashes, max_distance, list(arrays), min_correlation)
+    pairs = near_duplicate_pairs(hashes, max_distance, list(arrays), min_correlation, blank)
     keys: list[list[str | None]] = [[f"c{i}"] for i in range(len(contents))]
     for i, j, _ in pairs:
         keys[j].append(f"c{i}")

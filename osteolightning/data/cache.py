@@ -51,6 +51,7 @@ from osteolightning.data.arrays import MappedImages, RowWriter, array_shape, bui
 from osteolightning.data.io import ImageInfo, check_on_bad_image, read_image_info
 from osteolightning.data.near_duplicates import perceptual_hash
 from osteolightning.data.privacy import load_salt
+from osteolightning.data.quality import is_blank
 from osteolightning.errors import ConfigError, DataSourceError, ImageReadError, shorten
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, file_sha1
 from osteolightning.utils.logging import get_logger
@@ -123,11 +124,13 @@ class CachedArray:
         infos: each image's :class:`ImageInfo` (how its file was decoded).
         hashes: each image's 64-bit :func:`perceptual_hash` (for the near-duplicate search,
             so a process need not read every image to find copies).
+        blank: whether each image holds one gray level (:func:`.quality.is_blank`).
     """
 
     images: MappedImages
     infos: list[ImageInfo]
     hashes: list[int]
+    blank: list[bool]
 
 
 @dataclass
@@ -461,7 +464,8 @@ class PreprocessedCache:
             ImageInfo(int(h), int(w), int(b), int(sb), _DEPTH_FROM[int(d)])
             for h, w, b, sb, d in zip(*(meta[k] for k in _META_INFO), strict=True)
         ]
-        return CachedArray(MappedImages(path), infos, [int(h) for h in meta["phash"]])
+        hashes, blank = [int(h) for h in meta["phash"]], [bool(b) for b in meta["blank"]]
+        return CachedArray(MappedImages(path), infos, hashes, blank)
 
     def _fill_array(
         self, out: RowWriter, paths: list[Path], digests: list[str], meta_path: Path
@@ -469,12 +473,12 @@ class PreprocessedCache:
         """Copy every entry (checked, healed) into ``out``; write the facts to ``meta_path``."""
         n = len(paths)
         meta = {k: np.zeros(n, np.int64) for k in _META_INFO}
-        phash = np.zeros(n, np.uint64)
+        phash, blank = np.zeros(n, np.uint64), np.zeros(n, np.bool_)
 
         def one(i: int) -> None:
             pixels, info = self._pixels(paths[i], digests[i])
             out[i] = pixels
-            phash[i] = perceptual_hash(pixels)
+            phash[i], blank[i] = perceptual_hash(pixels), is_blank(pixels, info)
             for k, v in zip(_META_INFO, _info_values(info), strict=True):
                 meta[k][i] = v
 
@@ -485,7 +489,7 @@ class PreprocessedCache:
             for _ in pool.map(one, range(n)):
                 advance()
         buffer = io.BytesIO()
-        np.savez(buffer, phash=phash, **meta)
+        np.savez(buffer, phash=phash, blank=blank, **meta)
         atomic_write_bytes(meta_path, buffer.getvalue())
 
     @staticmethod
@@ -493,7 +497,7 @@ class PreprocessedCache:
         """The facts of an array's images, or ``None`` when missing or not for ``n`` images."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                meta = {k: data[k] for k in (*_META_INFO, "phash")}
+                meta = {k: data[k] for k in (*_META_INFO, "phash", "blank")}
         except (OSError, ValueError, KeyError, EOFError, zlib.error):
             return None
         return meta if all(len(v) == n for v in meta.values()) else None

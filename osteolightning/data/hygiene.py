@@ -2,7 +2,8 @@
 
 Two images are *copies* when their files are byte-identical (same SHA-1) or, when enabled,
 near-identical (perceptual hash within ``max_distance`` bits, confirmed by correlation on the
-downsampled images). Copies form groups (connected components). A group whose copies carry
+downsampled images; a blank or constant image is a near copy of nothing, see
+:mod:`.near_duplicates`). Copies form groups (connected components). A group whose copies carry
 different labels is a *label conflict*; the policy decides what happens to it:
 
 * ``error``: stop before training, listing the conflicting groups;
@@ -63,6 +64,7 @@ def find_copies(
     max_distance: int | None = None,
     min_correlation: float = DEFAULT_MIN_CORRELATION,
     hashes: Sequence[int] | None = None,
+    blank: Sequence[bool] | None = None,
 ) -> CopyGroups:
     """Group exact copies (same digest) and, given ``images`` and ``max_distance``, near copies.
 
@@ -74,6 +76,8 @@ def find_copies(
         min_correlation: correlation a pHash candidate must reach to count as a near copy.
         hashes: ``N`` perceptual hashes of ``images`` when already known (the cache keeps
             them), so that only the candidates' images are read; ``None``: computed here.
+        blank: ``N`` flags of blank images (:func:`~osteolightning.data.quality.is_blank`),
+            which are near copies of nothing (byte copies of one blank file still group).
     """
     keys: list[list[str | None]] = [[f"sha1:{d}"] for d in digests]
     near_pairs: list[tuple[int, int, int]] = []
@@ -81,7 +85,7 @@ def find_copies(
         if hashes is None:
             hashes = [perceptual_hash(image) for image in images]
         candidates = near_duplicate_pairs(
-            hashes, max_distance, images=images, min_correlation=min_correlation
+            hashes, max_distance, images=images, min_correlation=min_correlation, blank=blank
         )
         # pairs of byte-identical files are exact copies already; keep the truly near ones
         near_pairs = [(i, j, d) for i, j, d in candidates if digests[i] != digests[j]]

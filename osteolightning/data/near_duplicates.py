@@ -11,6 +11,10 @@ stages:
    default distance, where comparing all pairs would take tens of seconds);
 2. each candidate pair is confirmed by the Pearson correlation of the two images at 32x32
    (:func:`correlation`), which removes the hash collisions between merely similar knees.
+
+A blank or constant image is a near-duplicate of nothing: every such image hashes alike (no
+pattern sets a bit), yet two of them share no content, only the lack of it. Such images are
+left out of the confirmed pairs (byte copies of one file remain exact copies elsewhere).
 """
 
 from __future__ import annotations
@@ -154,11 +158,11 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x = x.astype(np.float64).ravel() - x.mean()
-    y = y.astype(np.float64).ravel() - y.mean()
-    denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
-    if denom == 0.0:
+    x, y = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+    if x.min() == x.max() or y.min() == y.max():  # constant: r is undefined
         return 1.0 if np.allclose(x, y) else 0.0
+    x, y = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
     return float(np.clip((x * y).sum() / denom, -1.0, 1.0))
 
 
@@ -167,6 +171,7 @@ def near_duplicate_pairs(
     max_distance: int = DEFAULT_MAX_DISTANCE,
     images: Sequence[np.ndarray] | None = None,
     min_correlation: float = DEFAULT_MIN_CORRELATION,
+    blank: Sequence[bool] | None = None,
 ) -> list[tuple[int, int, int]]:
     """Every pair of hashes within ``max_distance`` bits, optionally confirmed on pixels.
 
@@ -183,6 +188,9 @@ def near_duplicate_pairs(
             ``min_correlation``.
         min_correlation: threshold of the pixel check, in ``[-1, 1]``; ignored without
             ``images``.
+        blank: ``N`` flags of images never paired (blank or constant ones, see
+            :func:`~osteolightning.data.quality.is_blank`); with ``images``, an image constant
+            at 32x32 is never paired either.
 
     Returns:
         ``(i, j, distance)`` with ``i < j``, sorted by ``(i, j)``.
@@ -219,8 +227,15 @@ def near_duplicate_pairs(
             f"Expected argument `images` to hold one image per hash ({len(words)}), but got "
             f"{len(images)}."
         )
+    if blank is not None and len(blank) != len(words):
+        raise ConfigError(
+            f"Expected argument `blank` to hold one flag per hash ({len(words)}), but got "
+            f"{len(blank)}."
+        )
     i_all, j_all, d_all = (x.tolist() for x in hamming_pairs(words, max_distance))
     pairs = list(zip(i_all, j_all, d_all, strict=True))
+    if blank is not None:
+        pairs = [p for p in pairs if not (blank[p[0]] or blank[p[1]])]
     if images is None:
         return pairs
     small: dict[int, np.ndarray] = {}
@@ -228,4 +243,13 @@ def near_duplicate_pairs(
         for k in (i, j):
             if k not in small:
                 small[k] = _small(images[k], f"images[{k}]")
-    return [p for p in pairs if _pearson(small[p[0]], small[p[1]]) >= min_correlation]
+
+    def constant(k: int) -> bool:
+        return bool(small[k].min() == small[k].max())
+
+    return [
+        p
+        for p in pairs
+        if not (constant(p[0]) or constant(p[1]))
+        and _pearson(small[p[0]], small[p[1]]) >= min_correlation
+    ]

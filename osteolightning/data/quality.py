@@ -10,6 +10,9 @@ says what was done, and the full file list); the DataModules add them to the dat
   brightness.
 - ``extreme_aspect_ratio``: images whose longer side is more than :data:`MAX_ASPECT_RATIO`
   times the shorter, which letterboxing leaves as a thin band of the square network input.
+- ``blank_image``: images of one gray level (blank or constant, :func:`is_blank`): no picture,
+  only a label. They are kept, and never counted as near-duplicates of each other (two blank
+  files share no content, only the lack of it; byte copies of one file are still copies).
 - ``empty_mask``: masks with no foreground pixel (every pixel background).
 - ``binary_mask_levels``: masks read with ``mask_format=binary`` that hold more than two gray
   levels (the threshold decided between them).
@@ -20,24 +23,33 @@ says what was done, and the full file list); the DataModules add them to the dat
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
+
+import numpy as np
 
 from osteolightning.data.io import ImageInfo
 from osteolightning.errors import DataSourceError, shorten
 
 __all__ = [
     "MAX_ASPECT_RATIO",
+    "BLANK_MAX_SPAN",
     "Finding",
+    "blank_images",
     "image_findings",
+    "is_blank",
     "mask_findings",
 ]
 
 #: An image whose longer side exceeds this many times its shorter side gets a warning: it fills
 #: less than a quarter of the square network input after letterboxing.
 MAX_ASPECT_RATIO: Final = 4.0
+#: An image whose pixels (inside its letterbox, after preprocessing to uint8) span at most this
+#: many gray levels is blank: rounding and resizing leave a constant image within 2 levels.
+BLANK_MAX_SPAN: Final = 2
 
 
 @dataclass
@@ -45,8 +57,8 @@ class Finding:
     """One kind of suspicious input.
 
     Attributes:
-        kind: ``partial_bit_depth``, ``extreme_aspect_ratio``, ``empty_mask``,
-            ``binary_mask_levels`` or ``few_images``.
+        kind: ``partial_bit_depth``, ``extreme_aspect_ratio``, ``blank_image``,
+            ``empty_mask``, ``binary_mask_levels`` or ``few_images``.
         message: what was found (a few files named), what was done and what to do.
         files: every file concerned.
     """
@@ -63,15 +75,58 @@ def _ratio(info: ImageInfo) -> float:
     return max(info.height, info.width) / max(1, min(info.height, info.width))
 
 
+def _content(size: int, side: int, n: int) -> slice:
+    """The rows (or columns) of a letterboxed ``size`` square that hold ``n`` of ``side``
+    source pixels (:func:`~osteolightning.data.cache.letterbox_resize` centres them), less the
+    edge pixels that resizing blends with the zero fill; the middle one of a thinner band."""
+    scale = size / side
+    start, stop = (side - n) // 2 * scale, ((side - n) // 2 + n) * scale
+    margin = 1 + math.ceil(scale / 2) if scale > 1 else 1  # upscaling blends over scale/2
+    lo, hi = math.ceil(start) + margin, math.floor(stop) - margin
+    if hi <= lo:
+        mid = min(size - 1, int((start + stop) / 2))
+        return slice(mid, mid + 1)
+    return slice(lo, hi)
+
+
+def is_blank(pixels: np.ndarray, info: ImageInfo) -> bool:
+    """Whether a preprocessed image holds one gray level (a blank or constant file).
+
+    Args:
+        pixels: ``(S, S)`` uint8, the letterboxed image as the cache keeps it.
+        info: its :class:`~osteolightning.data.io.ImageInfo` (where the letterbox put it).
+
+    Returns:
+        ``True`` when the pixels inside the letterbox span at most :data:`BLANK_MAX_SPAN`
+        gray levels.
+
+    Example:
+        >>> is_blank(np.full((64, 64), 200, np.uint8), ImageInfo(512, 256, 8, 8, "file"))
+        True
+    """
+    size, side = pixels.shape[0], max(info.height, info.width)
+    region = pixels[_content(size, side, info.height), _content(size, side, info.width)]
+    return int(region.max()) - int(region.min()) <= BLANK_MAX_SPAN
+
+
+def blank_images(images: Sequence[np.ndarray], infos: Sequence[ImageInfo]) -> list[bool]:
+    """:func:`is_blank` of each image (``(S, S)`` uint8) with its info."""
+    return [is_blank(image, info) for image, info in zip(images, infos, strict=True)]
+
+
 def image_findings(
-    paths: Sequence[object], infos: Sequence[ImageInfo], image_size: int
+    paths: Sequence[object],
+    infos: Sequence[ImageInfo],
+    image_size: int,
+    blank: Sequence[bool] | None = None,
 ) -> list[Finding]:
-    """16-bit images of partial depth and images of extreme aspect ratio.
+    """16-bit images of partial depth, images of extreme aspect ratio and blank images.
 
     Args:
         paths: the image files.
         infos: their :class:`~osteolightning.data.io.ImageInfo` (from the cache).
         image_size: the side of the square network input.
+        blank: whether each image is blank (:func:`is_blank`); ``None``: not judged.
 
     Example:
         >>> tall = ImageInfo(4000, 200, 8, 8, "file")
@@ -119,6 +174,18 @@ def image_findings(
                 "extreme_aspect_ratio",
                 f"{what} Crop such images to the anatomy or leave them out.",
                 [p for p, _ in wide],
+            )
+        )
+    empty = [str(p) for p, b in zip(paths, blank or [False] * len(paths), strict=True) if b]
+    if empty:
+        found.append(
+            Finding(
+                "blank_image",
+                f"{len(empty)} image(s) hold a single gray level (blank or constant: no "
+                f"picture), e.g. {shorten(empty, 3)}: they are kept and teach the network "
+                f"nothing but their label; none is counted as a near-duplicate of another. "
+                f"Leave them out of the data set, or replace them by their radiographs.",
+                empty,
             )
         )
     return found

@@ -148,9 +148,15 @@ def test_audit_warns_about_suspicious_images(tmp_path):
     args = [f"cache_dir={tmp_path / 'cache'}", "image_size=64", f"out={out}"]
     assert main(["audit", str(tree), "--strict", *args]) == 0  # warnings do not fail --strict
     findings = {f["kind"]: f for f in json.loads(out.read_text())["findings"]}
-    assert set(findings) == {"partial_bit_depth", "extreme_aspect_ratio", "few_images"}
+    assert set(findings) == {
+        "partial_bit_depth",
+        "extreme_aspect_ratio",
+        "few_images",
+        "blank_image",
+    }
     assert findings["partial_bit_depth"]["files"] == [str(tree / "normal" / "deep.png")]
     assert findings["extreme_aspect_ratio"]["files"] == [str(tree / "osteopenia" / "strip.png")]
+    assert findings["blank_image"]["files"] == [str(tree / "osteopenia" / "strip.png")]  # one gray
     assert "osteoporosis=1" in findings["few_images"]["message"]
 
 

@@ -1,0 +1,80 @@
+"""The error surface (issue 24): the hostile inputs a new user tried, one class each. Each is
+handled cleanly: flagged, or refused before any work with a message naming the file, key or
+value and what would be accepted, exit status 1 and no traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import hydra
+import numpy as np
+from PIL import Image
+
+from osteolightning.data.near_duplicates import near_duplicate_pairs, perceptual_hash
+from tests.helpers import run_osteo
+
+
+# -- 1. blank or constant images ------------------------------------------------------------
+def _blank(path: Path, value: int, shape: tuple[int, int] = (96, 96)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+    return path
+
+
+def _plant_blanks(tree: Path) -> tuple[list[Path], Path]:
+    """Four different blank files in three classes (two letterboxed: 64 x 128), and a byte copy
+    of the first under another class."""
+    blanks = [
+        _blank(tree / "normal" / "blank_black.png", 0),
+        _blank(tree / "osteoporosis" / "blank_white.png", 255),
+        _blank(tree / "osteopenia" / "blank_wide.png", 120, (64, 128)),
+        _blank(tree / "normal" / "blank_wide_dark.png", 60, (64, 128)),
+    ]
+    copy = tree / "osteopenia" / "blank_black_copy.png"
+    shutil.copy(blanks[0], copy)
+    return blanks, copy
+
+
+def test_two_different_blank_images_are_no_near_duplicates():
+    black, gray = np.zeros((64, 64), np.uint8), np.full((80, 80), 200, np.uint8)
+    hashes = [perceptual_hash(black), perceptual_hash(black[:50]), perceptual_hash(gray)]
+    images = [black, black[:50], gray]
+    assert near_duplicate_pairs(hashes, 6) != []  # they hash alike ...
+    assert near_duplicate_pairs(hashes, 6, images) == []  # ... but are copies of nothing
+    knee = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+    assert near_duplicate_pairs([0, 0], 6, [knee, knee], blank=[True, False]) == []
+
+
+def test_blank_images_are_flagged_and_not_grouped_as_copies(make_cfg, class_tree):
+    blanks, copy = _plant_blanks(class_tree)
+    cfg = make_cfg("train", ["debug=tiny", "data=folder", f"data.root={class_tree}"])
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup("fit")
+    kinds = {f.kind: f for f in dm.findings}
+    assert sorted(kinds["blank_image"].files) == sorted(map(str, [*blanks, copy]))
+    assert "single gray level" in kinds["blank_image"].message
+    assert "blank_black.png" in dm.summary()
+    # the byte copy under another class is still a label conflict (dropped by default) ...
+    assert sorted(p for _, p, _, _ in dm.conflicts) == sorted([str(blanks[0]), str(copy)])
+    # ... but the other blank files, of different classes, are no copies of each other
+    kept = {str(s.path) for s in dm.samples}
+    assert {str(b) for b in blanks[1:]} <= kept
+
+
+def test_osteo_data_audit_flags_blank_images(tmp_path, cache_dir, class_tree):
+    blanks, copy = _plant_blanks(class_tree)
+    out = tmp_path / "audit.json"
+    done = run_osteo(
+        "data", ["audit", str(class_tree), f"out={out}", "image_size=64"], tmp_path, cache_dir
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    findings = {f["kind"]: f for f in report["findings"]}
+    assert sorted(findings["blank_image"]["files"]) == sorted(map(str, [*blanks, copy]))
+    assert "blank_image" in done.stdout + done.stderr
+    near = [f for group in report["near_duplicates"] for f in group["files"]]
+    assert not set(near) & set(map(str, [*blanks, copy]))
+    conflicts = [sorted(g["files"]) for g in report["label_conflicts"]]
+    assert conflicts == [sorted([str(blanks[0]), str(copy)])]
