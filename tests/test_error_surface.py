@@ -10,9 +10,14 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import pytest
 from PIL import Image
 
 from osteolightning.data.near_duplicates import near_duplicate_pairs, perceptual_hash
+from osteolightning.errors import ConfigError
+from osteolightning.train import train
+from osteolightning.utils import runs
+from osteolightning.utils.checks import check_config
 from tests.helpers import run_osteo
 
 
@@ -78,3 +83,50 @@ def test_osteo_data_audit_flags_blank_images(tmp_path, cache_dir, class_tree):
     assert not set(near) & set(map(str, [*blanks, copy]))
     conflicts = [sorted(g["files"]) for g in report["label_conflicts"]]
     assert conflicts == [sorted([str(blanks[0]), str(copy)])]
+
+
+# -- 2. contradicting options ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.val_fraction=0.6", "data.test_fraction=0.5"],
+            r"data.val_fraction=0.6 and data.test_fraction=0.5 add up to 1.1",
+        ),
+        (["data.val_fraction=0.5", "data.test_fraction=0.5"], "add up to 1"),
+        (["data.num_folds=2", "data.val_fraction=0.5"], r"data.num_folds=2 \(a test fold of 0.5"),
+        (["data.val_fraction=-0.1"], r"`data.val_fraction` .* \(0, 1\) range, but got -0.1"),
+        (["data.batch_size=0"], "`data.batch_size` to be a positive integer, but got 0"),
+        (["data.batch_size=2.5"], "`data.batch_size` to be a positive integer, but got 2.5"),
+        (["data.num_workers=-1"], r"`data.num_workers` to be an integer >= 0 .* got -1"),
+        (["trainer.max_epochs=0"], "`trainer.max_epochs` to be a positive integer"),
+        (["trainer.max_epochs=-3"], "`trainer.max_epochs` to be a positive integer"),
+        (["trainer.max_epochs=-1"], r"or -1, no limit, with trainer.max_steps"),
+        (["data.num_folds=1"], "`data.num_folds` to be an integer >= 2"),
+        (["data.num_folds=5", "data.fold=-1"], r"`data.fold` in \[0, 4\]"),
+        (["data.num_folds=3", "data.fold=3"], r"`data.fold` in \[0, 2\]"),
+        (["data.num_folds=3", "data.inner_folds=2", "data.inner_fold=2"], r"`data.inner_fold`"),
+        (["data.train_fraction=0"], r"`data.train_fraction` in \(0, 1\]"),
+    ],
+)
+def test_contradicting_or_senseless_options_are_refused_before_work(make_cfg, overrides, message):
+    cfg = make_cfg("train", ["debug=tiny", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert runs.read_marker(cfg.paths.output_dir) is None  # nothing was claimed
+
+
+def test_an_unbounded_max_epochs_with_max_steps_is_accepted(make_cfg):
+    check_config(make_cfg("train", ["debug=tiny", "trainer.max_epochs=-1", "+trainer.max_steps=3"]))
+
+
+def test_split_fractions_summing_past_one_end_the_command_cleanly(tmp_path, cache_dir):
+    args = ["debug=tiny", "data.val_fraction=0.6", "data.test_fraction=0.5"]
+    done = run_osteo("train", args, tmp_path, cache_dir, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    assert "osteo-train: error:" in done.stderr
+    assert "data.val_fraction=0.6 and data.test_fraction=0.5" in done.stderr
+    assert not list(tmp_path.glob("logs/train/runs/*/.osteo_run.json"))  # no run was started
+    assert not list(tmp_path.glob("logs/train/runs/*/checkpoints"))

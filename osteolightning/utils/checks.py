@@ -3,7 +3,9 @@
 * settings without a value (``???``, e.g. ``data.root``) or with an empty one;
 * arguments that the configured class does not take (``trainer.max_epoch=3``, a typo in a
   callback's or the data's options), with "did you mean";
-* options that contradict each other;
+* values out of range (``data.batch_size=0``, ``data.num_workers=-1``, ``trainer.max_epochs=0``,
+  ``data.num_folds=1``) and options that contradict each other (split fractions that leave no
+  training images, ``data.fold`` outside the folds);
 * monitored metrics (``monitor``, the callbacks' ``monitor``, ``optimized_metric``) that the
   model does not log (:func:`check_monitors`, once the model exists).
 
@@ -45,6 +47,7 @@ def check_config(cfg: DictConfig) -> None:
     check_values(cfg)
     for key, node in _nodes(cfg):
         check_arguments(node, key)
+    check_ranges(cfg)
     check_conflicts(cfg)
 
 
@@ -159,6 +162,77 @@ def check_conflicts(cfg: DictConfig) -> None:
     if low is not None and high is not None and high >= 0 and int(low) > int(high):
         raise ConfigError(
             f"Expected trainer.min_epochs <= trainer.max_epochs, but got {low} > {high}."
+        )
+    check_split_shares(data)
+
+
+def _integer(key: str, value: Any, low: int, what: str) -> int | None:
+    """``value`` as an int, or ``None`` when unset; raises when it is not an integer >= ``low``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"Expected `{key}` to be {what}, but got {value!r}.")
+    return value
+
+
+def _fraction(key: str, value: Any) -> float | None:
+    """``value`` as a float, or ``None`` when unset; raises when it is not in (0, 1)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ConfigError(
+            f"Expected `{key}` to be a share of the images in the (0, 1) range, but got {value!r}."
+        )
+    return float(value)
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Raise for sizes and counts that make no sense (see the module docstring)."""
+    data = cfg.get("data") or {}
+    trainer = cfg.get("trainer") or {}
+    _integer("data.batch_size", data.get("batch_size"), 1, "a positive integer")
+    _integer("data.num_workers", data.get("num_workers"), 0, "an integer >= 0 (0: no workers)")
+    epochs = trainer.get("max_epochs")
+    bounded = (trainer.get("max_steps") or -1) > 0 or trainer.get("max_time") is not None
+    if not (epochs == -1 and bounded):  # -1 with max_steps or max_time: Lightning's "no limit"
+        what = "a positive integer (or -1, no limit, with trainer.max_steps or max_time)"
+        _integer("trainer.max_epochs", epochs, 1, what)
+    _integer("data.num_folds", data.get("num_folds"), 2, "an integer >= 2 (or null)")
+    inner = _integer("data.inner_folds", data.get("inner_folds"), 2, "an integer >= 2 (or null)")
+    if inner is not None and not 0 <= int(data.get("inner_fold", 0)) < inner:
+        raise ConfigError(
+            f"Expected `data.inner_fold` in [0, {inner - 1}] for data.inner_folds={inner}, but "
+            f"got {data.get('inner_fold')}."
+        )
+    share = data.get("train_fraction")
+    if share is not None and not (isinstance(share, int | float) and 0 < share <= 1):
+        raise ConfigError(f"Expected `data.train_fraction` in (0, 1], but got {share!r}.")
+
+
+def check_split_shares(data: Any) -> None:
+    """Raise for split shares outside (0, 1) or that leave no training images."""
+    if data.get("evaluate_all"):  # every image is evaluated: no split
+        return
+    val = _fraction("data.val_fraction", data.get("val_fraction"))
+    if val is None:
+        return
+    folds = data.get("num_folds")
+    if folds is not None:
+        if val + 1 / folds >= 1:
+            raise ConfigError(
+                f"Expected data.val_fraction + 1/data.num_folds < 1 (the rest is the training "
+                f"split), but data.val_fraction={val:g} and data.num_folds={folds} (a test "
+                f"fold of {1 / folds:.2g}) leave no training images. Lower data.val_fraction "
+                f"or raise data.num_folds."
+            )
+        return
+    test = _fraction("data.test_fraction", data.get("test_fraction"))
+    if test is not None and val + test >= 1:
+        raise ConfigError(
+            f"Expected data.val_fraction + data.test_fraction < 1 (the rest is the training "
+            f"split), but data.val_fraction={val:g} and data.test_fraction={test:g} add up to "
+            f"{val + test:g}. Lower one of them, e.g. data.val_fraction=0.15 "
+            f"data.test_fraction=0.15."
         )
 
 
