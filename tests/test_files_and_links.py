@@ -14,9 +14,9 @@ import pytest
 
 from osteolightning.data.audit import audit
 from osteolightning.data.cache import PreprocessedCache
+from osteolightning.data.folders import FolderSource
 from osteolightning.data.inputs import find_inputs
 from osteolightning.data.phantom import CLASS_NAMES
-from osteolightning.data.sources import FolderSource
 from osteolightning.errors import DataSourceError, ImageReadError
 from osteolightning.predict import main as predict_main
 from osteolightning.train import train

@@ -457,7 +457,7 @@ def audit(
     """Audit a data set for duplicates, label conflicts, unreadable files and split leakage.
 
     Args:
-        source: a :class:`~osteolightning.data.sources.FolderSource` or
+        source: a :class:`~osteolightning.data.folders.FolderSource` or
             :class:`~osteolightning.data.sources.ManifestSource` (anything with ``samples``).
         class_names: the run's classes, in index order.
         cache: where decoded, letterboxed images are kept; its ``image_size`` is the

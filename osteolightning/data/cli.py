@@ -28,10 +28,11 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from osteolightning.data.audit import audit
+from osteolightning.data.folders import FolderSource
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
 from osteolightning.data.phantom import CLASS_NAMES
 from osteolightning.data.phantom_files import generate_phantom
-from osteolightning.data.sources import FolderSource, ManifestSource
+from osteolightning.data.sources import ManifestSource
 from osteolightning.errors import ConfigError, OsteoError
 from osteolightning.utils.failures import describe, traceback_wanted
 from osteolightning.utils.files import atomic_write_json

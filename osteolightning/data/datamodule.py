@@ -39,13 +39,12 @@ from osteolightning.data.splits import (
     EXCLUDED,
     SPLIT_NAMES,
     TEST,
-    assign_nested_splits,
-    assign_splits,
+    crossing_groups,
     group_ids,
     permute_group_labels,
+    split_codes,
     split_name,
     split_warnings,
-    subsample_training,
 )
 from osteolightning.data.transforms import ToNormalizedTensor, compose
 from osteolightning.errors import ConfigError, DataSourceError, shorten
@@ -422,29 +421,28 @@ class KneeDataModule(MaskInputs, ColumnValues, DeviceData, L.LightningDataModule
         (log.warning if self.findings else log.info)(self.summary())
 
     def _split(self, strata: np.ndarray) -> np.ndarray:
-        """Split codes: hold-out or K-fold (:func:`assign_splits`), or an inner split of nested
-        cross-validation; then, for a learning curve, a share of the training groups."""
-        args = self.split_args
-        if self.nested["inner_folds"] is not None:
-            codes = assign_nested_splits(
-                strata,
-                self.groups,
-                int(args["num_folds"]),
-                int(args["fold"]),
-                int(self.nested["inner_folds"]),
-                int(self.nested["inner_fold"]),
-                val_fraction=args["val_fraction"],
-                seed=int(args["seed"]),
-            )
-        else:
-            # classes are checked (each in every split) where they are the task's classes
-            names = self.class_names if self.require_labels else None
-            codes = assign_splits(strata, self.groups, **args, class_names=names)
-        if self.train_fraction < 1:
-            codes = subsample_training(
-                codes, strata, self.groups, self.train_fraction, int(args["seed"]) + 11
-            )
-        return codes
+        """Split codes (:func:`~osteolightning.data.splits.split_codes`); a source's given split
+        must not put a patient or a copy on two sides."""
+        given = None
+        if any(s.split for s in self.samples):
+            given = np.array([SPLIT_NAMES.index(s.split) for s in self.samples])
+            crossing = crossing_groups(self.groups, given)
+            if crossing:
+                files = [
+                    str(s.path)
+                    for s, g in zip(self.samples, self.groups, strict=True)
+                    if g in crossing
+                ]
+                raise DataSourceError(
+                    f"{len(crossing)} patient(s) or copy group(s) have images in two of the data "
+                    f"set's given splits: {shorten(files)}. The given split leaks; fix it, or "
+                    "read the folders as one tree (data=folder) and let the split be made.",
+                    details=files,
+                )
+        names = self.class_names if self.require_labels else None
+        return split_codes(
+            strata, self.groups, self.split_args, self.nested, self.train_fraction, given, names
+        )
 
     def _pixel_keys(self) -> list[str]:
         """A key per sample naming its preprocessed pixels: the file's content hash, the

@@ -20,6 +20,9 @@ class Sample:
         extra: any further columns (bmd, side, age, sex, bmi, ...) as strings, keyed by name.
         where: where the sample was read, for error messages (a manifest's file and line:
             ``"'/data/manifest.csv' line 7"``); ``None`` for other sources.
+        split: the split its source assigns (``"train"`` or ``"test"``: a data set published
+            with its split, :class:`~osteolightning.data.split_folders.SplitFolderSource`);
+            ``None``: the DataModule splits.
     """
 
     path: Path
@@ -29,3 +32,4 @@ class Sample:
     patient_id: str | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     where: str | None = field(default=None, compare=False, hash=False)
+    split: str | None = field(default=None, compare=False, hash=False)

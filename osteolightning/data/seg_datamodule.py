@@ -24,10 +24,10 @@ from torch.utils.data import Dataset
 
 from osteolightning.data.datamodule import KneeDataModule
 from osteolightning.data.datasets import ArrayDataset
+from osteolightning.data.folders import FolderSource
 from osteolightning.data.masks import check_mask_format, check_mask_threshold, read_mask_info
 from osteolightning.data.sample import Sample
 from osteolightning.data.sampling import Key, split_key
-from osteolightning.data.sources import FolderSource
 from osteolightning.data.splits import SPLIT_NAMES
 from osteolightning.data.transforms import ToNormalizedTensor
 from osteolightning.errors import ConfigError

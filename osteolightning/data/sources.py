@@ -9,9 +9,11 @@ file it cannot use is left out and listed in :attr:`skipped` with its reason, an
 (``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, dotfiles, ``__MACOSX``) are always left out and
 always listed there.
 
-Three layouts are supported:
+Four layouts are supported:
 
-- :class:`FolderSource`: a class-folder tree ``ROOT/<class>/*.png|jpg|jpeg|tif|dcm``;
+- :class:`~osteolightning.data.folders.FolderSource` (in its own module): a class-folder tree
+  ``ROOT/<class>/*.png|jpg|jpeg|tif|dcm``, and
+  :class:`~osteolightning.data.folders.SplitFolderSource`, one per split folder;
 - :class:`ManifestSource`: a CSV ``image,label[,mask][,t_score][,patient_id][,age,sex,bmi]``;
 - :class:`~osteolightning.data.seg_sources.SegmentationTreeSource` (in its own module): a
   segmentation tree ``ROOT/images/*`` + ``ROOT/masks/*``.
@@ -34,7 +36,6 @@ from osteolightning.errors import ConfigError, DataSourceError
 
 __all__ = [
     "CLASS_ALIASES",
-    "FolderSource",
     "ManifestSource",
     "normalize_class_name",
     "resolve_class",
@@ -162,151 +163,6 @@ def is_image_file(path: Path) -> bool:
 def listing(paths: Sequence[Path], limit: int = MAX_REPORTED) -> str:
     shown = ", ".join(f"'{p}'" for p in paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
-
-
-class FolderSource:
-    """A class-folder tree: ``ROOT/<class>/*.png|jpg|jpeg|tif|dcm``.
-
-    Each folder directly under ``root`` names a class (case-insensitive, aliases allowed, see
-    :data:`CLASS_ALIASES`); every image below it, in sub-folders too, belongs to that class.
-    Image files are those with an extension in
-    :data:`~osteolightning.data.io.IMAGE_EXTENSIONS` or the DICOM magic (pixels are not
-    decoded here). System files (``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, dotfiles,
-    ``__MACOSX``) are always skipped with a warning and listed in :attr:`skipped` with the
-    reason ``"system file"`` (``"system folder"``). Any other file that is not an image, or
-    lies directly in the root, is an error with ``on_bad_image="error"``; with ``"skip"`` it is
-    left out and listed in :attr:`skipped`. Nothing is dropped silently.
-
-    Args:
-        root: the tree's root folder.
-        on_bad_image: ``"error"`` (default) or ``"skip"``.
-
-    Attributes:
-        skipped: after :meth:`samples`, ``(path, reason)`` of every file or folder left out,
-            sorted by path.
-
-    Raises:
-        ConfigError: ``on_bad_image`` is not ``"error"`` or ``"skip"``.
-
-    Example:
-        >>> source = FolderSource("data/knee")  # doctest: +SKIP
-        >>> source.samples(["normal", "osteopenia", "osteoporosis"])[0]  # doctest: +SKIP
-        Sample(path=PosixPath('/abs/data/knee/normal/N1.jpg'), label=0, ...)
-    """
-
-    def __init__(self, root: str | os.PathLike[str], on_bad_image: str = "error") -> None:
-        self.root = absolute_path(root)
-        self.on_bad_image = check_on_bad_image(on_bad_image)
-        self.skipped: list[tuple[Path, str]] = []
-
-    def describe(self) -> str:
-        """One line saying what this source reads."""
-        return f"class-folder tree {self.root} ({FOLDER_LAYOUT})"
-
-    def _fail(self, problem: str) -> DataSourceError:
-        return DataSourceError(f"{problem}. Expected the layout {FOLDER_LAYOUT}.")
-
-    def samples(self, class_names: Sequence[str]) -> list[Sample]:
-        """List every image of the tree with its class index, sorted by path.
-
-        Args:
-            class_names: the run's classes, in index order.
-
-        Returns:
-            One :class:`Sample` per image, with an absolute ``path`` and a ``label``.
-
-        Raises:
-            DataSourceError: the root is missing or holds no class folders or no images; a
-                class folder names no known class; (``"error"`` only) a file is not an image
-                or lies directly in the root.
-        """
-        self.skipped = []
-        if not self.root.is_dir():
-            what = "is not a folder" if self.root.exists() else "does not exist"
-            raise self._fail(f"Image root '{self.root}' {what}")
-        ignored: list[tuple[Path, str]] = []
-        class_dirs: list[Path] = []
-        for entry in sorted(self.root.iterdir()):
-            if is_system_file(entry.name) or entry.name.lower() in SYSTEM_DIRS:
-                ignored.append((entry, SYSTEM_FOLDER if entry.is_dir() else SYSTEM_FILE))
-            elif entry.is_dir():
-                class_dirs.append(entry)
-            elif self.on_bad_image == "skip":
-                ignored.append((entry, "not in a class folder (lies directly in the root)"))
-            else:
-                raise self._fail(
-                    f"File '{entry}' lies directly in the root '{self.root}'; images must sit "
-                    f"in a folder named after their class"
-                )
-        if not class_dirs:
-            raise self._fail(f"Image root '{self.root}' holds no class folders")
-
-        labels = self._resolve_folders(class_dirs, class_names)
-        samples: list[Sample] = []
-        not_images: list[Path] = []
-        per_class = [0] * len(class_names)
-        for folder in class_dirs:
-            images, skipped, others = scan_folder(folder)
-            ignored.extend(skipped)
-            not_images.extend(others)
-            per_class[labels[folder]] += len(images)
-            samples.extend(Sample(path=p, label=labels[folder]) for p in images)
-        if not_images and self.on_bad_image == "skip":
-            ignored.extend((p, not_an_image(p)) for p in not_images)
-        elif not_images:
-            raise DataSourceError(
-                f"{len(not_images)} file(s) under '{self.root}' are not images: "
-                f"{listing(not_images)}. Image files end in "
-                f"{', '.join(sorted(IMAGE_EXTENSIONS))} (any case) or are DICOM; remove or "
-                f"move the other files."
-            )
-        self.skipped = sorted(ignored, key=lambda item: str(item[0]))
-        if self.skipped:
-            log.warning(
-                "Skipped %d file(s)/folder(s) under %s, e.g. %s (%s)",
-                len(self.skipped),
-                self.root,
-                *self.skipped[0],
-            )
-        if not samples:
-            also = f" ({len(self.skipped)} file(s) skipped)" if self.skipped else ""
-            raise self._fail(f"No images found under '{self.root}'{also}")
-        empty = [name for name, n in zip(class_names, per_class, strict=True) if n == 0]
-        if empty:
-            log.warning("No images for class(es) %s under %s", ", ".join(empty), self.root)
-        return sorted(samples, key=lambda s: str(s.path))
-
-    def _resolve_folders(
-        self, class_dirs: Sequence[Path], class_names: Sequence[str]
-    ) -> dict[Path, int]:
-        """Map each class folder to its class index; report all unknown folders at once."""
-        lookup = _class_lookup(class_names)
-        labels: dict[Path, int] = {}
-        unknown: list[str] = []
-        for folder in class_dirs:
-            key = normalize_class_name(folder.name)
-            if key in lookup:
-                labels[folder] = lookup[key]
-            else:
-                unknown.append(f"folder '{folder}': {_unknown_class(folder.name, lookup)}")
-        if unknown:
-            raise self._fail(
-                "Unknown class folder(s) under the root:\n  "
-                + "\n  ".join(unknown)
-                + f"\nAccepted class folder names (case-insensitive): "
-                f"{_accepted_classes(class_names)}"
-            )
-        by_class: dict[int, list[str]] = {}
-        for folder, index in labels.items():
-            by_class.setdefault(index, []).append(folder.name)
-        for index, names in by_class.items():
-            if len(names) > 1:
-                log.warning(
-                    "Folders %s all map to class '%s'; their images are merged",
-                    ", ".join(names),
-                    class_names[index],
-                )
-        return labels
 
 
 def not_an_image(path: Path) -> str:

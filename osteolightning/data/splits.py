@@ -342,3 +342,95 @@ def permute_group_labels(labels: Sequence[int], groups: Sequence[int], seed: int
         for g, d in zip(same, donors, strict=True):
             out[members[g]] = labels_arr[members[same[d]]]
     return out
+
+
+def assign_given_splits(
+    labels: Sequence[int],
+    groups: Sequence[int],
+    given: Sequence[int],
+    val_fraction: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """A split its source gives (a data set published as ``train/`` and ``val/`` folders):
+    the given test images stay the test split, validation is carved from the given training
+    images (stratified, grouped, about ``val_fraction`` of them).
+
+    Args:
+        labels: ``(N,)`` class indices (the strata).
+        groups: ``(N,)`` group ids (patients, copies).
+        given: ``(N,)`` :data:`TRAIN` or :data:`TEST` per image.
+        val_fraction: the validation share of the given training images.
+        seed: the validation fold's seed.
+
+    Returns:
+        ``(N,)`` int64 split codes.
+
+    Raises:
+        ConfigError: a bad fraction, too few training groups.
+    """
+    _check_fraction("val_fraction", val_fraction)
+    labels_arr, groups_arr = np.asarray(labels), np.asarray(groups)
+    codes = np.asarray(given, dtype=np.int64).copy()
+    train = np.flatnonzero(codes == TRAIN)
+    n_val = max(2, round(1.0 / val_fraction))
+    val = _one_fold(labels_arr[train], groups_arr[train], n_val, 0, seed + 1)
+    codes[train[val]] = VAL
+    return codes
+
+
+def crossing_groups(groups: Sequence[int], given: Sequence[int]) -> list[int]:
+    """The groups (a patient, a set of copies) whose images sit in more than one given split."""
+    groups_arr, given_arr = np.asarray(groups), np.asarray(given)
+    return [int(g) for g in np.unique(groups_arr) if len(np.unique(given_arr[groups_arr == g])) > 1]
+
+
+def split_codes(
+    strata: np.ndarray,
+    groups: np.ndarray,
+    split_args: dict,
+    nested: dict,
+    train_fraction: float = 1.0,
+    given: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """A DataModule's split codes: the source's given split (:func:`assign_given_splits`),
+    hold-out or K-fold (:func:`assign_splits`), or an inner split of nested cross-validation
+    (:func:`assign_nested_splits`); then, for a learning curve, a share of the training groups.
+
+    Args:
+        strata: ``(N,)`` labels (or zeros).
+        groups: ``(N,)`` group ids.
+        split_args: ``val_fraction``, ``test_fraction``, ``seed``, ``num_folds``, ``fold``.
+        nested: ``inner_folds`` (``None``: not nested) and ``inner_fold``.
+        train_fraction: the share of training groups kept.
+        given: ``(N,)`` codes the source gives, or ``None``.
+        class_names: the task's classes (checked: each in every split), or ``None``.
+
+    Raises:
+        ConfigError: cross-validation asked for on a data set with a given split.
+    """
+    args = split_args
+    if given is not None:
+        if args.get("num_folds") is not None or nested.get("inner_folds") is not None:
+            raise ConfigError(
+                "The data set comes with its own split (train and test folders), so "
+                "data.num_folds / data.inner_folds cannot re-split it: leave them null, or read "
+                "the folders as one class-folder tree (data=folder)."
+            )
+        codes = assign_given_splits(strata, groups, given, args["val_fraction"], args["seed"])
+    elif nested.get("inner_folds") is not None:
+        codes = assign_nested_splits(
+            strata,
+            groups,
+            int(args["num_folds"]),
+            int(args["fold"]),
+            int(nested["inner_folds"]),
+            int(nested["inner_fold"]),
+            val_fraction=args["val_fraction"],
+            seed=int(args["seed"]),
+        )
+    else:
+        codes = assign_splits(strata, groups, **args, class_names=class_names)
+    if train_fraction < 1:
+        codes = subsample_training(codes, strata, groups, train_fraction, int(args["seed"]) + 11)
+    return codes

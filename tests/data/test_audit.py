@@ -12,8 +12,9 @@ from rich.console import Console
 
 from osteolightning.data.audit import audit
 from osteolightning.data.cache import PreprocessedCache
+from osteolightning.data.folders import FolderSource
 from osteolightning.data.phantom import CLASS_NAMES, generate_knee
-from osteolightning.data.sources import FolderSource, ManifestSource
+from osteolightning.data.sources import ManifestSource
 from osteolightning.errors import ConfigError, DataSourceError
 from tests.helpers import write_dicom
 

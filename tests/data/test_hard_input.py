@@ -22,8 +22,9 @@ import pytest
 from PIL import Image
 
 from osteolightning.data.cache import PrepareResult, PreprocessedCache
+from osteolightning.data.folders import FolderSource
 from osteolightning.data.io import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, read_image
-from osteolightning.data.sources import FolderSource, ManifestSource
+from osteolightning.data.sources import ManifestSource
 from osteolightning.errors import ConfigError, DataSourceError, ImageReadError
 from tests.helpers import write_dicom, write_exif_rotated_jpeg
 

@@ -16,11 +16,12 @@ from PIL import Image
 
 from osteolightning.data.cache import PreprocessedCache
 from osteolightning.data.datamodule import KneeDataModule
+from osteolightning.data.folders import FolderSource
 from osteolightning.data.masks import MaskReadError, letterbox_mask, read_mask
 from osteolightning.data.phantom import CLASS_NAMES, MASK_LABELS
 from osteolightning.data.seg_datamodule import SegmentationDataModule
 from osteolightning.data.seg_sources import SegmentationTreeSource
-from osteolightning.data.sources import FolderSource, ManifestSource
+from osteolightning.data.sources import ManifestSource
 from osteolightning.data.splits import SPLIT_NAMES
 from osteolightning.data.transforms import compose
 from osteolightning.errors import ConfigError, DataSourceError

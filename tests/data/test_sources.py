@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from osteolightning.data.folders import FolderSource
 from osteolightning.data.sources import (
     CLASS_ALIASES,
-    FolderSource,
     ManifestSource,
     normalize_class_name,
     resolve_class,
