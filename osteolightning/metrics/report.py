@@ -136,6 +136,9 @@ def metric_table(
         "auroc_macro": _nanmean_rows(auroc),
         "kappa": cohen_kappa(cm),
         "kappa_quadratic": cohen_kappa(cm, "quadratic"),
+        # ordered classes (KL grades, WHO categories): how far off, in classes
+        "grade_mae": np.abs(preds - labels).mean(axis=1),
+        "acc_within1": (np.abs(preds - labels) <= 1).mean(axis=1),
         "ece": expected_calibration_error(labels, probs, ECE_BINS),
     }
     for c, name in enumerate(class_names):
@@ -236,7 +239,9 @@ def evaluation_report(
 
     Returns:
         Flat dict: ``test/acc``, ``test/acc_ci95`` = ``[low, high]``, ..., ``test/kappa``,
-        ``test/kappa_quadratic``, ``test/ece`` (each with its ``_ci95``),
+        ``test/kappa_quadratic``, ``test/grade_mae`` (mean absolute error in classes, for
+        ordered classes), ``test/acc_within1`` (off by at most one class), ``test/ece`` (each
+        with its ``_ci95``),
         ``test/confusion_matrix``, ``test/n`` and, when some class has no test images,
         ``test/absent_classes`` (their names; they are left out of the macro averages).
         Undefined values (the per-class metrics of an absent class, kappa of a single-class

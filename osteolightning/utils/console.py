@@ -19,6 +19,8 @@ MAIN_METRICS = (
     "auroc_macro",
     "kappa",
     "kappa_quadratic",
+    "grade_mae",
+    "acc_within1",
     "ece",
     "ece_uncalibrated",
     "temperature",

@@ -19,6 +19,7 @@ from osteolightning.ensemble.leaderboard import build_leaderboard, run_leaderboa
 from osteolightning.ensemble.leaderboard.comparisons import (
     compare_leaderboard,
     resamples_for,
+    verdict,
 )
 from osteolightning.metrics.compare import (
     corrected_resampled_ttest,
@@ -183,6 +184,31 @@ def test_every_statistic_equals_the_reference_on_the_jobs_files(tmp_path):
     (line,) = [s for s in result.summary if s.startswith("strong is")]
     assert "better than" in line and "weak" in line.split("better than")[1].split(";")[0]
     assert result.summary_metric == "test/f1_macro"
+
+
+def test_ordered_classes_compare_on_kappa_and_grade_error(tmp_path):
+    """κ and the grade MAE as compared metrics: the paired bootstrap equals the reference, and
+    the MAE's verdict counts lower as better."""
+    jobs = make_study(tmp_path / "sweep")
+    board = build_leaderboard(tmp_path / "sweep", methods=[], n_resamples=50)
+    result = compare_leaderboard(
+        board, n_resamples=50, seed=3, metrics=["kappa_quadratic", "grade_mae"]
+    )
+    assert result.metrics == ["test/kappa_quadratic", "test/grade_mae"]
+    pair = _pair(result, "strong", "weak")
+    paths, labels, strong = _pooled(jobs, "strong")
+    _, _, weak = _pooled(jobs, "weak")
+    r = result.n_resamples
+    reference = paired_bootstrap(
+        labels, strong, weak, paths, CLASSES, ("kappa_quadratic", "grade_mae"), r, 3
+    )
+    for metric, expected in reference.items():
+        got = pair["bootstrap"][f"test/{metric}"]
+        assert {k: got[k] for k in expected} == expected
+    mae = pair["bootstrap"]["test/grade_mae"]
+    assert mae["diff"] < 0  # the strong row errs by fewer grades
+    if mae["p_holm"] < 0.05:
+        assert verdict(pair, "test/grade_mae", 0.05) == ("a" if pair["a"] == "strong" else "b")
 
 
 def test_outputs_leaderboard_summary_and_critical_difference(tmp_path):

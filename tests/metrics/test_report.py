@@ -6,6 +6,7 @@ from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
     cohen_kappa_score,
+    mean_absolute_error,
     precision_recall_fscore_support,
     roc_auc_score,
 )
@@ -123,6 +124,26 @@ def test_kappas_equal_scikit_learn_and_intervals_contain_them():
         cohen_kappa_score(labels, preds, labels=[0, 1, 2], weights="quadratic")
     )
     for key in ("kappa", "kappa_quadratic", "ece"):
+        lo, hi = report[f"test/{key}_ci95"]
+        assert lo <= report[f"test/{key}"] <= hi, key
+
+
+def test_grade_errors_equal_scikit_learn_on_five_grades():
+    """Ordered classes (KL 0-4): the mean absolute error in grades and the share off by at
+    most one grade, against scikit-learn, with intervals around them."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, 300)
+    logits = rng.normal(size=(300, 5))
+    logits[np.arange(300), np.clip(labels + rng.integers(-2, 3, 300), 0, 4)] += 2.0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    report = evaluation_report(labels, probs, [f"KL{g}" for g in range(5)], n_resamples=300)
+    preds = probs.argmax(1)
+    assert report["test/grade_mae"] == pytest.approx(mean_absolute_error(labels, preds))
+    assert report["test/acc_within1"] == pytest.approx(np.mean(np.abs(preds - labels) <= 1))
+    assert report["test/kappa_quadratic"] == pytest.approx(
+        cohen_kappa_score(labels, preds, weights="quadratic")
+    )
+    for key in ("grade_mae", "acc_within1"):
         lo, hi = report[f"test/{key}_ci95"]
         assert lo <= report[f"test/{key}"] <= hi, key
 

@@ -31,6 +31,12 @@ from osteolightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 
+def _test_keys(metrics: Sequence[str] | None) -> list[str] | None:
+    if metrics is None:
+        return None
+    return [m if m.startswith("test/") else f"test/{m}" for m in map(str, metrics)]
+
+
 def run_leaderboard(
     sources: str | Path | Sequence[str | Path],
     out: str | Path | None = None,
@@ -41,6 +47,7 @@ def run_leaderboard(
     compare: bool = True,
     report: bool = True,
     alpha: float = 0.05,
+    compare_metrics: Sequence[str] | None = None,
     **options: Any,
 ) -> tuple[Leaderboard, dict[str, Path]]:
     """Build, write, print and (optionally) log a leaderboard with its pairwise comparisons and
@@ -57,6 +64,9 @@ def run_leaderboard(
             ``critical_difference.png``, the summary under the table).
         report: write the self-contained study report ``report.html``.
         alpha: significance level of the comparisons (after Holm).
+        compare_metrics: the metrics compared (``balanced_acc``, ``kappa_quadratic``,
+            ``grade_mae``, ...; with or without ``test/``); ``None``: balanced accuracy, macro
+            F1 and macro AUROC (Dice for segmentation).
         **options: :func:`build_leaderboard`'s options (``n_resamples`` and ``seed`` also
             drive the comparisons' paired bootstrap).
 
@@ -72,6 +82,7 @@ def run_leaderboard(
             n_resamples=int(options.get("n_resamples", 1000)),
             confidence=float(options.get("confidence", 0.95)),
             seed=int(options.get("seed", 0)),
+            metrics=_test_keys(compare_metrics),
         )
 
     def extra(folder: Path) -> dict[str, Path]:
@@ -137,12 +148,16 @@ class LeaderboardCallback(HydraCallback):
         compare: bool = True,
         report: bool = True,
         alpha: float = 0.05,
+        compare_metrics: Sequence[str] | None = None,
     ) -> None:
         self.enabled, self.tasks = bool(enabled), [str(t) for t in tasks]
         self.methods = None if methods is None else [str(m) for m in methods]
         self.members = None if members is None else [str(m) for m in members]
         self.sort_by, self.top_k, self.n_resamples, self.wandb = sort_by, top_k, n_resamples, wandb
         self.compare, self.report, self.alpha = bool(compare), bool(report), float(alpha)
+        self.compare_metrics = (
+            None if compare_metrics is None else [str(m) for m in compare_metrics]
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled or str(config.get("task_name")) not in self.tasks:
@@ -164,6 +179,7 @@ class LeaderboardCallback(HydraCallback):
                 compare=self.compare,
                 report=self.report,
                 alpha=self.alpha,
+                compare_metrics=self.compare_metrics,
             )
             try:
                 run_leaderboard(sweep_dir, methods=self.methods, **options)
