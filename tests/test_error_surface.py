@@ -4,7 +4,9 @@ value and what would be accepted, exit status 1 and no traceback."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from PIL import Image
 
 from osteolightning.data.near_duplicates import near_duplicate_pairs, perceptual_hash
 from osteolightning.errors import ConfigError
+from osteolightning.evaluate import evaluate
 from osteolightning.train import train
 from osteolightning.utils import runs
 from osteolightning.utils.checks import check_config
@@ -130,3 +133,25 @@ def test_split_fractions_summing_past_one_end_the_command_cleanly(tmp_path, cach
     assert "data.val_fraction=0.6 and data.test_fraction=0.5" in done.stderr
     assert not list(tmp_path.glob("logs/train/runs/*/.osteo_run.json"))  # no run was started
     assert not list(tmp_path.glob("logs/train/runs/*/checkpoints"))
+
+
+# -- 3. a class absent from the evaluated split --------------------------------------------
+def test_an_absent_class_is_logged_as_undefined_not_zero(trained, make_cfg, class_tree):
+    shutil.rmtree(class_tree / "osteoporosis")
+    ckpt = trained[0] / "checkpoints" / "last.ckpt"
+    cfg = make_cfg(
+        "eval",
+        ["common=tiny", "callbacks=tiny", "logger=tiny", "trainer=tiny"]
+        + [f"ckpt_path={ckpt}", "data=folder", f"data.root={class_tree}"],
+    )
+    metrics, objects = evaluate(cfg)
+    assert metrics["test/absent_classes"] == ["osteoporosis"]
+    assert metrics["test/auroc_osteoporosis"] is None
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv", newline="") as handle:
+        (row,) = [r for r in csv.DictReader(handle) if r.get("test/acc")]
+    assert row["test/auroc_osteoporosis"] in ("", "nan")  # undefined, not 0
+    logged = objects["trainer"].callback_metrics
+    assert math.isnan(float(logged["test/auroc_osteoporosis"]))
+    # the macro averages leave it out, as metrics.json does
+    for key in ("test/balanced_acc", "test/f1_macro", "test/auroc_macro", "test/precision_macro"):
+        assert float(row[key]) == pytest.approx(metrics[key], abs=1e-5), key

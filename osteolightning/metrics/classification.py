@@ -1,51 +1,100 @@
-"""torchmetrics collections logged per split during training (DDP-synchronised)."""
+"""torchmetrics collections logged per split during training (DDP-synchronised).
+
+A class absent from an epoch's labels (a small validation split, a test fold without
+osteoporosis) has no recall, and its precision, F1 and AUROC say nothing about it: they are
+NaN in the logs (CSV, W&B) and it is left out of every macro average, as in ``metrics.json``
+(see :mod:`osteolightning.metrics.report`), instead of entering them as zeros.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
+import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassStatScores
+
+#: The split-wide metrics :func:`epoch_metrics` returns (and ``auroc_<class>`` per class).
+EPOCH_METRICS = (
+    "acc",
+    "balanced_acc",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "auroc_macro",
 )
-from torchmetrics.wrappers import ClasswiseWrapper
 
 
 def classification_metrics(class_names: Sequence[str], prefix: str) -> MetricCollection:
-    """Accuracy, balanced accuracy, macro P/R/F1, macro and per-class one-vs-rest AUROC.
+    """The state of the logged metrics: accuracy, per-class counts and per-class AUROC.
 
     Args:
         class_names: class names in label-index order.
-        prefix: split prefix, e.g. ``"val/"``; keys read ``val/f1_macro``, ``val/auroc_normal``.
+        prefix: split prefix, e.g. ``"val/"``; :func:`epoch_metrics` names its keys with it
+            (``val/f1_macro``, ``val/auroc_normal``).
 
     Returns:
         A collection updated with ``(probs (B, K), target (B,))``. The inputs are not
         validated at each update (``validate_args=False``: the checks read device values,
         a wait for the GPU every step); the model's softmax and the DataModule's class
         indices are valid by construction. Metrics with the same state share one update
-        (``compute_groups``): the five confusion-matrix metrics one, the two AUROCs one
-        list of predictions.
+        (``compute_groups``).
     """
     k = len(class_names)
-    names = [str(c) for c in class_names]
     checks = {"validate_args": False}
     return MetricCollection(
         {
             "acc": MulticlassAccuracy(k, average="micro", **checks),
-            # Balanced accuracy is the macro average of per-class recall.
-            "balanced_acc": MulticlassRecall(k, average="macro", **checks),
-            "precision_macro": MulticlassPrecision(k, average="macro", **checks),
-            "recall_macro": MulticlassRecall(k, average="macro", **checks),
-            "f1_macro": MulticlassF1Score(k, average="macro", **checks),
-            "auroc_macro": MulticlassAUROC(k, average="macro", **checks),
-            "auroc": ClasswiseWrapper(
-                MulticlassAUROC(k, average=None, **checks), labels=names, prefix="auroc_"
-            ),
+            # (K, 5): true positives, false positives, true negatives, false negatives, support
+            "stats": MulticlassStatScores(k, average=None, **checks),
+            "auroc": MulticlassAUROC(k, average=None, **checks),
         },
         prefix=prefix,
         compute_groups=True,
     )
+
+
+def logged_keys(class_names: Sequence[str], prefix: str) -> list[str]:
+    """The keys :func:`epoch_metrics` returns, in order."""
+    return [f"{prefix}{name}" for name in EPOCH_METRICS] + [
+        f"{prefix}auroc_{c}" for c in class_names
+    ]
+
+
+def epoch_metrics(metrics: MetricCollection, class_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """An epoch's values of a :func:`classification_metrics` collection, as logged.
+
+    Definitions follow scikit-learn (``zero_division=0``). Balanced accuracy and the macro
+    averages are taken over the classes present in the labels; a class's AUROC is NaN where
+    it has no positive or no negative image.
+
+    Args:
+        metrics: the collection, updated over the epoch.
+        class_names: class names in label-index order.
+
+    Returns:
+        ``prefix + name`` → 0-d tensor for :data:`EPOCH_METRICS` and ``auroc_<class>``.
+    """
+    prefix = metrics.prefix or ""
+    with warnings.catch_warnings():  # "No positive samples in targets": an absent class, NaN below
+        warnings.filterwarnings("ignore", message="No positive samples", category=UserWarning)
+        values = metrics.compute()
+    tp, fp, _, fn, support = values[f"{prefix}stats"].float().unbind(-1)  # (K,) each
+    present = support > 0
+    nan = torch.full_like(tp, float("nan"))
+    recall = torch.where(present, tp / support.clamp(min=1), nan)
+    precision = torch.where(present, tp / (tp + fp).clamp(min=1), nan)
+    f1 = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp(min=1), nan)
+    both_sides = present & (support < support.sum())
+    auroc = torch.where(both_sides, values[f"{prefix}auroc"].float(), nan)
+    out = {
+        f"{prefix}acc": values[f"{prefix}acc"],
+        f"{prefix}balanced_acc": torch.nanmean(recall),
+        f"{prefix}precision_macro": torch.nanmean(precision),
+        f"{prefix}recall_macro": torch.nanmean(recall),
+        f"{prefix}f1_macro": torch.nanmean(f1),
+        f"{prefix}auroc_macro": torch.nanmean(auroc),
+    }
+    out.update({f"{prefix}auroc_{c}": auroc[i] for i, c in enumerate(class_names)})
+    return out

@@ -15,7 +15,11 @@ from torchmetrics import MaxMetric, MeanAbsoluteError
 
 from osteolightning.data.columns import coded_names, plain_coding
 from osteolightning.errors import ConfigError
-from osteolightning.metrics.classification import classification_metrics
+from osteolightning.metrics.classification import (
+    classification_metrics,
+    epoch_metrics,
+    logged_keys,
+)
 from osteolightning.metrics.regression import WHO_CUTOFFS, TargetScaler
 from osteolightning.metrics.running import RunningMean
 from osteolightning.models.acceleration import Accelerated
@@ -323,10 +327,9 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
     @property
     def monitorable(self) -> list[str]:
         """The keys logged once per validation epoch, which callbacks and sweepers may monitor."""
-        keys = [*self.val_metrics.keys(), "val/loss"]
+        keys = [*logged_keys(self.hparams.class_names, "val/"), "val/loss"]
         keys += [f"val/{self.spec.target}_mae"] if self.spec.enabled else []
-        keys += [f"val/auroc_{c}" for c in self.hparams.class_names]
-        return [k for k in keys if k != "val/auroc"] + [f"{self.hparams.monitor}_best"]
+        return [*keys, f"{self.hparams.monitor}_best"]
 
     def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, probs (B, K), targets (B,))`` (see :meth:`step`)."""
@@ -417,7 +420,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.step_losses.check()
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
-        self.log_dict(self.train_metrics.compute())
+        self.log_dict(epoch_metrics(self.train_metrics, self.hparams.class_names))
         self.train_metrics.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -429,7 +432,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
-        values = self.val_metrics.compute()
+        values = epoch_metrics(self.val_metrics, self.hparams.class_names)
         self.val_metrics.reset()
         self.log_dict(values)
         monitored = values.get(self.hparams.monitor)
@@ -452,7 +455,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log("test/loss", self.test_loss, on_epoch=True)
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(epoch_metrics(self.test_metrics, self.hparams.class_names))
         self.test_metrics.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
