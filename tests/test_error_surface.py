@@ -155,3 +155,30 @@ def test_an_absent_class_is_logged_as_undefined_not_zero(trained, make_cfg, clas
     # the macro averages leave it out, as metrics.json does
     for key in ("test/balanced_acc", "test/f1_macro", "test/auroc_macro", "test/precision_macro"):
         assert float(row[key]) == pytest.approx(metrics[key], abs=1e-5), key
+
+
+# -- 4. a refused run touches nothing of the run it collides with -------------------------
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"", p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_a_sweep_over_another_sweeps_jobs_is_refused_before_hydra_writes(tmp_path, cache_dir):
+    """`osteo-train -m ... hydra.sweep.dir=<an earlier sweep>` without resume=auto: the job
+    folders of that sweep keep their .hydra files, log, marker and results, byte for byte."""
+    sweep = tmp_path / "sweep"
+    job = sweep / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("original: true\n")
+    (job / "train.log").write_text("the earlier run's log\n")
+    (job / "metrics.json").write_text('{"test/acc": 0.9}')
+    (job / ".osteo_run.json").write_text('{"state": "finished"}')
+    before = _tree(sweep)
+    args = ["-m", "debug=tiny", "seed=0", f"hydra.sweep.dir={sweep}"]
+    done = run_osteo("train", args, tmp_path, cache_dir, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    assert "osteo-train: error: The multirun directory" in done.stderr
+    assert f"{job} (metrics.json, .osteo_run.json)" in done.stderr and "resume=auto" in done.stderr
+    assert _tree(sweep) == before  # nothing added, nothing rewritten

@@ -8,6 +8,11 @@ finished jobs are skipped, jobs still running elsewhere are left alone, killed o
 their ``last.ckpt`` (``resume=<job folder>``), the rest run. The leaderboard callback then
 rebuilds ``<multirun>/leaderboard/`` over all of them. With no such multirun, the sweep starts
 fresh in a new directory (logged) and its jobs start fresh (``resume`` is not passed on).
+
+A sweep that does not resume never starts over another sweep's jobs: when a job's folder
+(``hydra.sweep.dir=<an earlier sweep>``) already holds a run's results, the sweep is refused
+before any job, so Hydra writes neither that job's ``.hydra/`` nor its log, and nothing of the
+earlier sweep (its markers, ``error.json``, leaderboard) changes.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from osteolightning.errors import ConfigError
+from osteolightning.errors import ConfigError, shorten
 from osteolightning.utils import rundir, sweep_resume
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,31 @@ def job_dir(sweeper: Any, overrides: Sequence[str], num: int) -> Path:
         HydraConfig.instance().cfg = previous
 
 
+def check_fresh_jobs(sweeper: Any) -> None:
+    """Raise when a job folder of this (not resuming) sweep holds a run's results.
+
+    Raises:
+        ConfigError: naming the sweep, the taken job folders and what they hold.
+    """
+    taken, num = [], 0
+    for batch in sweeper.overrides:
+        for overrides in batch:
+            folder = job_dir(sweeper, overrides, num)
+            held = [name for name in rundir.RESULTS if (folder / name).exists()]
+            if held:
+                taken.append(f"{folder} ({', '.join(held)})")
+            num += 1
+    if taken:
+        raise ConfigError(
+            f"The multirun directory '{sweeper.config.hydra.sweep.dir}' already holds results of "
+            f"{len(taken)} of this sweep's jobs: {shorten(taken, quote=False)}; refusing to start "
+            "jobs over them. "
+            "Continue that sweep with resume=auto (and its own overrides), or leave "
+            "hydra.sweep.dir unset to start a new sweep.",
+            details=taken,
+        )
+
+
 def launch(launcher: Any, jobs: list[tuple[list[str], int]]) -> list[JobReturn]:
     """Launch ``(overrides, job number)`` pairs whose numbers may have gaps (skipped jobs)."""
     if not jobs:
@@ -127,6 +157,8 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     parsed = parser.parse_overrides([*sweeper._parse_config(), *arguments])
     sweeper.overrides = sweeper.split_arguments(parsed, sweeper.max_batch_size)
     sweep_dir = Path(str(config.hydra.sweep.dir))
+    if not resuming and sweep_dir.exists():  # a new folder (the default) holds no job yet
+        check_fresh_jobs(sweeper)  # before anything is written into the sweep's folder
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not (sweep_dir / rundir.MULTIRUN).exists():
         OmegaConf.save(config, sweep_dir / rundir.MULTIRUN)

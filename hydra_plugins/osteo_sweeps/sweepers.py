@@ -42,5 +42,9 @@ class OsteoBasicSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from hydra_plugins.osteo_sweeps._grid import run_grid
+        from osteolightning.utils.failures import user_errors
 
-        return run_grid(self, list(arguments))
+        # a refused sweep (a resume that does not fit, job folders of another sweep) ends with
+        # its message alone and exit status 1, as a refused run does
+        with user_errors(f"osteo-{self.config.get('task_name', 'train')}"):
+            return run_grid(self, list(arguments))
