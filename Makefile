@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-all lint format clean help
+.PHONY: install train test test-all lint format docs clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +33,9 @@ lint: $(STAMP)  ## ruff lint and format check
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+docs: $(STAMP)  ## build the documentation site, strict (a broken link fails), into site/
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:  ## remove caches (not .venv, not logs)
 	rm -rf .cache .pytest_cache .ruff_cache
