@@ -18,6 +18,7 @@ from PIL import Image
 from osteolightning.data.near_duplicates import near_duplicate_pairs, perceptual_hash
 from osteolightning.errors import ConfigError
 from osteolightning.evaluate import evaluate
+from osteolightning.models.checkpointing import torch_load
 from osteolightning.train import train
 from osteolightning.utils import runs
 from osteolightning.utils.checks import check_config
@@ -182,3 +183,40 @@ def test_a_sweep_over_another_sweeps_jobs_is_refused_before_hydra_writes(tmp_pat
     assert "osteo-train: error: The multirun directory" in done.stderr
     assert f"{job} (metrics.json, .osteo_run.json)" in done.stderr and "resume=auto" in done.stderr
     assert _tree(sweep) == before  # nothing added, nothing rewritten
+
+
+# -- 5. damaged files ----------------------------------------------------------------------
+def _cut_short(trained, tmp_path: Path) -> Path:
+    data = (trained[0] / "checkpoints" / "last.ckpt").read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[: len(data) // 3])  # an interrupted copy
+    return cut
+
+
+def _assert_damaged_named(done, prog: str, cut: Path) -> None:
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert f"{prog}: error: Cannot read '{cut}'" in done.stderr
+    assert "cut short" in done.stderr and "osteo-train" in done.stderr  # what is accepted
+
+
+def test_a_truncated_checkpoint_is_named_by_osteo_predict(trained, tmp_path, cache_dir):
+    cut = _cut_short(trained, tmp_path)
+    image = next((trained[0]).glob("predictions.csv"))  # any file: the checkpoint fails first
+    done = run_osteo("predict", [str(cut), str(image)], tmp_path, cache_dir, timeout=300)
+    _assert_damaged_named(done, "osteo-predict", cut)
+
+
+def test_a_truncated_checkpoint_is_named_by_osteo_eval(trained, tmp_path, cache_dir):
+    cut = _cut_short(trained, tmp_path)
+    args = ["common=tiny", "trainer=tiny", "logger=tiny", "callbacks=tiny", f"ckpt_path={cut}"]
+    done = run_osteo("evaluate", args, tmp_path, cache_dir, timeout=300)
+    _assert_damaged_named(done, "osteo-eval", cut)
+
+
+def test_damaged_files_are_told_from_files_that_need_unpickling(tmp_path):
+    for name, blob in (("empty", b""), ("text", b"patient list\n"), ("zeros", b"\0" * 4096)):
+        (tmp_path / f"{name}.ckpt").write_bytes(blob)
+        for unsafe in (False, True):
+            with pytest.raises(ConfigError, match=rf"Cannot read '.*{name}.ckpt' \(\d+ bytes\)"):
+                torch_load(tmp_path / f"{name}.ckpt", allow_unsafe_pickle=unsafe)

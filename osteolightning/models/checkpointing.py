@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import random
+import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,6 +160,48 @@ class StoresRunConfig:
         return Preprocessing.from_hparams(self.hparams)
 
 
+#: What a file given as a checkpoint or weights file must be (the end of a damaged file's error).
+ACCEPTED_FILES = (
+    "Expected a complete checkpoint written by osteo-train or osteo-segment "
+    "(<run>/checkpoints/<name>.ckpt) or a PyTorch file of tensors (torch.save); a file cut "
+    "short (an interrupted copy or download, a full disk) must be copied again."
+)
+#: torch.load's failures on a file that is damaged or not a PyTorch file at all
+_DAMAGED = (RuntimeError, EOFError, KeyError, ValueError, OSError, pickle.UnpicklingError)
+
+
+def _weights_only_refusal(err: BaseException, path: str | Path) -> bool:
+    """Whether ``err`` is torch's refusal to load the file under ``weights_only=True`` (pickled
+    objects, or torch's legacy ``.tar`` format), not a damaged file."""
+    text = str(err).lower()
+    if isinstance(err, pickle.UnpicklingError):  # an unknown opcode: bytes that are no pickle
+        return "weights only" in text and "unsupported operand" not in text
+    if isinstance(err, RuntimeError) and "weights_only" in text and "legacy" in text:
+        try:  # torch takes any file of zero blocks for a tar; a real one holds its pickle
+            with tarfile.open(path) as archive:
+                return "pickle" in archive.getnames()
+        except (OSError, tarfile.TarError):
+            return False
+    return False
+
+
+def damaged_file_error(path: str | Path, err: BaseException) -> ConfigError:
+    """The error for a file torch cannot read: it names the file, its size and what is wrong."""
+    path = Path(path)
+    try:
+        size = f"{path.stat().st_size} bytes"
+    except OSError as stat_err:
+        size = stat_err.strerror or "unreadable"
+    text = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    if isinstance(err, EOFError) or "central directory" in text:
+        reason = "it ends before its data: the file is cut short, or it is not a PyTorch file"
+    elif isinstance(err, OSError) and not isinstance(err, EOFError):
+        reason = f"it cannot be opened ({err.strerror or text})"
+    else:
+        reason = f"it is damaged or not a PyTorch file ({type(err).__name__}: {text})"
+    return ConfigError(f"Cannot read '{path}' ({size}): {reason}. {ACCEPTED_FILES}")
+
+
 def torch_load(
     path: str | Path, allow_unsafe_pickle: bool = False, flag: str = "allow_unsafe_pickle"
 ) -> Any:
@@ -166,11 +209,14 @@ def torch_load(
     refused with a ConfigError naming ``flag``, or (with the flag) loaded with a warning.
 
     Raises:
-        ConfigError: the file holds pickled Python objects and ``allow_unsafe_pickle`` is false.
+        ConfigError: the file holds pickled Python objects and ``allow_unsafe_pickle`` is false,
+            or it is damaged (truncated, not a PyTorch file): named, with what is accepted.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except _DAMAGED as err:
+        if not _weights_only_refusal(err, path):
+            raise damaged_file_error(path, err) from err
         if not allow_unsafe_pickle:
             reason = str(err).strip().splitlines()[-1][:200] if str(err).strip() else ""
             raise ConfigError(
@@ -180,7 +226,10 @@ def torch_load(
                 f"{flag}=true to load it anyway."
             ) from err
     log.warning(f"Loading '{path}' with weights_only=False ({flag}=true): it may run code.")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except _DAMAGED as err:
+        raise damaged_file_error(path, err) from err
 
 
 @contextlib.contextmanager
