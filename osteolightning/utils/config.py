@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
@@ -65,14 +67,57 @@ def launch_dir() -> str:
     return os.getcwd()
 
 
+@functools.lru_cache(maxsize=8)
+def _checkpoint_facts(path: str) -> dict[str, Any]:
+    """What a classification checkpoint says about its network: its registry name, input
+    size, channels, normalisation and saliency layer (from the run config and hyperparameters
+    it carries; loaded with ``weights_only=True``)."""
+    from osteolightning.errors import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"Checkpoint '{path}' (model.net.checkpoint) does not exist. Pass the .ckpt of a "
+            "classification run: logs/train/runs/<run>/checkpoints/<name>.ckpt."
+        )
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or foreign file: torch raises many types
+        raise ConfigError(f"Cannot read checkpoint '{path}' (model.net.checkpoint): {err}") from err
+    run = checkpoint.get("osteo_config") if isinstance(checkpoint, dict) else None
+    hp = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    name = ((run or {}).get("model") or {}).get("net", {}).get("name")
+    if not run or not hp or not name or "image_size" not in hp:
+        raise ConfigError(
+            f"'{path}' is not a checkpoint of an osteo-train classifier with a backbone network "
+            "(model=classifier): its network, input size and normalisation cannot be read."
+        )
+    return {
+        "name": str(name),
+        "image_size": int(hp["image_size"]),
+        "in_chans": int(hp["in_chans"]),
+        "mean": [float(v) for v in hp["mean"]],
+        "std": [float(v) for v in hp["std"]],
+        "cam_layer": ((run.get("backbone") or {}).get("cam_layer")),
+    }
+
+
+def checkpoint_fact(path: str, key: str) -> Any:
+    """``${checkpoint:<ckpt>,<key>}``: one fact of a classification checkpoint's network
+    (``name``, ``image_size``, ``in_chans``, ``mean``, ``std``, ``cam_layer``), so a trained
+    knee network serves as a backbone with its own preprocessing (``model/backbone=checkpoint``)."""
+    return _checkpoint_facts(str(path))[key]
+
+
 def register_resolvers() -> None:
     """``${len:${class_names}}``, ``${launch_dir:}``, ``${sweep_group:...}``,
-    ``${sweep_job_name:...}``; safe to call repeatedly."""
+    ``${sweep_job_name:...}``, ``${checkpoint:<ckpt>,<key>}``; safe to call repeatedly."""
     resolvers = {
         "len": lambda seq: len(seq),
         "launch_dir": launch_dir,
         "sweep_group": sweep_group,
         "sweep_job_name": sweep_job_name,
+        "checkpoint": checkpoint_fact,
     }
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -31,8 +31,9 @@ TRACEBACK_VARIABLES = ("HYDRA_FULL_ERROR", "OSTEO_TRACEBACK")
 
 
 def user_error(err: BaseException) -> OsteoError | None:
-    """The framework error behind ``err``: itself, or the cause Hydra's instantiation wrapped
-    (``InstantiationException`` raised ``from`` the constructor's error); else ``None``."""
+    """The framework error behind ``err``: itself, or the cause Hydra's instantiation or
+    OmegaConf's interpolation wrapped (``InstantiationException``,
+    ``InterpolationResolutionError``); else ``None``."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, OsteoError):
@@ -43,7 +44,9 @@ def user_error(err: BaseException) -> OsteoError | None:
 
 
 def _is_wrapper(err: BaseException) -> bool:
-    return type(err).__name__ == "InstantiationException"
+    # Hydra's instantiation and OmegaConf's interpolation (a resolver such as
+    # ${checkpoint:...} that raised) wrap the framework's error
+    return type(err).__name__ in ("InstantiationException", "InterpolationResolutionError")
 
 
 def traceback_wanted() -> bool:

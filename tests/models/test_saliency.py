@@ -10,7 +10,11 @@ from osteolightning.errors import ConfigError
 from osteolightning.models.components.backbone import create_backbone
 from osteolightning.models.saliency import METHODS, SaliencyExplainer
 
-BACKBONES = sorted((Path(__file__).resolve().parents[2] / "conf/model/backbone").glob("*.yaml"))
+BACKBONES = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[2] / "conf/model/backbone").glob("*.yaml")
+    if p.stem != "checkpoint"  # a trained run's network: its layer comes from the checkpoint
+)
 #: in the default suite (a ViT for the token grid among them); the large ones are `slow`
 LIGHT = {"resnet10t", "resnet18", "tf_efficientnet_lite0", "alexnet", "vit_tiny_patch16_224"}
 

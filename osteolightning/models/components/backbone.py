@@ -164,13 +164,23 @@ def file_state_dict(path: str | Path, allow_unsafe_pickle: bool = False) -> dict
     if isinstance(state, nn.Module):
         state = state.state_dict()
     if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+        state = _network_of(state["state_dict"])
     if not isinstance(state, dict):
         raise ConfigError(f"'{path}' holds a {type(state).__name__}, expected a state dict.")
     # This project's classifier keeps its network under `net.`; plain files may use `model.`.
     for prefix in ("net.", "model.", "module."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _network_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's tensors of a LightningModule's state dict: those under ``net.`` (a
+    fine-tuned classifier) or ``net.embedder.net.`` (a linear probe's frozen backbone), without
+    the prefix; the module's other state (class weights, heads, metrics) left out."""
+    for prefix in ("net.embedder.net.", "net."):
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return state
 
 
@@ -282,6 +292,7 @@ def create_backbone(
     pretrained: bool | str = False,
     drop_rate: float = 0.0,
     allow_unsafe_pickle: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> nn.Module:
     """Create a classification network by its registry name (timm, else torchvision).
 
@@ -294,6 +305,9 @@ def create_backbone(
         drop_rate: dropout before the classifier head (torchvision: the model's ``dropout``).
         allow_unsafe_pickle: let a weights file that needs arbitrary unpickling load (with
             ``weights_only=False`` and a warning); only for files you trust.
+        checkpoint: an ``osteo-train`` classification checkpoint whose network (``name``)
+            this is: its weights load in place of ``pretrained``'s, its head is replaced
+            (``model/backbone=checkpoint`` sets the name and preprocessing from it).
 
     Returns:
         A module mapping ``(B, in_chans, H, W)`` to logits ``(B, num_classes)``.
@@ -307,6 +321,13 @@ def create_backbone(
         torch.Size([2, 3])
     """
     library, model_name = _resolve(name)
+    if checkpoint:
+        if pretrained not in (False, None, "false", "none"):
+            raise ConfigError(
+                f"Expected either `checkpoint` or `pretrained`, but got both ({checkpoint!r}, "
+                f"{pretrained!r}): the checkpoint's weights are the network's."
+            )
+        pretrained = str(checkpoint)
     if num_classes < 2:
         raise ConfigError(f"Expected argument `num_classes` to be >= 2, but got {num_classes}.")
     if pretrained is True:

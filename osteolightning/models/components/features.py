@@ -73,6 +73,8 @@ class BackboneEmbedder(nn.Module):
         tiles: split the image into a ``tiles x tiles`` grid, embed each tile (resized to
             the first scale, or kept), and average: a large input keeps its fine texture.
         allow_unsafe_pickle: as for ``create_backbone``.
+        checkpoint: an ``osteo-train`` classification checkpoint whose network to embed with
+            (as for ``create_backbone``): knee-trained features.
 
     Example:
         >>> embed = BackboneEmbedder("resnet10t", pretrained=False)
@@ -89,6 +91,7 @@ class BackboneEmbedder(nn.Module):
         hflip: bool = False,
         tiles: int = 1,
         allow_unsafe_pickle: bool = False,
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if int(tiles) < 1:
@@ -97,7 +100,9 @@ class BackboneEmbedder(nn.Module):
             raise ConfigError(
                 f"Expected argument `scales` to list input sides >= 32, but got {list(scales)}."
             )
-        net = create_backbone(name, 2, in_chans, pretrained, 0.0, allow_unsafe_pickle)
+        net = create_backbone(
+            name, 2, in_chans, pretrained, 0.0, allow_unsafe_pickle, checkpoint=checkpoint
+        )
         net, self.dim = strip_head(net, name)
         self.net = net.eval().requires_grad_(False)
         self.scales = [int(s) for s in scales] if scales else None
@@ -353,11 +358,12 @@ def probe_net(
     hflip: bool = False,
     tiles: int = 1,
     allow_unsafe_pickle: bool = False,
+    checkpoint: str | None = None,
 ) -> FeatureHead:
     """The linear probe's network: a frozen backbone's features (:class:`BackboneEmbedder`) and
     a linear head (``model=linear_probe``; the backbone from ``model/backbone``)."""
     embedder = BackboneEmbedder(
-        name, in_chans, pretrained, scales, hflip, tiles, allow_unsafe_pickle
+        name, in_chans, pretrained, scales, hflip, tiles, allow_unsafe_pickle, checkpoint
     )
     return FeatureHead(embedder, num_classes)
 
