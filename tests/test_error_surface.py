@@ -220,3 +220,43 @@ def test_damaged_files_are_told_from_files_that_need_unpickling(tmp_path):
         for unsafe in (False, True):
             with pytest.raises(ConfigError, match=rf"Cannot read '.*{name}.ckpt' \(\d+ bytes\)"):
                 torch_load(tmp_path / f"{name}.ckpt", allow_unsafe_pickle=unsafe)
+
+
+# -- 6. invalid optimiser values -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        ("train", ["model.optimizer.lr=-1"], "`model.optimizer.lr` to be a positive .* got -1"),
+        ("train", ["model.optimizer.lr=0"], "`model.optimizer.lr` to be a positive .* got 0"),
+        (
+            "train",
+            ["model.optimizer.weight_decay=-0.1"],
+            r"`model.optimizer.weight_decay` to be a value torch.optim.AdamW accepts, but got -0.1",
+        ),
+        ("train", ["+model.optimizer.betas=[0.9,1.5]"], r"`model.optimizer.betas` .* \[0.9, 1.5\]"),
+        ("train", ["+model.optimizer.foo=1"], "`model.optimizer.foo` is not an argument of"),
+        (
+            "train",
+            ["model.optimizer._target_=torch.optim.SGD", "+model.optimizer.momentum=-1"],
+            "`model.optimizer.momentum` to be a value torch.optim.SGD accepts",
+        ),
+        ("train", ["model.scheduler.warmup_fraction=1.5"], r"`model.scheduler.warmup_fraction`"),
+        ("train", ["model.optimizer.lr=fast"], "`model.optimizer` to hold values .* lr=fast"),
+        ("segment", ["model.optimizer.weight_decay=-0.1"], "`model.optimizer.weight_decay`"),
+    ],
+)
+def test_invalid_optimiser_values_are_refused_before_training(make_cfg, config, overrides, message):
+    debug = "debug=tiny" if config == "train" else "debug=seg_tiny"
+    cfg = make_cfg(config, [debug, *overrides])
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert runs.read_marker(cfg.paths.output_dir) is None  # refused before the run started
+
+
+def test_a_negative_learning_rate_ends_osteo_train_cleanly(tmp_path, cache_dir):
+    done = run_osteo("train", ["debug=tiny", "model.optimizer.lr=-1"], tmp_path, cache_dir)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    assert "osteo-train: error: Expected `model.optimizer.lr`" in done.stderr
+    assert not list(tmp_path.glob("logs/train/runs/*/.osteo_run.json"))

@@ -3,6 +3,9 @@
 * settings without a value (``???``, e.g. ``data.root``) or with an empty one;
 * arguments that the configured class does not take (``trainer.max_epoch=3``, a typo in a
   callback's or the data's options), with "did you mean";
+* an optimiser (``model.optimizer``) and learning-rate schedule (``model.scheduler``) that
+  cannot be built with their values (``lr=-1``, ``weight_decay=-0.1``): each is built once on a
+  dummy parameter, as training would build it;
 * values out of range (``data.batch_size=0``, ``data.num_workers=-1``, ``trainer.max_epochs=0``,
   ``data.num_folds=1``) and options that contradict each other (split fractions that leave no
   training images, ``data.fold`` outside the folds);
@@ -49,6 +52,7 @@ def check_config(cfg: DictConfig) -> None:
         check_arguments(node, key)
     check_ranges(cfg)
     check_conflicts(cfg)
+    check_optimizer(cfg)
 
 
 def missing_keys(cfg: DictConfig | ListConfig, prefix: str = "") -> list[str]:
@@ -164,6 +168,68 @@ def check_conflicts(cfg: DictConfig) -> None:
             f"Expected trainer.min_epochs <= trainer.max_epochs, but got {low} > {high}."
         )
     check_split_shares(data)
+
+
+#: Words of torch's optimiser messages ("Invalid learning rate: -1") → the argument they name.
+_OPTIMIZER_WORDS = {
+    "learning rate": "lr",
+    "weight_decay": "weight_decay",
+    "epsilon": "eps",
+    "beta": "betas",
+    "momentum": "momentum",
+    "dampening": "dampening",
+}
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """Build ``model.optimizer`` on a dummy parameter and ``model.scheduler`` on it, as
+    training does after the data is ready; raise for a value they refuse.
+
+    Raises:
+        ConfigError: naming the key and its value (``model.optimizer.lr=-1``), or the node
+            when the argument cannot be told.
+    """
+    import torch
+
+    model = cfg.get("model") or {}
+    node = model.get("optimizer") if isinstance(model, DictConfig) else None
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    lr = node.get("lr")
+    if isinstance(lr, int | float) and not isinstance(lr, bool) and lr <= 0:
+        raise ConfigError(
+            f"Expected `model.optimizer.lr` to be a positive learning rate, but got {lr}."
+        )
+    try:
+        optimizer = hydra.utils.instantiate(node)(params=[torch.zeros(1, requires_grad=True)])
+    except Exception as err:  # noqa: BLE001 - torch refuses values with ValueError/TypeError
+        raise _optimizer_error("model.optimizer", node, err) from err
+    schedule = model.get("scheduler")
+    if isinstance(schedule, DictConfig) and "_target_" in schedule:
+        try:
+            hydra.utils.instantiate(schedule)(optimizer=optimizer, total_steps=100)
+        except Exception as err:  # noqa: BLE001 - any refusal of its values
+            raise _optimizer_error("model.scheduler", schedule, err) from err
+
+
+def _optimizer_error(key: str, node: DictConfig, err: BaseException) -> ConfigError:
+    """A ConfigError for ``node`` (``key``) that its target refused with ``err``."""
+    while err.__cause__ is not None and type(err).__name__ == "InstantiationException":
+        err = err.__cause__
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, ConfigError):  # ours names the argument: "argument `warmup_fraction`"
+        return ConfigError(text.replace("argument `", f"`{key}."))
+    named = next((a for w, a in _OPTIMIZER_WORDS.items() if w in text.lower() and a in node), None)
+    if named:
+        return ConfigError(
+            f"Expected `{key}.{named}` to be a value {node._target_} accepts, but got "
+            f"{node.get(named)} ({text})."
+        )
+    values = ", ".join(f"{k}={node.get(k)}" for k in node if k not in HYDRA_KEYS)
+    return ConfigError(
+        f"Expected `{key}` to hold values {node._target_} accepts, but building it failed: "
+        f"{text}. Its values: {values or 'none'}."
+    )
 
 
 def _integer(key: str, value: Any, low: int, what: str) -> int | None:
