@@ -13,7 +13,12 @@ from collections.abc import Sequence
 
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassStatScores
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassConfusionMatrix,
+    MulticlassStatScores,
+)
 
 #: The split-wide metrics :func:`epoch_metrics` returns (and ``auroc_<class>`` per class).
 EPOCH_METRICS = (
@@ -23,6 +28,9 @@ EPOCH_METRICS = (
     "recall_macro",
     "f1_macro",
     "auroc_macro",
+    # ordered classes (KL grades, WHO categories): monitorable, e.g. monitor=val/kappa_quadratic
+    "kappa_quadratic",
+    "grade_mae",
 )
 
 
@@ -49,6 +57,8 @@ def classification_metrics(class_names: Sequence[str], prefix: str) -> MetricCol
             # (K, 5): true positives, false positives, true negatives, false negatives, support
             "stats": MulticlassStatScores(k, average=None, **checks),
             "auroc": MulticlassAUROC(k, average=None, **checks),
+            # (K, K) counts (rows: true class): the quadratic kappa and the grade error
+            "confmat": MulticlassConfusionMatrix(k, **checks),
         },
         prefix=prefix,
         compute_groups=True,
@@ -96,5 +106,25 @@ def epoch_metrics(metrics: MetricCollection, class_names: Sequence[str]) -> dict
         f"{prefix}f1_macro": torch.nanmean(f1),
         f"{prefix}auroc_macro": torch.nanmean(auroc),
     }
+    out.update(ordinal_metrics(values[f"{prefix}confmat"].double(), prefix))
     out.update({f"{prefix}auroc_{c}": auroc[i] for i, c in enumerate(class_names)})
     return out
+
+
+def ordinal_metrics(cm: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Cohen's quadratic-weighted kappa and the mean absolute error in classes of a ``(K, K)``
+    confusion matrix (rows: true class; as scikit-learn's ``cohen_kappa_score(...,
+    weights="quadratic")`` and ``mean_absolute_error`` of the class indices); NaN when
+    undefined."""
+    k = cm.shape[0]
+    idx = torch.arange(k, dtype=cm.dtype, device=cm.device)
+    distance = (idx[:, None] - idx[None, :]).abs()
+    n = cm.sum()
+    expected = cm.sum(1)[:, None] * cm.sum(0)[None, :] / n.clamp(min=1)
+    disagreement = (distance**2 * expected).sum()
+    nan = torch.tensor(float("nan"), dtype=cm.dtype, device=cm.device)
+    kappa = torch.where(
+        disagreement > 0, 1 - (distance**2 * cm).sum() / disagreement.clamp(min=1e-12), nan
+    )
+    mae = torch.where(n > 0, (distance * cm).sum() / n.clamp(min=1), nan)
+    return {f"{prefix}kappa_quadratic": kappa.float(), f"{prefix}grade_mae": mae.float()}
