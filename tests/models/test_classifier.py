@@ -32,10 +32,20 @@ def test_nan_loss_stops_training_naming_the_step():
         module.training_step(batch, 7)
 
 
-def test_hyperparameters_are_plain_types():
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, str | int | float)
+
+
+def test_hyperparameters_are_plain_types(tmp_path):
     module = _module()
     for value in module.hparams.values():
-        assert value is None or isinstance(value, str | int | float | list)  # weights_only
+        assert _plain(value), value  # weights_only: plain values, lists and str-keyed dicts
+    torch.save(dict(module.hparams), tmp_path / "hp.pt")
+    assert torch.load(tmp_path / "hp.pt", weights_only=True) == dict(module.hparams)
 
 
 @pytest.mark.parametrize(
