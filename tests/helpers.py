@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,24 @@ def write_manifest(phantom_dir: Path, out: Path, edit=None, n: int = 60) -> Path
         writer.writeheader()
         writer.writerows(rows)
     return out
+
+
+def write_graded_tree(phantom_dir: Path, root: Path, leak: bool = False) -> Path:
+    """The tiny phantom's knees as ROOT/{train,val,test}/{0,1,2}/<patient><L|R>.png: each
+    patient (both knees) in one split folder, by patient number (or, with ``leak``, one
+    patient in two folders)."""
+    with open(phantom_dir / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    patients = sorted({r["patient_id"] for r in rows})
+    number = {p: 9000000 + i for i, p in enumerate(patients)}
+    for row in rows:
+        k = number[row["patient_id"]] - 9000000
+        split = "train" if k % 5 < 3 else ("val" if k % 5 == 3 else "test")
+        grade = str(["normal", "osteopenia", "osteoporosis"].index(row["label"]))
+        side = "L" if row["side"].lower().startswith("l") else "R"
+        if leak and k == 0 and side == "R":
+            split = "val"  # one knee of patient 0 in val, the other in train
+        out = root / split / grade / f"{number[row['patient_id']]}{side}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(phantom_dir / row["image"], out)
+    return root

@@ -6,6 +6,7 @@ import pytest
 
 from osteolightning.train import train
 from osteolightning.utils.config import CONFIG_DIR
+from tests.helpers import write_graded_tree
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 SHRINK = [
@@ -24,14 +25,20 @@ SHRINK = [
 
 #: experiments on a CSV manifest of images and records (the tiny phantom's stands in)
 ON_A_MANIFEST = ("knee_clinical", "knee_clinical_best")
+#: experiments on a data set published with its split (the KL grades' layout; the phantom's
+#: three classes as grades 0-2)
+ON_GRADE_FOLDERS = ("kl_grading", "kl_grading_gpu")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs(make_cfg, name, class_tree, phantom_dir):
+def test_experiment_runs(make_cfg, name, class_tree, phantom_dir, tmp_path):
     # experiments on real data take a class-folder root: the tiny phantom's images stand in
     extra = [f"data.root={class_tree}"] if name in ("knee_xray", "knee_probe") else []
     if name in ON_A_MANIFEST:
         extra = [f"data.root={phantom_dir / 'manifest.csv'}"]
+    if name in ON_GRADE_FOLDERS:
+        root = write_graded_tree(phantom_dir, tmp_path / "kl")
+        extra = [f"data.root={root}", "class_names=[KL0,KL1,KL2]"]
     shrink = [o for o in SHRINK if not o.startswith("data.source")] if extra else SHRINK
     cfg = make_cfg("train", [f"experiment={name}", *shrink, *extra])
     metrics, _ = train(cfg)

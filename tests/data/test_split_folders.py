@@ -15,31 +15,10 @@ from osteolightning.data.folders import FolderSource, SplitFolderSource
 from osteolightning.data.splits import SPLIT_NAMES
 from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.train import train
-from tests.helpers import run_osteo
+from tests.helpers import run_osteo, write_graded_tree
 
 CLASSES = ["normal", "osteopenia", "osteoporosis"]
 GRADES = {"0": "normal", "1": "osteopenia", "2": "osteoporosis"}
-
-
-def _graded_tree(phantom_dir: Path, root: Path, leak: bool = False) -> Path:
-    """The tiny phantom's knees as ROOT/{train,val,test}/{0,1,2}/<patient><L|R>.png: each
-    patient (both knees) in one split folder, by patient number (or, with ``leak``, one
-    patient in two folders)."""
-    with open(phantom_dir / "manifest.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    patients = sorted({r["patient_id"] for r in rows})
-    number = {p: 9000000 + i for i, p in enumerate(patients)}
-    for row in rows:
-        k = number[row["patient_id"]] - 9000000
-        split = "train" if k % 5 < 3 else ("val" if k % 5 == 3 else "test")
-        grade = str(CLASSES.index(row["label"]))
-        side = "L" if row["side"].lower().startswith("l") else "R"
-        if leak and k == 0 and side == "R":
-            split = "val"  # one knee of patient 0 in val, the other in train
-        out = root / split / grade / f"{number[row['patient_id']]}{side}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(phantom_dir / row["image"], out)
-    return root
 
 
 def _overrides(root: Path) -> list[str]:
@@ -52,7 +31,7 @@ def _overrides(root: Path) -> list[str]:
 
 
 def test_the_given_split_is_kept_and_the_test_folder_never_read(make_cfg, phantom_dir, tmp_path):
-    root = _graded_tree(phantom_dir, tmp_path / "kl")
+    root = write_graded_tree(phantom_dir, tmp_path / "kl")
     (root / "test" / "0" / "broken.png").write_bytes(b"not a png")  # never read
     _, objects = train(make_cfg("train", _overrides(root)))
     dm = objects["datamodule"]
@@ -70,14 +49,14 @@ def test_the_given_split_is_kept_and_the_test_folder_never_read(make_cfg, phanto
 
 
 def test_a_patient_in_two_given_splits_stops_the_run(make_cfg, phantom_dir, tmp_path):
-    root = _graded_tree(phantom_dir, tmp_path / "kl", leak=True)
+    root = write_graded_tree(phantom_dir, tmp_path / "kl", leak=True)
     with pytest.raises(DataSourceError, match="two of the data set's given splits") as err:
         train(make_cfg("train", _overrides(root)))
     assert "9000000" in str(err.value)
 
 
 def test_patient_patterns_and_folders_are_checked(phantom_dir, tmp_path):
-    root = _graded_tree(phantom_dir, tmp_path / "kl")
+    root = write_graded_tree(phantom_dir, tmp_path / "kl")
     any_png = next((root / "train").rglob("*.png"))
     shutil.copyfile(any_png, root / "train" / "1" / "no_number.png")
     source = FolderSource(root / "train", class_map=GRADES, patient_pattern=r"^(\d+)")
@@ -95,7 +74,7 @@ def test_patient_patterns_and_folders_are_checked(phantom_dir, tmp_path):
 
 
 def test_osteo_eval_scores_the_reserved_test_folder(make_cfg, phantom_dir, tmp_path, cache_dir):
-    root = _graded_tree(phantom_dir, tmp_path / "kl")
+    root = write_graded_tree(phantom_dir, tmp_path / "kl")
     metrics, _ = train(make_cfg("train", _overrides(root)))
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
     done = run_osteo(
