@@ -78,6 +78,19 @@ def test_predict_explain_writes_an_overlay_per_image(trained, class_tree, tmp_pa
         assert row["saliency"].startswith(str(tmp_path / "p_saliency"))
 
 
+def test_predict_explain_takes_relative_paths(trained, class_tree, tmp_path, monkeypatch):
+    """As a user types it, from the data's parent folder: a relative folder and output."""
+    ckpt = json.loads((trained[0] / "metrics.json").read_text())["ckpt_path"]
+    monkeypatch.chdir(class_tree.parent)
+    args = [ckpt, class_tree.name, "--out", "rel.csv", "--explain", "--explain-dir", "sal"]
+    assert main(args) == 0
+    with open(class_tree.parent / "rel.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(list(class_tree.rglob("*.png")))
+    assert all(Path(r["saliency"]).is_file() for r in rows)
+    assert len(list((class_tree.parent / "sal").rglob("*.png"))) == len(rows)
+
+
 def test_explain_errors_name_the_option(trained, class_tree, tmp_path, capsys):
     ckpt = json.loads((trained[0] / "metrics.json").read_text())["ckpt_path"]
     with pytest.raises(SystemExit) as stop:

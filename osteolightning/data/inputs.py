@@ -74,7 +74,7 @@ def find_inputs(paths: list[str | Path], on_bad_image: str = "error") -> Inputs:
         elif path.is_file() and path.suffix.lower() == ".csv":
             _manifest(path, found, on_bad_image)
         elif path.is_file():
-            found.pairs.append((path.parent, absolute_path(path)))
+            found.pairs.append((absolute_path(path).parent, absolute_path(path)))
         elif path.is_dir():
             _folder(path, found, on_bad_image)
         else:
@@ -99,7 +99,8 @@ def _folder(folder: Path, found: Inputs, on_bad_image: str) -> None:
             f"No images under '{folder}' ({len(others)} other files); accepted: PNG, JPEG, TIFF, "
             "BMP, DICOM."
         )
-    found.pairs += [(folder, image) for image in usable]
+    # the root as absolute as the images (a relative folder names them relative to it)
+    found.pairs += [(absolute_path(folder), image) for image in usable]
 
 
 def _manifest(path: Path, found: Inputs, on_bad_image: str) -> None:
