@@ -35,6 +35,7 @@ from osteolightning.models.exporting import check_exporter, export_model, parity
 from osteolightning.models.portable import export_metadata
 from osteolightning.utils import rundir, runs
 from osteolightning.utils.config import CONFIG_DIR
+from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_json, atomic_write_text, file_sha256
 from osteolightning.utils.logging import get_logger
 from osteolightning.utils.model_card import export_section
@@ -129,8 +130,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
-    export(cfg)
+    """Hydra entry point. A framework error ends it with its message and exit status 1
+    (:func:`~osteolightning.utils.failures.user_errors`)."""
+    with user_errors("osteo-export", cfg.paths.output_dir):
+        export(cfg)
 
 
 if __name__ == "__main__":

@@ -260,3 +260,44 @@ def test_a_negative_learning_rate_ends_osteo_train_cleanly(tmp_path, cache_dir):
     assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
     assert "osteo-train: error: Expected `model.optimizer.lr`" in done.stderr
     assert not list(tmp_path.glob("logs/train/runs/*/.osteo_run.json"))
+
+
+# -- 7. every console script ends a framework error with its message alone -----------------
+#: For each console script of pyproject.toml: arguments that make it fail on a user mistake,
+#: and what its message must name.
+MISTAKES = {
+    "osteo-train": (["debug=tiny", "data.batch_size=0"], "data.batch_size"),
+    "osteo-segment": (["debug=seg_tiny", "data.batch_size=0"], "data.batch_size"),
+    "osteo-eval": (["ckpt_path=/nowhere/last.ckpt"], "/nowhere/last.ckpt"),
+    "osteo-predict": (["/nowhere/last.ckpt", "knee.png"], "/nowhere/last.ckpt"),
+    "osteo-ensemble": (["sweep=/nowhere/multirun"], "/nowhere/multirun"),
+    "osteo-data": (["audit", "/nowhere/knees"], "/nowhere/knees"),
+    "osteo-export": (["ckpt_path=/nowhere/last.ckpt"], "/nowhere/last.ckpt"),
+}
+
+
+def _scripts() -> dict[str, str]:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    return tomllib.loads(pyproject.read_text())["project"]["scripts"]
+
+
+def test_every_console_script_has_a_mistake_to_make():
+    assert set(_scripts()) == set(MISTAKES)
+
+
+@pytest.mark.parametrize("prog", sorted(MISTAKES))
+def test_every_console_script_ends_a_user_mistake_without_a_traceback(prog, tmp_path, cache_dir):
+    module = _scripts()[prog].split(":")[0].removeprefix("osteolightning.")
+    args, named = MISTAKES[prog]
+    done = run_osteo(module, args, tmp_path, cache_dir, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert f"{prog}: error:" in done.stderr and named in done.stderr
+
+
+def test_osteo_export_names_a_truncated_checkpoint(trained, tmp_path, cache_dir):
+    cut = _cut_short(trained, tmp_path)
+    done = run_osteo("export", [f"ckpt_path={cut}"], tmp_path, cache_dir, timeout=300)
+    _assert_damaged_named(done, "osteo-export", cut)
