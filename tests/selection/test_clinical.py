@@ -197,3 +197,39 @@ def test_knee_clinical_runs_end_to_end(tmp_path, cache_dir, phantom_dir):
     assert "t_score agreement" in study and "| fusion |" in study
     # every recipe tested the same knees: the paired comparisons use all of them
     assert all(r["n"] == 60 for r in result["paired"]["recipes"].values())
+
+
+def test_the_recommended_recipe_scores_unseen_knees(tmp_path, cache_dir, phantom_dir):
+    """experiment=knee_clinical_best trains on one manifest; osteo-eval scores a manifest of
+    other knees with the same columns (the commands the README states)."""
+    with open(phantom_dir / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    seen = {r["patient_id"] for r in rows[:40]}
+    for name, part in (
+        ("train.csv", [r for r in rows if r["patient_id"] in seen]),
+        ("unseen.csv", kept := [r for r in rows if r["patient_id"] not in seen]),
+    ):
+        with open(tmp_path / name, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for r in part:
+                writer.writerow({**r, "image": str(phantom_dir / r["image"]),
+                                 "mask": str(phantom_dir / r["mask"])})  # fmt: skip
+    train_csv = tmp_path / "train.csv"
+    common = ["logger=csv", "data.allow_separating=[bmd]"]  # the phantom's BMD is its T-score
+    done = run_osteo(
+        "train", ["experiment=knee_clinical_best", f"data.root={train_csv}", *common],
+        tmp_path, cache_dir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    ckpt = run / "checkpoints" / "epoch_000.ckpt"
+    assert ckpt.is_file()
+    done = run_osteo(
+        "evaluate", [f"ckpt_path={ckpt}", "data=manifest", f"data.root={tmp_path / 'unseen.csv'}",
+                     "logger=csv"], tmp_path, cache_dir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (evaluated,) = (tmp_path / "logs" / "eval" / "runs").iterdir()
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    assert metrics["test/n"] == len(kept) and "test/t_score_mae" in metrics
