@@ -54,6 +54,11 @@ MISSING_VALUES = ManifestSource.MISSING_VALUES
 BINARY_CODES: dict[str, float] = {
     "yes": 1.0, "no": 0.0, "y": 1.0, "n": 0.0, "true": 1.0, "false": 0.0,
 }  # fmt: skip
+#: coded kinds: their codes and what they accept, for messages
+CODED: dict[str, tuple[dict[str, float], str]] = {
+    "binary": (BINARY_CODES, "a yes/no answer (yes, no, y, n, true, false)"),
+    "sex": (SEX_CODES, "one of F, female, W, woman, M, male, man"),
+}
 #: more distinct text values than this in a column: free text, not a category
 MAX_LEVELS = 30
 #: plausible ranges ``(low, high)`` of columns whose names say what they measure; a value
@@ -182,21 +187,12 @@ def parse_cell(cell: str | float | None, column: str, kind: str = "number") -> f
     if isinstance(cell, float):
         return _plausible(cell, column)
     text = cell.strip()
-    if kind == "binary" and column != SEX_COLUMN:
-        code = BINARY_CODES.get(text.lower())
+    kind = "sex" if column == SEX_COLUMN else kind
+    if kind in CODED:
+        codes, accepted = CODED[kind]
+        code = codes.get(text.lower())
         if code is None:
-            raise ValueError(
-                f"{column} '{cell}' is not a yes/no answer (yes, no, y, n, true, false; any "
-                "case; empty if unknown)"
-            )
-        return code
-    if column == SEX_COLUMN:
-        code = SEX_CODES.get(text.lower())
-        if code is None:
-            raise ValueError(
-                f"{column} '{cell}' is not one of F, female, W, woman, M, male, man "
-                "(any case; empty if unknown)"
-            )
+            raise ValueError(f"{column} '{cell}' is not {accepted} (any case; empty if unknown)")
         return code
     try:
         value = float(text)
