@@ -27,7 +27,7 @@ SHRINK = [
 ON_A_MANIFEST = ("knee_clinical", "knee_clinical_best")
 #: experiments on a data set published with its split (the KL grades' layout; the phantom's
 #: three classes as grades 0-2)
-ON_GRADE_FOLDERS = ("kl_grading", "kl_grading_gpu")
+ON_GRADE_FOLDERS = ("kl_grading", "kl_grading_gpu", "kl_compare")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
