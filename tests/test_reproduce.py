@@ -58,7 +58,8 @@ def test_a_run_reproduces_identical_metrics_in_process(make_cfg, tmp_path):
 def test_a_deterministic_cpu_run_reproduces_identical_metrics(tmp_path, cache_dir):
     old, new = tmp_path / "old", tmp_path / "new"
     where = [f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={cache_dir}"]
-    # augment=none: the augmentation's random stream is not seeded per run yet
+    # augment=none: the strictest case, no random draw at all (runs with augmentation reproduce
+    # too: each image's draws are a function of (seed, epoch, index), tests/test_reproducibility.py)
     _train(
         ["debug=tiny", "trainer.deterministic=true", "data/augment=none", f"hydra.run.dir={old}"]
         + where,
