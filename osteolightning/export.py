@@ -34,6 +34,7 @@ from osteolightning.models.checkpointing import load_checkpoint
 from osteolightning.models.exporting import check_exporter, export_model, parity
 from osteolightning.models.portable import export_metadata
 from osteolightning.utils import rundir, runs
+from osteolightning.utils.checks import check_output_location
 from osteolightning.utils.config import CONFIG_DIR
 from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_json, atomic_write_text, file_sha256
@@ -83,6 +84,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             difference above ``parity.atol`` (the file is then removed).
     """
     check_exporter(cfg.format)
+    check_output_location(cfg.paths.output_dir, "paths.output_dir")
+    if cfg.out:
+        check_output_location(cfg.out, "out", file=True)
     with runs.session(cfg, loggers=False, model_card=False) as run:
         model, run_cfg = load_checkpoint(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
         model = model.eval().cpu()

@@ -47,6 +47,7 @@ from osteolightning.errors import ConfigError, DataSourceError, ImageReadError
 from osteolightning.explain import add_explain_arguments, explain_rows
 from osteolightning.models.checkpointing import load_model
 from osteolightning.models.portable import load_predictor
+from osteolightning.utils.checks import check_output_location
 from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -342,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """osteo-predict's work; every input is either used or reported, and the count is printed."""
+    if args.out:  # before any work: not after every prediction was computed
+        check_output_location(args.out, "--out", file=None)
     model = load_predictor(args.ckpt)  # a checkpoint, or an osteo-export .onnx / .pt
     inputs = find_inputs(args.paths, args.on_bad_image)
     if hasattr(model, "predict_masks"):

@@ -301,3 +301,41 @@ def test_osteo_export_names_a_truncated_checkpoint(trained, tmp_path, cache_dir)
     cut = _cut_short(trained, tmp_path)
     done = run_osteo("export", [f"ckpt_path={cut}"], tmp_path, cache_dir, timeout=300)
     _assert_damaged_named(done, "osteo-export", cut)
+
+
+# -- 8. an output path below a regular file -------------------------------------------------
+def test_osteo_predict_checks_out_before_predicting(trained, tmp_path, cache_dir, class_tree):
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    ckpt = trained[0] / "checkpoints" / "last.ckpt"
+    args = [str(ckpt), str(class_tree), "--out", "notes.txt/preds.csv"]
+    done = run_osteo("predict", args, tmp_path, cache_dir, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    assert "osteo-predict: error: Expected `--out`" in done.stderr
+    assert "below 'notes.txt', which is a file" in done.stderr
+    assert "wrote" not in done.stderr  # refused before any prediction
+
+
+def test_an_output_dir_below_a_file_is_refused_before_work(make_cfg, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    cfg = make_cfg("train", ["debug=tiny"])
+    cfg.paths.output_dir = str(tmp_path / "notes.txt" / "run")
+    with pytest.raises(ConfigError, match=r"`paths.output_dir` .* below '.*notes.txt', which is"):
+        train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "key"),
+    [
+        ("train", ["debug=tiny", "hydra.run.dir=notes.txt/run"], "hydra.run.dir"),
+        ("train", ["-m", "debug=tiny", "hydra.sweep.dir=notes.txt/sweep"], "hydra.sweep.dir"),
+        ("train", ["debug=tiny", "paths.output_dir=notes.txt/run"], "paths.output_dir"),
+        ("export", ["ckpt_path=x.ckpt", "out=notes.txt/model.onnx"], "out"),
+    ],
+)
+def test_a_run_folder_below_a_file_ends_with_its_message(tmp_path, cache_dir, module, args, key):
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    done = run_osteo(module, args, tmp_path, cache_dir, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    assert f"error: Expected `{key}` to name" in done.stderr
+    assert "below 'notes.txt', which is a file, not a folder" in done.stderr
+    assert (tmp_path / "notes.txt").read_text() == "not a folder\n"

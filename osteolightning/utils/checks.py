@@ -1,6 +1,8 @@
 """The config checked before any work: what would otherwise fail minutes or hours later.
 
 * settings without a value (``???``, e.g. ``data.root``) or with an empty one;
+* output folders that cannot be made because a path below a regular file
+  (``paths.output_dir=notes.txt/run``; :func:`check_output_location`);
 * arguments that the configured class does not take (``trainer.max_epoch=3``, a typo in a
   callback's or the data's options), with "did you mean";
 * an optimiser (``model.optimizer``) and learning-rate schedule (``model.scheduler``) that
@@ -20,6 +22,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -33,6 +36,8 @@ HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_a
 INSTANTIATED = ("trainer", "data", "model", "callbacks", "logger")
 #: Settings that must name something: an empty value is as bad as none.
 NON_EMPTY = ("data.root",)
+#: Folders a run writes into (or creates): each must be a folder or creatable as one.
+OUTPUT_FOLDERS = ("paths.output_dir", "paths.log_dir", "paths.cache_dir")
 
 
 def did_you_mean(name: str, known: Sequence[str]) -> str:
@@ -48,6 +53,10 @@ def check_config(cfg: DictConfig) -> None:
         ConfigError: the first finding, naming the key and what would be accepted.
     """
     check_values(cfg)
+    for key in OUTPUT_FOLDERS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None and str(value).strip():
+            check_output_location(value, key)
     for key, node in _nodes(cfg):
         check_arguments(node, key)
     check_ranges(cfg)
@@ -89,6 +98,45 @@ def check_values(cfg: DictConfig) -> None:
                 "(an empty value would read the current folder). Pass e.g. "
                 f"{key}=/data/knees."
             )
+
+
+def check_output_location(path: str | Path, key: str, file: bool | None = False) -> Path:
+    """Raise when ``path`` cannot be written because it lies below a regular file, or is of
+    the wrong kind itself.
+
+    Args:
+        path: the folder (or file) a command will write.
+        key: how the user gave it (``paths.output_dir``, ``--out``), for the message.
+        file: ``True``: ``path`` names a file to write (it must not be a folder); ``False``: a
+            folder (it must not be a file); ``None``: either (only its parents are judged).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: naming the key, the path and the file in the way.
+
+    Example:
+        >>> check_output_location("/tmp/run", "paths.output_dir")
+        PosixPath('/tmp/run')
+    """
+    path = Path(str(path)).expanduser()
+    what = {True: "a file", False: "a folder", None: "a path"}[file]
+    if file is not None and path.exists() and path.is_dir() == file:
+        kind = "a folder" if file else "a file"
+        raise ConfigError(
+            f"Expected `{key}` to name {what}, but '{path}' is {kind}. Pass another path."
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"Expected `{key}` to name {what} that can be created, but '{path}' lies "
+                    f"below '{parent}', which is a file, not a folder. Pass a path in a folder "
+                    f"(e.g. '{parent.parent / path.name}')."
+                )
+            break
+    return path
 
 
 def _nodes(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:

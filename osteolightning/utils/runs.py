@@ -43,7 +43,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from osteolightning.errors import ConfigError
 from osteolightning.utils import rundir
+from osteolightning.utils.checks import check_output_location
 from osteolightning.utils.config import instantiate_list, to_container
+from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -486,12 +488,17 @@ class RunDirGuard(HydraCallback):
     """Hydra callback: keep Hydra from writing into a ``hydra.run.dir`` that holds another run's
     results. Hydra runs it before ``run_job`` writes ``.hydra/`` and opens the log file, but turns
     its exceptions into warnings; so it switches both off for that directory, and the job's own
-    :func:`start_run` then refuses the directory with a ConfigError."""
+    :func:`start_run` then refuses the directory with a ConfigError.
+
+    A ``hydra.run.dir`` or ``hydra.sweep.dir`` that cannot be created (below a regular file)
+    would end in Hydra's ``mkdir`` with an OS traceback, before any code of the command: the
+    guard ends the command there with the message alone (exit status 1)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Lightning's DDP launcher restarts the script for ranks > 0 in rank 0's directory.
         if rank_zero_only.rank != 0:
             return
+        _refuse_unmakeable(config, "hydra.run.dir")
         # Hydra sets HydraConfig only inside run_job, after this hook: the run dir must resolve
         # without it (paths.root_dir is ${launch_dir:}, not ${hydra:runtime.cwd}).
         try:
@@ -500,3 +507,17 @@ class RunDirGuard(HydraCallback):
             with open_dict(config):
                 config.hydra.output_subdir = None
                 config.hydra.job_logging.handlers.file.filename = os.devnull
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if rank_zero_only.rank == 0:
+            _refuse_unmakeable(config, "hydra.sweep.dir")
+
+
+def _refuse_unmakeable(config: DictConfig, key: str) -> None:
+    """End the command (message alone, exit status 1) when Hydra cannot create ``key``'s
+    folder; an exception would only be a warning of Hydra's callbacks."""
+    try:
+        check_output_location(str(OmegaConf.select(config, key)), key)
+    except ConfigError:
+        with user_errors(f"osteo-{config.get('task_name', 'train')}"):
+            raise
