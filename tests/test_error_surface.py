@@ -15,14 +15,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from osteolightning.data.folders import FolderSource
+from osteolightning.data.hygiene import apply_conflict_policy, apply_record_policy, find_copies
+from osteolightning.data.masks import read_mask
 from osteolightning.data.near_duplicates import near_duplicate_pairs, perceptual_hash
-from osteolightning.errors import ConfigError
+from osteolightning.data.seg_sources import SegmentationTreeSource
+from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.evaluate import evaluate
 from osteolightning.models.checkpointing import torch_load
 from osteolightning.train import train
 from osteolightning.utils import runs
 from osteolightning.utils.checks import check_config
-from tests.helpers import run_osteo
+from tests.helpers import run_osteo, write_manifest
 
 
 # -- 1. blank or constant images ------------------------------------------------------------
@@ -339,3 +343,109 @@ def test_a_run_folder_below_a_file_ends_with_its_message(tmp_path, cache_dir, mo
     assert f"error: Expected `{key}` to name" in done.stderr
     assert "below 'notes.txt', which is a file, not a folder" in done.stderr
     assert (tmp_path / "notes.txt").read_text() == "not a folder\n"
+
+
+# -- 9. "... and N more" always comes with the full list (error_details.txt) --------------
+def test_a_manifest_with_many_bad_rows_writes_the_full_list(tmp_path, cache_dir, phantom_dir):
+    def missing(i: int, row: dict) -> None:
+        if i < 12:
+            row["image"] = row["image"].replace("images/", "images/missing_")
+
+    manifest = write_manifest(phantom_dir, tmp_path / "bad.csv", edit=missing)
+    args = ["debug=tiny", "data=manifest", f"data.root={manifest}"]
+    done = run_osteo("train", args, tmp_path, cache_dir, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    assert "has 12 bad row(s)" in done.stderr and "and 2 more" in done.stderr
+    (details,) = tmp_path.glob("logs/train/runs/*/error_details.txt")
+    assert f"The full list (12) is in {details}" in done.stderr
+    lines = details.read_text().splitlines()
+    assert len(lines) == 12 and all("missing_" in line for line in lines)
+
+
+def test_every_shortened_list_of_the_data_sources_carries_its_details(tmp_path):
+    labels = np.repeat(np.arange(2), 7)  # 7 pairs of copies, each pair under two classes
+    copies = find_copies([f"d{i % 7}" for i in range(14)], labels)
+    names = [f"f{i}.png" for i in range(14)]
+    with pytest.raises(DataSourceError, match="and 2 more") as conflict:
+        apply_conflict_policy(copies, "error", names, ["normal", "osteoporosis"], labels)
+    assert len(conflict.value.details) == 14
+    records = [({"age": str(i)}, None) for i in range(14)]
+    keep = np.ones(14, dtype=bool)
+    with pytest.raises(DataSourceError, match="and 2 more") as record:
+        apply_record_policy(copies, records, keep, "error", names)
+    assert len(record.value.details) == 14
+
+    tree = tmp_path / "tree"
+    (tree / "normal").mkdir(parents=True)
+    for i in range(12):
+        (tree / "normal" / f"notes_{i}.txt").write_text("not an image\n")
+    with pytest.raises(DataSourceError, match="and 2 more") as folder:
+        FolderSource(tree).samples(["normal"])
+    assert sorted(map(str, folder.value.details)) == sorted(
+        str(p) for p in (tree / "normal").glob("*.txt")
+    )
+
+    seg = tmp_path / "seg"
+    for sub in ("images", "masks"):
+        (seg / sub).mkdir(parents=True)
+    for i in range(12):  # masks without images
+        Image.fromarray(np.zeros((40, 40), np.uint8)).save(seg / "masks" / f"m{i}.png")
+    with pytest.raises(DataSourceError, match="and 2 more") as pairing:
+        SegmentationTreeSource(seg).samples()
+    assert len(pairing.value.details) == 12
+
+    mask = tmp_path / "many_labels.png"
+    Image.fromarray(np.arange(40 * 40, dtype=np.uint8).reshape(40, 40) % 40).save(mask)
+    with pytest.raises(DataSourceError, match="and 27 more") as values:
+        read_mask(mask, num_classes=3)
+    assert len(values.value.details) == 37
+
+
+def test_a_resume_of_another_config_lists_every_differing_key(make_cfg):
+    cfg = make_cfg("train", ["debug=tiny"], run="first")
+    runs.start_run(cfg)
+    runs.stop_heartbeat()
+    flat = runs.hashed_config(cfg)
+    changed = {**flat, **{f"extra.key{i}": i for i in range(12)}}
+    with pytest.raises(ConfigError, match="and 2 more") as caught:
+        runs.check_resumable(Path(cfg.paths.output_dir), changed)
+    assert len(caught.value.details) == 12 and "extra.key0: '<absent>' -> 0" in caught.value.details
+
+
+def _error_calls_without_details() -> list[str]:
+    """Functions of the package that build an error whose message shortens a list
+    (``shorten(...)``, "and N more", a slice) without giving it ``details``."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "osteolightning"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        source = path.read_text()
+        for function in ast.walk(ast.parse(source)):
+            if not isinstance(function, ast.FunctionDef):
+                continue
+            text = ast.get_source_segment(source, function) or ""
+            if ".details = " in text:
+                continue
+            for call in ast.walk(function):
+                name = getattr(call, "func", None)
+                name = getattr(name, "id", getattr(name, "attr", ""))
+                if not (isinstance(call, ast.Call) and name.endswith("Error")):
+                    continue
+                message = ast.get_source_segment(source, call) or ""
+                shortened = "shorten(" in message or "more" in message or "listing(" in message
+                if shortened and "details" not in [k.arg for k in call.keywords]:
+                    found.append(f"{path.relative_to(package)}:{call.lineno}")
+    return found
+
+
+#: errors that name a few examples but no list of offending items the user must fix
+NOT_LISTS = {
+    "data/splits.py",  # "use more images": not a list
+    "data/columns.py",  # a column's distinct text values (another change owns this file)
+}
+
+
+def test_no_error_shortens_a_list_without_its_details():
+    left = [f for f in _error_calls_without_details() if f.split(":")[0] not in NOT_LISTS]
+    assert left == []

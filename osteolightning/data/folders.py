@@ -154,7 +154,8 @@ class FolderSource:
                 f"{len(not_images)} file(s) under '{self.root}' are not images: "
                 f"{listing(not_images)}. Image files end in "
                 f"{', '.join(sorted(IMAGE_EXTENSIONS))} (any case) or are DICOM; remove or "
-                f"move the other files."
+                f"move the other files.",
+                details=not_images,
             )
         self.skipped = sorted(ignored, key=lambda item: str(item[0]))
         if self.skipped:

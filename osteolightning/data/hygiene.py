@@ -140,7 +140,12 @@ def apply_conflict_policy(
             + "; ".join(shown)
             + more
             + ". Fix the labels, or choose data.on_label_conflict=drop (remove them) or "
-            "data.on_label_conflict=keep (keep them, each group whole inside one split)."
+            "data.on_label_conflict=keep (keep them, each group whole inside one split).",
+            details=[
+                f"group {g}: '{describe[i]}' ({class_names[labels[i]]})"
+                for g, group in enumerate(copies.conflicts)
+                for i in group
+            ],
         )
     if policy == "drop":
         for group in copies.conflicts:
@@ -218,10 +223,14 @@ def apply_record_policy(
         return out, []
     if policy == "error":
         shown = "; ".join(", ".join(f"'{describe[i]}'" for i in g) for g in groups[:5])
+        more = f" … and {len(groups) - 5} more" if len(groups) > 5 else ""
         raise DataSourceError(
             f"{len(groups)} groups of identical images are filed under different records (other "
-            f"columns of the manifest differ): {shown}. Fix the records, or choose "
-            "data.on_record_conflict=drop (leave every copy out) or keep."
+            f"columns of the manifest differ): {shown}{more}. Fix the records, or choose "
+            "data.on_record_conflict=drop (leave every copy out) or keep.",
+            details=[
+                f"group {g}: '{describe[i]}'" for g, group in enumerate(groups) for i in group
+            ],
         )
     action = "dropped" if policy == "drop" else "kept"
     rows = [(g, i, describe[i], action) for g, group in enumerate(groups) for i in group]

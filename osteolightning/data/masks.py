@@ -33,7 +33,7 @@ import pydicom
 from PIL import Image, ImageOps
 
 from osteolightning.data.io import DICOM_EXTENSIONS, _has_dicom_magic
-from osteolightning.errors import ConfigError, DataSourceError, ImageReadError
+from osteolightning.errors import ConfigError, DataSourceError, ImageReadError, shorten
 
 __all__ = [
     "MASK_ACCEPTED",
@@ -303,18 +303,20 @@ def _out_of_range(
     path: Path, bad: np.ndarray, present: np.ndarray, num_classes: int, two_tone: bool
 ) -> MaskReadError:
     """The error for label values outside ``0..num_classes-1``, with a binary hint."""
-    shown = ", ".join(str(int(v)) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+    shown = shorten([int(v) for v in bad], 10, quote=False)
     hint = ""
     if two_tone or set(present.tolist()) <= {0, 255}:
         hint = (
             " The mask looks like a black/white binary mask: use mask_format=binary (with "
             "two class names, e.g. [background, bone])."
         )
-    return MaskReadError(
+    error = MaskReadError(
         path,
         f"mask_format=label: pixel values {shown} are not class indices; accepted values are "
         f"0..{num_classes - 1} ({num_classes} classes).{hint}",
     )
+    error.details = [str(int(v)) for v in bad]  # every value the message shortened
+    return error
 
 
 def read_foreground(path: str | os.PathLike[str]) -> np.ndarray:

@@ -99,7 +99,9 @@ class SegmentationTreeSource:
         pairs, problems = _pair_masks(images, masks, folders["images"], folders["masks"])
         problems.extend((p, not_an_image(p)) for p in not_images)
         if problems and self.on_bad_image == "error":
-            raise self._fail(_pairing_report(problems))
+            error = self._fail(_pairing_report(problems))
+            error.details = [f"{p}: {reason}" for p, reason in problems]
+            raise error
         ignored.extend(problems)
         self.skipped = sorted(ignored, key=lambda item: str(item[0]))
         if self.skipped:

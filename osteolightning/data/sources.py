@@ -302,7 +302,8 @@ class ManifestSource:
             )
             raise DataSourceError(
                 f"Manifest '{self.path}' has {len(errors)} bad row(s):\n  {shown}{more}\n"
-                f"Paths are relative to '{self.path.parent}'{labels}."
+                f"Paths are relative to '{self.path.parent}'{labels}.",
+                details=errors,
             )
         self.skipped.sort(key=lambda item: str(item[0]))
         if self.skipped:

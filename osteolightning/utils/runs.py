@@ -41,7 +41,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from osteolightning.errors import ConfigError
+from osteolightning.errors import ConfigError, shorten
 from osteolightning.utils import rundir
 from osteolightning.utils.checks import check_output_location
 from osteolightning.utils.config import instantiate_list, to_container
@@ -243,10 +243,15 @@ def check_resumable(run_dir: Path, flat: dict[str, Any]) -> None:
         )
     if marker.get("config_hash") != config_hash(flat):
         keys = config_diff(marker.get("config", {}), flat)
-        shown = ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else "")
+        shown = shorten(keys, 10, quote=False)
         raise ConfigError(
             f"Cannot resume '{run_dir}': its config differs from this one in {shown}. "
-            "Use the same overrides as the run had, or start a new run."
+            "Use the same overrides as the run had, or start a new run.",
+            details=[
+                f"{k}: {marker.get('config', {}).get(k, '<absent>')!r} -> "
+                f"{flat.get(k, '<absent>')!r}"
+                for k in keys
+            ],
         )
     if not (run_dir / LAST_CKPT).is_file():
         raise ConfigError(
