@@ -449,3 +449,36 @@ NOT_LISTS = {
 def test_no_error_shortens_a_list_without_its_details():
     left = [f for f in _error_calls_without_details() if f.split(":")[0] not in NOT_LISTS]
     assert left == []
+
+
+# -- 10. a segmenter that finds no bone ------------------------------------------------------
+def test_a_segmenter_that_finds_no_bone_is_warned_about(make_cfg, phantom_dir, tmp_path, caplog):
+    import logging
+
+    import torch
+
+    from osteolightning.data.io import read_image
+    from osteolightning.models.components.bone_region import BoneRegionEmbedder
+
+    cfg = make_cfg("segment", ["debug=seg_tiny", "trainer.max_epochs=1"], run="seg")
+    train(cfg)
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    head = checkpoint["state_dict"]
+    head["net.head.weight"].zero_()  # every pixel: background
+    head["net.head.bias"].copy_(torch.tensor([10.0] + [-10.0] * (len(head["net.head.bias"]) - 1)))
+    blind = tmp_path / "blind.ckpt"
+    torch.save(checkpoint, blind)
+
+    embedder = BoneRegionEmbedder(segmenter=str(blind))
+    images = [read_image(p) for p in sorted((phantom_dir / "images").glob("*.png"))[:6]]
+    batch = torch.from_numpy(np.stack(images))[:, None].float() * 2 - 1  # (6, 1, 96, 96)
+    with caplog.at_level(logging.WARNING):
+        features = embedder(batch)
+        embedder(batch)
+    assert not features.any()  # what the warning is about: the same zeros for every image
+    assert (embedder.empty_bone, embedder.segmented) == (12, 12)
+    warned = [r.getMessage() for r in caplog.records if "found no bone" in r.getMessage()]
+    assert len(warned) == 2  # the first batch, then when the count doubled
+    assert f"'{blind.resolve()}' found no bone in 6 of the 6 images" in warned[0]
+    assert "found no bone in 12 of the 12 images" in warned[1]
+    assert "model.net.segmenter=null" in warned[0]

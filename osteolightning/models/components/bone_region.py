@@ -13,7 +13,8 @@ inside the interior. The mask is the data's (``data.mask_input=provide``: the ph
 masks, or a manifest's ``mask`` column such as the masks ``osteo-predict`` exports), or the
 prediction of a segmentation checkpoint (``segmenter``): then the segmentation runs here on
 every image, and :meth:`BoneRegionEmbedder.segmentation_dice` scores it against the data's
-masks.
+masks. Images in which the segmenter finds no bone get all-zero statistics; the embedder
+counts them (``empty_bone`` of ``segmented``) and warns, naming how many.
 """
 
 from __future__ import annotations
@@ -30,12 +31,17 @@ from torch import nn
 from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_model
 from osteolightning.models.components.features import _digest, _weights_digest
+from osteolightning.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 #: depth bands (pixels below the bone's edge) of the intensity profile; the last is the interior
 DEPTH_BANDS = ((0, 1), (1, 2), (2, 3), (3, 4), (4, 6), (6, 9), (9, 10**6))
 PERCENTILES = (10, 25, 50, 75, 90)
 #: width in pixels of the soft-tissue ring around the bone
 RING = 6
+#: a mask with fewer bone pixels is empty: its statistics are all zeros
+MIN_BONE_PIXELS = 4
 
 
 def region_features(image: np.ndarray, bone: np.ndarray) -> np.ndarray:
@@ -53,7 +59,7 @@ def region_features(image: np.ndarray, bone: np.ndarray) -> np.ndarray:
     from skimage.feature import local_binary_pattern
 
     dim = len(PERCENTILES) + 2 + 2 + 2 + len(DEPTH_BANDS) + 1 + 3 + 10 + 1
-    if bone.sum() < 4:
+    if bone.sum() < MIN_BONE_PIXELS:
         return np.zeros(dim, dtype=np.float32)
     spread = float(image.std()) + 1e-6
     ring = ndimage.binary_dilation(bone, iterations=RING) & ~bone
@@ -154,6 +160,9 @@ class BoneRegionEmbedder(nn.Module):
             settings["segmenter"] = _weights_digest(model.net)
             self.segmenter_train = segmenter_training_images(segmenter)
         self.key = "bone-region-" + _digest(settings)
+        #: images the segmenter segmented, and those in which it found no bone (so far)
+        self.segmented, self.empty_bone = 0, 0
+        self._warned_at = 0
 
     @property
     def needs_mask(self) -> bool:
@@ -186,6 +195,7 @@ class BoneRegionEmbedder(nn.Module):
         """``(B, C, H, W)``, ``(B, H, W)`` → ``(B, D)`` float32."""
         if self.segmenter is not None:
             bone = self.predict_bone(images)
+            self._count_empty(bone)
         elif masks is None:
             raise ConfigError("BoneRegionEmbedder needs masks (data.mask_input=provide).")
         else:
@@ -193,6 +203,23 @@ class BoneRegionEmbedder(nn.Module):
         grey = self.grey(images).cpu().numpy()
         rows = [region_features(g, b) for g, b in zip(grey, bone.cpu().numpy(), strict=True)]
         return torch.from_numpy(np.stack(rows)).to(images.device)
+
+    def _count_empty(self, bone: torch.Tensor) -> None:
+        """Count the images of ``bone`` ``(B, H, W)`` in which the segmenter found no bone, and
+        warn: at the first, then each time the count doubles (a few lines however many)."""
+        empty = int((bone.flatten(1).sum(1) < MIN_BONE_PIXELS).sum())
+        self.segmented += len(bone)
+        self.empty_bone += empty
+        if empty and self.empty_bone >= 2 * self._warned_at:
+            self._warned_at = self.empty_bone
+            log.warning(
+                f"The segmenter '{self.segmenter_path}' found no bone in {self.empty_bone} of "
+                f"the {self.segmented} images it has segmented so far ({empty} of {len(bone)} "
+                "in this batch): their bone statistics are all zeros, the same input for "
+                "every one of them. Look at its masks (osteo-predict <segmenter> <images> "
+                "--out DIR writes them), or measure the data's masks instead "
+                "(model.net.segmenter=null, data.mask_input=provide)."
+            )
 
     @torch.no_grad()
     def segmentation_dice(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
