@@ -482,3 +482,54 @@ def test_a_segmenter_that_finds_no_bone_is_warned_about(make_cfg, phantom_dir, t
     assert f"'{blind.resolve()}' found no bone in 6 of the 6 images" in warned[0]
     assert "found no bone in 12 of the 12 images" in warned[1]
     assert "model.net.segmenter=null" in warned[0]
+
+
+# -- 11. saliency warnings only where they apply --------------------------------------------
+def _saliency_setup(make_cfg, config: str, overrides: list[str], caplog):
+    import logging
+
+    from osteolightning.callbacks.writers import build_saliency
+    from osteolightning.models.saliency import cam_layer_of
+
+    cfg = make_cfg(config, overrides)
+    saliency = make_cfg("eval", ["ckpt_path=x.ckpt"], run="eval").saliency  # osteo-eval's
+    writers = build_saliency(saliency, cam_layer_of(cfg), cfg.paths.output_dir)
+    extra = {"class_counts": [10, 10, 10]} if "class_counts" in cfg.model else {}
+    model = hydra.utils.instantiate(cfg.model, **extra)
+    with caplog.at_level(logging.INFO, logger="osteolightning.callbacks.saliency"):
+        writers[0].setup(None, model, "test")
+    said = [r for r in caplog.records if r.name == "osteolightning.callbacks.saliency"]
+    return writers[0], said
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [
+        ("texture", "TextureEmbedder"),
+        ("bone_density", "BoneRegionEmbedder"),
+        ("linear_probe", "BackboneEmbedder"),
+        ("covariates", None),
+        ("boosting", None),
+        ("ost_rule", None),
+    ],
+)
+def test_models_saliency_does_not_apply_to_get_no_warning(make_cfg, caplog, model, why):
+    writer, said = _saliency_setup(make_cfg, "train", ["debug=tiny", f"model={model}"], caplog)
+    assert not writer._active
+    assert not [r for r in said if r.levelname == "WARNING"]  # no "cam_layer is not set"
+    if why is None:
+        assert said == []  # nothing to explain, no word
+    else:
+        (line,) = said
+        assert line.levelname == "INFO" and why in line.getMessage()
+        assert "without gradients" in line.getMessage()
+
+
+def test_a_segmenter_evaluated_gets_no_saliency_warning(make_cfg, caplog):
+    writer, said = _saliency_setup(make_cfg, "segment", ["debug=seg_tiny"], caplog)
+    assert not writer._active and said == []
+
+
+def test_a_classifier_with_its_layer_still_gets_its_saliency_report(make_cfg, caplog):
+    writer, said = _saliency_setup(make_cfg, "train", ["debug=tiny"], caplog)
+    assert writer._active and said == []

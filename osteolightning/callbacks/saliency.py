@@ -97,12 +97,26 @@ class SaliencyWriter(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Check the target layer before any training: a classifier without one (or with a
         layer its network lacks, e.g. ``model.net.name`` changed without ``model/backbone``)
-        gets no saliency report, with a warning naming the option."""
+        gets no saliency report, with a warning naming the option. Models the report does not
+        apply to get none without a warning: no image network (the covariates alone, silent),
+        or image features computed outside a differentiable network (``model=texture``,
+        ``bone_density``, ``linear_probe``: a line at INFO says so); a segmenter has no
+        class probabilities to explain."""
         net = getattr(pl_module, "net", None)
         self._active = net is not None and hasattr(pl_module, "predict_proba")
         # a model without an image network (the covariates alone): nothing to explain, no word
         self._active = self._active and getattr(net, "image_dim", None) != 0
         if not self._active:
+            return
+        embedder = getattr(net, "embedder", None)
+        if embedder is not None:  # a fitted head on features: texture, bone statistics, a probe
+            log.info(
+                f"No saliency report: this model's image features come from "
+                f"{type(embedder).__name__}, computed without gradients (hand-made statistics, "
+                "or a frozen network whose features are cached), so Grad-CAM has no layer of "
+                "it to follow."
+            )
+            self._active = False
             return
         try:
             SaliencyExplainer.check_layer(net, self.cam_layer)
