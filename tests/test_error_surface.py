@@ -533,3 +533,38 @@ def test_a_segmenter_evaluated_gets_no_saliency_warning(make_cfg, caplog):
 def test_a_classifier_with_its_layer_still_gets_its_saliency_report(make_cfg, caplog):
     writer, said = _saliency_setup(make_cfg, "train", ["debug=tiny"], caplog)
     assert writer._active and said == []
+
+
+# -- 12. debug=tiny says that it turns W&B off ----------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        (["debug=tiny"], True),
+        (["debug=seg_tiny"], True),
+        (["debug=tiny", "logger=csv"], False),  # the user chose it: no word
+        (["debug=tiny", "logger=default"], False),  # W&B on
+        ([], False),  # the default logs to W&B
+    ],
+)
+def test_a_debug_preset_says_that_it_turns_wandb_off(
+    make_cfg, caplog, monkeypatch, overrides, said
+):
+    import logging
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    config = "segment" if "debug=seg_tiny" in overrides else "train"
+    cfg = make_cfg(config, overrides)
+    with (
+        caplog.at_level(logging.INFO, logger="osteolightning.utils.runs"),
+        runs.session(cfg, model_card=False) as run,
+    ):
+        kinds = {type(logger).__name__ for logger in run.loggers}
+    lines = [r.getMessage() for r in caplog.records if "W&B is off" in r.getMessage()]
+    assert ("WandbLogger" not in kinds) == (said or "logger=csv" in overrides)
+    if said:
+        (line,) = lines
+        debug = overrides[0].split("=")[1]
+        assert f"debug={debug} sets logger=tiny" in line and "logger=default" in line
+        assert str(Path(cfg.paths.output_dir) / "csv") in line
+    else:
+        assert lines == []

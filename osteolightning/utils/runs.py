@@ -452,6 +452,7 @@ def session(cfg: DictConfig, loggers: bool = True, model_card: bool = True) -> I
     try:
         if loggers:
             started = instantiate_list(cfg.get("logger"), "logger")
+            say_wandb_off(cfg)
         restore_csv_history(started, cfg.get("ckpt_path"))
         for logger in started:
             logger.log_hyperparams(to_container(cfg))
@@ -469,6 +470,25 @@ def session(cfg: DictConfig, loggers: bool = True, model_card: bool = True) -> I
         raise
     finally:
         close_loggers(started)
+
+
+@rank_zero_only
+def say_wandb_off(cfg: DictConfig) -> None:
+    """One line when a ``debug`` preset (``debug=tiny``) chose a logger group without W&B, which
+    the default logs to: the user who did not choose it learns that and where the metrics go."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if "wandb" in (cfg.get("logger") or {}) or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    debug, chosen = hydra_cfg.runtime.choices.get("debug"), hydra_cfg.runtime.choices.get("logger")
+    given = any(str(o).lstrip("+~").startswith("logger") for o in hydra_cfg.overrides.task)
+    if debug and not given:
+        log.info(
+            f"W&B is off: debug={debug} sets logger={chosen} (the metrics go to "
+            f"{Path(cfg.paths.output_dir) / rundir.CSV_DIR} only); add logger=default to log to "
+            "W&B too."
+        )
 
 
 @rank_zero_only
