@@ -216,9 +216,10 @@ def _osteo_train(tmp_path: Path, cache_dir: Path, *args: str) -> subprocess.Comp
 
 
 def test_multirun_survives_a_failed_job_and_groups_wandb_runs(tmp_path, cache_dir):
-    # job 0 fails inside fit (AdamW refuses a negative learning rate), job 1 trains
+    # job 0 fails inside fit (a learning rate of 1e20: the loss is NaN at the second step;
+    # a negative one is refused before the run starts), job 1 trains
     done = _osteo_train(
-        tmp_path, cache_dir, "debug=tiny", "logger=default", "model.optimizer.lr=-1,0.001"
+        tmp_path, cache_dir, "debug=tiny", "logger=default", "model.optimizer.lr=1e20,0.001"
     )
     # both jobs ran and the leaderboard was written; then the sweep exits with status 1
     assert done.returncode == 1, done.stderr[-3000:]
@@ -227,11 +228,11 @@ def test_multirun_survives_a_failed_job_and_groups_wandb_runs(tmp_path, cache_di
     assert (sweep_dir / "leaderboard" / "leaderboard.csv").is_file()
     failed, ok = sweep_dir / "0", sweep_dir / "1"
     record = json.loads((failed / ERROR_FILE).read_text())
-    assert record["type"] == "builtins.ValueError" and "learning rate" in record["error"]
-    assert "model.optimizer.lr=-1" in record["overrides"]
-    assert (
-        "Job 0 (" in done.stdout + done.stderr and "failed: ValueError" in done.stdout + done.stderr
-    )
+    assert record["type"] == "builtins.FloatingPointError"
+    assert "training loss became nan" in record["error"]
+    assert "model.optimizer.lr=1e+20" in record["overrides"]  # as Hydra renders it
+    output = done.stdout + done.stderr
+    assert "Job 0 (" in output and "failed: FloatingPointError" in output
     assert (ok / "metrics.json").is_file() and not (ok / ERROR_FILE).exists()
     assert (ok / "val_predictions.csv").is_file()
     assert runs.read_marker(ok)["state"] == "finished"
