@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from osteolightning.callbacks import RunArtifacts
 from osteolightning.callbacks.writers import build_saliency, build_writer
-from osteolightning.models.checkpointing import explain_unpickling
+from osteolightning.models.checkpointing import check_checkpoint_file, explain_unpickling
 from osteolightning.models.saliency import cam_layer_of
 from osteolightning.reproduce import reproduce_run
 from osteolightning.utils import runs
@@ -77,6 +77,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             run that cannot be continued (see :func:`osteolightning.utils.runs.start_run`).
     """
     check_config(cfg)  # before the run claims a directory: a typo costs nothing
+    if cfg.get("ckpt_path"):  # a checkpoint cut short is named now, not by Lightning's loader
+        check_checkpoint_file(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
     with runs.session(cfg) as run:  # may redirect paths.output_dir: before anything else
         warn_conflicts(cfg)
         L.seed_everything(cfg.seed, workers=True)

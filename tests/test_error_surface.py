@@ -218,6 +218,16 @@ def test_a_truncated_checkpoint_is_named_by_osteo_eval(trained, tmp_path, cache_
     _assert_damaged_named(done, "osteo-eval", cut)
 
 
+def test_a_truncated_checkpoint_to_continue_from_is_named_before_the_run(
+    trained, make_cfg, tmp_path
+):
+    cut = _cut_short(trained, tmp_path)
+    cfg = make_cfg("train", ["debug=tiny", f"ckpt_path={cut}"])
+    with pytest.raises(ConfigError, match=rf"Cannot read '{cut}' \(\d+ bytes\): it ends before"):
+        train(cfg)
+    assert runs.read_marker(cfg.paths.output_dir) is None  # refused before the run started
+
+
 def test_damaged_files_are_told_from_files_that_need_unpickling(tmp_path):
     for name, blob in (("empty", b""), ("text", b"patient list\n"), ("zeros", b"\0" * 4096)):
         (tmp_path / f"{name}.ckpt").write_bytes(blob)

@@ -16,6 +16,7 @@ import contextlib
 import pickle
 import random
 import tarfile
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -230,6 +231,25 @@ def torch_load(
         return torch.load(path, map_location="cpu", weights_only=False)
     except _DAMAGED as err:
         raise damaged_file_error(path, err) from err
+
+
+def check_checkpoint_file(path: str | Path, allow_unsafe_pickle: bool = False) -> None:
+    """Raise before a trainer loads ``path`` (``ckpt_path=``) when it is missing or damaged.
+
+    A checkpoint is a zip archive; a complete one is recognised from its end alone (no load).
+    Any other file is loaded once with :func:`torch_load`, which names what is wrong with it.
+
+    Raises:
+        ConfigError: the file is missing, cut short or not a PyTorch file (or, see
+            :func:`torch_load`, needs arbitrary unpickling).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"Checkpoint '{path}' does not exist. Pass ckpt_path=<run>/checkpoints/<name>.ckpt."
+        )
+    if not zipfile.is_zipfile(path):
+        torch_load(path, allow_unsafe_pickle)
 
 
 @contextlib.contextmanager
