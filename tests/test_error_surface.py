@@ -452,7 +452,6 @@ def _error_calls_without_details() -> list[str]:
 #: errors that name a few examples but no list of offending items the user must fix
 NOT_LISTS = {
     "data/splits.py",  # "use more images": not a list
-    "data/columns.py",  # a column's distinct text values (another change owns this file)
 }
 
 

@@ -140,7 +140,8 @@ def infer_coding(samples: Sequence[Sample], columns: Sequence[str], source: str)
                     f"Column `{column}` of {source} holds {len(levels)} distinct text values "
                     f"({shorten(levels, 3)}): it is neither a number, a yes/no answer nor a "
                     f"category of at most {MAX_LEVELS} levels. Leave it out of the covariates "
-                    "(list the ones to use: model.covariates=[age,sex,...])."
+                    "(list the ones to use: model.covariates=[age,sex,...]).",
+                    details=levels,
                 )
             coding[column] = levels
     return coding
