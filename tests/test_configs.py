@@ -29,6 +29,9 @@ def _segmentation_option(group: str, option: str) -> bool:
     )
 
 
+KL_GRADES = ["KL0", "KL1", "KL2", "KL3", "KL4"]
+
+
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes(make_cfg, group, option):
     """Classification options under osteo-train's config, segmentation ones under osteo-segment's."""
@@ -43,7 +46,11 @@ def test_every_group_option_composes(make_cfg, group, option):
         assert cfg.data.class_names == cfg.class_names
     else:
         cfg = make_cfg("train", overrides)
-        assert cfg.class_names == ["normal", "osteopenia", "osteoporosis"]
+        # the WHO categories, or the grades of an experiment on graded knees (KL 0-4)
+        expected = (
+            KL_GRADES if option.startswith("kl_") else ["normal", "osteopenia", "osteoporosis"]
+        )
+        assert cfg.class_names == expected
     assert cfg.model.net.num_classes == len(cfg.class_names)
     if group == "trainer" and option not in ("gpu", "ddp"):
         hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)

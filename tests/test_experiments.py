@@ -34,8 +34,8 @@ ON_GRADE_FOLDERS = ("kl_grading", "kl_grading_gpu", "kl_compare")
 def test_experiment_runs(make_cfg, name, class_tree, phantom_dir, tmp_path):
     # experiments on real data take a class-folder root: the tiny phantom's images stand in
     extra = [f"data.root={class_tree}"] if name in ("knee_xray", "knee_probe") else []
-    if name in ON_A_MANIFEST:
-        extra = [f"data.root={phantom_dir / 'manifest.csv'}"]
+    if name in ON_A_MANIFEST:  # the phantom's BMD is its T-score's source: the guard knows
+        extra = [f"data.root={phantom_dir / 'manifest.csv'}", "data.allow_separating=[bmd]"]
     if name in ON_GRADE_FOLDERS:
         root = write_graded_tree(phantom_dir, tmp_path / "kl")
         extra = [f"data.root={root}", "class_names=[KL0,KL1,KL2]"]
