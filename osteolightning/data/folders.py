@@ -27,6 +27,7 @@ from osteolightning.data.sources import (
     listing,
     normalize_class_name,
     not_an_image,
+    report_skipped,
     scan_folder,
 )
 from osteolightning.errors import ConfigError, DataSourceError
@@ -157,14 +158,7 @@ class FolderSource:
                 f"move the other files.",
                 details=not_images,
             )
-        self.skipped = sorted(ignored, key=lambda item: str(item[0]))
-        if self.skipped:
-            log.warning(
-                "Skipped %d file(s)/folder(s) under %s, e.g. %s (%s)",
-                len(self.skipped),
-                self.root,
-                *self.skipped[0],
-            )
+        self.skipped = report_skipped(ignored, self.root)
         if not samples:
             also = f" ({len(self.skipped)} file(s) skipped)" if self.skipped else ""
             raise self._fail(f"No images found under '{self.root}'{also}")

@@ -18,6 +18,7 @@ from osteolightning.data.sources import (
     SEGMENTATION_LAYOUT,
     absolute_path,
     not_an_image,
+    report_skipped,
     scan_folder,
 )
 from osteolightning.errors import DataSourceError
@@ -103,14 +104,7 @@ class SegmentationTreeSource:
             error.details = [f"{p}: {reason}" for p, reason in problems]
             raise error
         ignored.extend(problems)
-        self.skipped = sorted(ignored, key=lambda item: str(item[0]))
-        if self.skipped:
-            log.warning(
-                "Skipped %d file(s)/folder(s) under %s, e.g. %s (%s)",
-                len(self.skipped),
-                self.root,
-                *self.skipped[0],
-            )
+        self.skipped = report_skipped(ignored, self.root)
         if not pairs:
             also = f" ({len(self.skipped)} file(s) skipped)" if self.skipped else ""
             raise self._fail(f"No image with a mask found under '{self.root}'{also}")

@@ -165,6 +165,17 @@ def listing(paths: Sequence[Path], limit: int = MAX_REPORTED) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
+def report_skipped(ignored: Sequence[tuple[Path, str]], root: Path) -> list[tuple[Path, str]]:
+    """The ``(path, reason)`` entries a tree source left out, sorted by path, with one warning
+    naming how many and the first."""
+    skipped = sorted(ignored, key=lambda item: str(item[0]))
+    if skipped:
+        log.warning(
+            "Skipped %d file(s)/folder(s) under %s, e.g. %s (%s)", len(skipped), root, *skipped[0]
+        )
+    return skipped
+
+
 def not_an_image(path: Path) -> str:
     """The reason recorded for a file that is neither an image nor a system file."""
     return (

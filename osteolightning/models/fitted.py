@@ -32,18 +32,14 @@ from osteolightning.errors import ConfigError
 from osteolightning.models.classifier import Batch, KneeClassifier
 from osteolightning.models.components.feature_cache import FeatureCache
 from osteolightning.models.components.features import FeatureHead
-from osteolightning.models.linear_fits import (  # noqa: F401  (re-exported: the fits' old home)
-    ABSENT_LOGIT,
+from osteolightning.models.linear_fits import (
     DEFAULT_ALPHAS,
     DEFAULT_CS,
     HeadFit,
-    LogisticFit,
-    RidgeFit,
-    _weighted,
-    fit_logistic,
     fit_logistic_z,
     fit_ridge,
     standardisation,
+    weight_block,
 )
 
 #: the image block's weights ``image_weight = "auto"`` chooses among, beside covariates (0: the
@@ -269,13 +265,13 @@ class FittedHeadClassifier(KneeClassifier):
         if self.spec.class_weight > 0:
             best = None
             for w in weights:
-                zw = _weighted(z, d_image, w)
+                zw = weight_block(z, d_image, w)
                 c, b, chosen, scores = fit_logistic_z(zw, labels, k, C, Cs, groups, hp.inner_folds)
                 score = min(scores.values()) if scores else 0.0
                 if best is None or score < best[0]:
                     best = (score, c, b, chosen, w)
             _, coef, intercept, info["C"], w = best
-            coef = _weighted(coef, d_image, w)  # back to the unweighted standardised features
+            coef = weight_block(coef, d_image, w)  # back to the unweighted standardised features
             if len(weights) > 1 or weights[0] != 1.0:
                 info["image_weight"] = w
         if self.spec.enabled:
@@ -284,7 +280,7 @@ class FittedHeadClassifier(KneeClassifier):
             best = None
             for w in weights:
                 ridge = fit_ridge(
-                    _weighted(z[known], d_image, w),
+                    weight_block(z[known], d_image, w),
                     y[known],
                     alpha=alpha,
                     alphas=alphas,
@@ -295,7 +291,7 @@ class FittedHeadClassifier(KneeClassifier):
                 if best is None or score < best[0]:
                     best = (score, ridge, w)
             _, ridge, w = best
-            coef = np.vstack([coef, _weighted(ridge.coef[None], d_image, w)])
+            coef = np.vstack([coef, weight_block(ridge.coef[None], d_image, w)])
             intercept = np.append(intercept, ridge.intercept)
             info["alpha"] = ridge.alpha
             if len(weights) > 1 or weights[0] != 1.0:

@@ -291,7 +291,7 @@ class HeadFit:
         return ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
 
 
-def _weighted(z: np.ndarray, d_image: int, w: float) -> np.ndarray:
+def weight_block(z: np.ndarray, d_image: int, w: float) -> np.ndarray:
     """``z`` with its first ``d_image`` columns (the image block) times ``w``. An L2 penalty on
     the weighted features is a penalty ``1 / w²`` times as strong on the image's coefficients
     as on the covariates': the two blocks regularised separately with one solver; ``w = 0`` is

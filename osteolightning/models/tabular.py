@@ -39,7 +39,8 @@ from osteolightning.models.components.trees import (
     TreesFit,
     forest_arrays,
 )
-from osteolightning.models.fitted import ABSENT_LOGIT, FittedHeadClassifier
+from osteolightning.models.fitted import FittedHeadClassifier
+from osteolightning.models.linear_fits import ABSENT_LOGIT
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -22,7 +22,7 @@ from osteolightning.models.components.features import (
     probe_net,
     strip_head,
 )
-from osteolightning.models.fitted import fit_logistic
+from osteolightning.models.linear_fits import fit_logistic
 from osteolightning.predict import predict
 from osteolightning.train import train
 from tests.helpers import run_osteo
