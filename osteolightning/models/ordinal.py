@@ -11,6 +11,12 @@ applies unchanged, and the prediction rule is the usual one: the most probable g
 argmax), the probabilities of the report. The loss has the signature of
 :mod:`osteolightning.models.losses` (class weights, label smoothing, soft targets from mixup
 pass through), tested against dlordinal's own losses.
+
+The other ordinal model is a head, not a loss: ``model.net.head=clm`` puts a cumulative link
+model (dlordinal's ``CLM``; :mod:`osteolightning.models.components.heads`) in place of the
+linear classification layer, with the same output contract (its softmax is the CLM's
+probabilities, its prediction the most probable class), so it combines with this loss or with
+plain cross-entropy (then the CLM's likelihood).
 """
 
 from __future__ import annotations

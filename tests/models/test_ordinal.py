@@ -67,3 +67,66 @@ def test_a_classifier_fits_with_soft_ordinal_labels(make_cfg):
     metrics, objects = train(cfg)
     assert objects["model"].loss_fn.func is soft_ordinal_loss
     assert 0 <= metrics["test/grade_mae"] <= 2 and "test/kappa_quadratic" in metrics
+
+
+# the cumulative link head (dlordinal's CLM behind the framework's output contract)
+
+
+@pytest.mark.parametrize("link", ["logit", "probit", "cloglog"])
+def test_the_cumulative_link_head_is_dlordinals_clm(link):
+    from dlordinal.output_layers import CLM
+
+    from osteolightning.models.components.heads import CumulativeLinkHead
+
+    torch.manual_seed(0)
+    head = CumulativeLinkHead(8, K, link)
+    with torch.no_grad():  # thresholds away from dlordinal's start, so their order is tested
+        head.clm.thresholds_a_.copy_(torch.tensor([0.5, 1.5, 0.8]))
+        head.clm.thresholds_b_.fill_(-1.0)
+    reference = CLM(K, link_function=link)
+    reference.load_state_dict(head.clm.state_dict())
+    x = torch.randn(16, 8) * 3
+    expected = reference(head.proj(x))
+    got = head(x)
+    # its softmax is the CLM's probabilities; its cross-entropy is the CLM's likelihood
+    torch.testing.assert_close(got.softmax(1), expected, atol=1e-6, rtol=1e-5)
+    labels = torch.randint(0, K, (16,))
+    nll = -expected.clamp_min(1e-7).log()[torch.arange(16), labels].mean()
+    torch.testing.assert_close(cross_entropy(got, labels), nll, atol=1e-5, rtol=1e-5)
+    # the cumulative probabilities P(y <= k) fall as the score f(x) grows: the grades in order
+    score = head.proj(x).squeeze(1)
+    order = score.argsort()
+    cumulative = expected[order].cumsum(1)[:, :-1]
+    assert bool((cumulative[1:] <= cumulative[:-1] + 1e-6).all())
+
+
+def test_the_cumulative_link_head_replaces_the_linear_one_and_names_bad_choices():
+    from osteolightning.models.components.backbone import classifier_head, create_backbone
+    from osteolightning.models.components.heads import CumulativeLinkHead
+
+    for name in ("resnet10t", "alexnet"):  # timm and torchvision
+        net = create_backbone(name, num_classes=K, in_chans=1, head="clm", link="probit")
+        assert isinstance(classifier_head(net), CumulativeLinkHead)
+        assert torch.allclose(net(torch.zeros(2, 1, 64, 64)).exp().sum(1), torch.ones(2))
+    with pytest.raises(ConfigError, match="Did you mean 'clm'"):
+        create_backbone("resnet10t", num_classes=K, head="clmm")
+    with pytest.raises(ConfigError, match="Did you mean 'logit'"):
+        create_backbone("resnet10t", num_classes=K, head="clm", link="logits")
+    with pytest.raises(ConfigError, match="at least 3 ordered classes"):
+        create_backbone("resnet10t", num_classes=2, head="clm")
+
+
+def test_a_classifier_fits_with_the_cumulative_link_head_and_reloads(make_cfg):
+    from osteolightning.models.checkpointing import load_model
+    from osteolightning.models.components.heads import CumulativeLinkHead
+
+    cfg = make_cfg("train", ["debug=tiny", "model.net.head=clm", "model/loss=ordinal"])
+    metrics, objects = train(cfg)
+    assert isinstance(objects["model"].net.get_classifier(), CumulativeLinkHead)
+    assert 0 <= metrics["test/grade_mae"] <= 2
+    best = objects["trainer"].checkpoint_callback.best_model_path
+    reloaded = load_model(best)
+    assert isinstance(reloaded.net.get_classifier(), CumulativeLinkHead)
+    x = torch.zeros(1, 1, cfg.image_size, cfg.image_size)
+    reloaded.eval()
+    assert torch.allclose(reloaded(x).exp().sum(1), torch.ones(1), atol=1e-5)

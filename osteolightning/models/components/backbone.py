@@ -30,6 +30,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from osteolightning.errors import ConfigError
+from osteolightning.models.components.heads import CumulativeLinkHead, install_head
 from osteolightning.models.checkpointing import torch_load
 from osteolightning.utils.logging import get_logger
 
@@ -218,11 +219,15 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
 
 
 def classifier_head(net: nn.Module) -> nn.Module:
-    """The classification head of ``net``: timm's ``get_classifier()``, else its last Linear.
+    """The classification head of ``net``: its cumulative link head, timm's
+    ``get_classifier()``, else its last Linear.
 
     Raises:
-        ConfigError: ``net`` has neither (nothing to keep trainable).
+        ConfigError: ``net`` has none (nothing to keep trainable).
     """
+    ordinal = [m for m in net.modules() if isinstance(m, CumulativeLinkHead)]
+    if ordinal:
+        return ordinal[-1]
     if hasattr(net, "get_classifier"):
         head = net.get_classifier()
         if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
@@ -293,6 +298,8 @@ def create_backbone(
     drop_rate: float = 0.0,
     allow_unsafe_pickle: bool = False,
     checkpoint: str | Path | None = None,
+    head: str = "linear",
+    link: str = "logit",
 ) -> nn.Module:
     """Create a classification network by its registry name (timm, else torchvision).
 
@@ -308,6 +315,11 @@ def create_backbone(
         checkpoint: an ``osteo-train`` classification checkpoint whose network (``name``)
             this is: its weights load in place of ``pretrained``'s, its head is replaced
             (``model/backbone=checkpoint`` sets the name and preprocessing from it).
+        head: ``linear`` (the network's own layer) or ``clm``: a cumulative link model for
+            ordered classes in its place
+            (:class:`~osteolightning.models.components.heads.CumulativeLinkHead`; its output
+            is log-probabilities, so the softmax is its probabilities).
+        link: the cumulative link's function, ``logit`` | ``probit`` | ``cloglog``.
 
     Returns:
         A module mapping ``(B, in_chans, H, W)`` to logits ``(B, num_classes)``.
@@ -320,6 +332,21 @@ def create_backbone(
         >>> net(torch.zeros(2, 1, 64, 64)).shape
         torch.Size([2, 3])
     """
+    model = _create(name, num_classes, in_chans, pretrained, drop_rate, allow_unsafe_pickle, checkpoint)
+    install_head(model, classifier_head(model), head, num_classes, link)
+    return model
+
+
+def _create(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    pretrained: bool | str,
+    drop_rate: float,
+    allow_unsafe_pickle: bool,
+    checkpoint: str | Path | None,
+) -> nn.Module:
+    """:func:`create_backbone` with the network's own linear head."""
     library, model_name = _resolve(name)
     if checkpoint:
         if pretrained not in (False, None, "false", "none"):
