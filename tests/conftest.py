@@ -65,6 +65,18 @@ def make_cfg(tmp_path: Path, cache_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def knee_checkpoint(tmp_path_factory, cache_dir: Path) -> Path:
+    """A tiny ResNet-10-T classifier trained on the phantom at 64 px (a knee-trained backbone)."""
+    from osteolightning.train import train
+
+    run = tmp_path_factory.mktemp("knee_net") / "run"
+    cfg = compose_config("train", run, cache_dir, ["debug=tiny", "norm.mean=[0.4]"])
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return next((run / "checkpoints").glob("epoch_*.ckpt"))
+
+
+@pytest.fixture(scope="session")
 def phantom_dir(cache_dir: Path) -> Path:
     """The tiny phantom (as data=tiny generates it), for tests that need image files."""
     from osteolightning.data.phantom_files import ensure_phantom

@@ -15,20 +15,6 @@ from osteolightning.train import train
 from osteolightning.utils.failures import user_error
 
 
-@pytest.fixture(scope="module")
-def knee_checkpoint(tmp_path_factory, cache_dir) -> Path:
-    """A tiny ResNet-10-T classifier trained on the phantom at 64 px."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tests.conftest import compose_config
-
-    run = tmp_path_factory.mktemp("knee_net") / "run"
-    cfg = compose_config("train", run, cache_dir, ["debug=tiny", "norm.mean=[0.4]"])
-    train(cfg)
-    GlobalHydra.instance().clear()
-    return next((run / "checkpoints").glob("epoch_*.ckpt"))
-
-
 def _network(ckpt: Path) -> dict[str, torch.Tensor]:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}

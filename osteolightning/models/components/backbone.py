@@ -332,7 +332,9 @@ def create_backbone(
         >>> net(torch.zeros(2, 1, 64, 64)).shape
         torch.Size([2, 3])
     """
-    model = _create(name, num_classes, in_chans, pretrained, drop_rate, allow_unsafe_pickle, checkpoint)
+    model = _create(
+        name, num_classes, in_chans, pretrained, drop_rate, allow_unsafe_pickle, checkpoint
+    )
     install_head(model, classifier_head(model), head, num_classes, link)
     return model
 

@@ -94,4 +94,6 @@ def install_head(model: nn.Module, head: nn.Module, kind: str, num_classes: int,
         )
     name = next(n for n, m in model.named_modules() if m is head)
     parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, CumulativeLinkHead(head.in_features, num_classes, link))
+    setattr(
+        model.get_submodule(parent), attr, CumulativeLinkHead(head.in_features, num_classes, link)
+    )
