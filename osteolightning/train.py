@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from osteolightning.callbacks import RunArtifacts
+from osteolightning.callbacks.last_checkpoint import release_resume_state
 from osteolightning.callbacks.writers import build_saliency, build_writer
 from osteolightning.models.checkpointing import check_checkpoint_file, explain_unpickling
 from osteolightning.models.saliency import cam_layer_of
@@ -120,6 +121,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             )
             print_metrics_table(writer.metrics)
             metrics.update(writer.metrics)
+    # marked `finished` on leaving the session: the resumable state is no longer needed
+    release_resume_state(trainer)
     return metrics, {"datamodule": datamodule, "model": model, "trainer": trainer}
 
 

@@ -105,7 +105,9 @@ def _fit_once(
     from osteolightning.train import train
 
     run_dir = factory.mktemp(config) / "run"
-    overrides = [f"debug={debug}", *extra]
+    # the tests read both checkpoints of the finished run: the best weights and the full,
+    # resumable state (removed once a run finishes unless kept)
+    overrides = [f"debug={debug}", "callbacks.last_checkpoint.keep_after_finish=true", *extra]
     metrics, objects = train(compose_config(config, run_dir, cache_dir, overrides))
     GlobalHydra.instance().clear()
     return run_dir, metrics, objects

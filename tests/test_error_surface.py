@@ -469,7 +469,8 @@ def test_a_segmenter_that_finds_no_bone_is_warned_about(make_cfg, phantom_dir, t
     from osteolightning.data.io import read_image
     from osteolightning.models.components.bone_region import BoneRegionEmbedder
 
-    cfg = make_cfg("segment", ["debug=seg_tiny", "trainer.max_epochs=1"], run="seg")
+    keep = "callbacks.last_checkpoint.keep_after_finish=true"  # its full state is edited below
+    cfg = make_cfg("segment", ["debug=seg_tiny", "trainer.max_epochs=1", keep], run="seg")
     train(cfg)
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     head = checkpoint["state_dict"]

@@ -151,3 +151,83 @@ def test_the_default_config_writes_at_most_once_a_minute_at_epoch_ends():
     assert cfg.callbacks.last_checkpoint.epoch_end_minutes == 1
     assert cfg.trainer.num_sanity_val_steps == 1
     assert cfg.callbacks.progress_bar.refresh_rate == 2
+
+
+# the policy once a run has finished
+
+
+def test_a_finished_run_keeps_its_best_weights_and_drops_its_resumable_state(make_cfg):
+    """By default, a finished run leaves its best checkpoint (weights only), predictions and
+    metrics, and no last.ckpt; ``keep_after_finish=true`` keeps the full state."""
+    from osteolightning.train import train
+    from osteolightning.utils import runs
+
+    cfg = make_cfg("train", ["debug=tiny"], run="dropped")
+    train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert runs.read_marker(run_dir)["state"] == "finished"
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert len(kept) == 1 and kept[0].startswith("epoch_"), kept
+    best = torch.load(run_dir / "checkpoints" / kept[0], weights_only=True)
+    assert "optimizer_states" not in best and best["state_dict"]
+    assert (run_dir / "predictions.csv").is_file() and (run_dir / "metrics.json").is_file()
+
+    cfg = make_cfg(
+        "train", ["debug=tiny", "callbacks.last_checkpoint.keep_after_finish=true"], run="kept"
+    )
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["optimizer_states"]
+
+
+def test_release_removes_only_the_file_it_wrote_and_only_when_asked(tmp_path):
+    callback = LastCheckpoint(tmp_path, every_minutes=None, on_epoch_end=True)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(BoringModel())
+    other = tmp_path / "epoch_000.ckpt"
+    other.write_bytes(b"weights")
+    size = callback.path.stat().st_size
+    assert module.release_resume_state(trainer) == size
+    assert not callback.path.exists() and other.read_bytes() == b"weights"
+    assert module.release_resume_state(trainer) == 0  # nothing left to remove
+    keeper = LastCheckpoint(tmp_path / "kept", on_epoch_end=True, keep_after_finish=True)
+    keeper.path.parent.mkdir()
+    keeper.path.write_bytes(b"state")
+    assert keeper.release(trainer) == 0 and keeper.path.read_bytes() == b"state"
+
+
+def test_keep_best_weights_ranks_finished_jobs_and_leaves_the_rest_alone(tmp_path):
+    import json
+
+    from osteolightning.utils import runs
+    from osteolightning.utils.sweep_disk import disk_use, keep_best_weights
+
+    values = {"0": 0.5, "1": 0.9, "2": 0.7, "3": None, "4": 0.99}  # 4: killed, running
+    for job, value in values.items():
+        folder = tmp_path / job / "checkpoints"
+        folder.mkdir(parents=True)
+        (folder / "epoch_001.ckpt").write_bytes(b"w" * 100)
+        metrics = {} if value is None else {"val/kappa_best": value}
+        (tmp_path / job / "metrics.json").write_text(json.dumps(metrics))
+        runs.update_marker(tmp_path / job, state="running" if job == "4" else "finished")
+    (tmp_path / "4" / "checkpoints" / "last.ckpt").write_bytes(b"s" * 300)
+    assert disk_use(tmp_path)["checkpoint_bytes"] == 5 * 100 + 300
+    out = keep_best_weights(tmp_path, 2, "val/kappa_best", "max")
+    assert out == {"kept": ["1", "2"], "removed": ["0"], "unranked": ["3"]}
+    left = {p.parent.parent.name for p in tmp_path.glob("*/checkpoints/*.ckpt")}
+    assert left == {"1", "2", "3", "4"}  # the unranked and the unfinished keep theirs
+    # smaller is better: job 0 ranks first (its files are gone already); 1 and 2 lose theirs
+    lower = keep_best_weights(tmp_path, 1, "val/kappa_best", "min")
+    assert lower["kept"] == ["0"] and sorted(lower["removed"]) == ["1", "2"]
+    with pytest.raises(ConfigError, match="keep_best_k"):
+        keep_best_weights(tmp_path, 0, "val/kappa_best")

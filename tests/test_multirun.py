@@ -253,3 +253,31 @@ def test_multirun_on_the_local_submitit_launcher(tmp_path, cache_dir):
         metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
         assert "val/f1_macro_best" in metrics and metrics["test/n"] > 0
     assert list((sweep_dir / ".submitit").iterdir())  # submitit's per-job folders
+
+
+def test_a_sweep_keeps_the_best_jobs_weights_and_says_its_disk_use(tmp_path, cache_dir):
+    """Two finished jobs, keep_best_k=1: the job with the better validation value (the one its
+    checkpoint was chosen on) keeps its best weights, the other none; no job keeps last.ckpt;
+    the leaderboard, which reads predictions, has both; disk.json says what is left."""
+    done = _osteo_train(
+        tmp_path, cache_dir, "debug=tiny", "seed=0,1", "hydra.callbacks.checkpoints.keep_best_k=1"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    key = "val/f1_macro_best"  # debug=tiny's monitor, val/f1_macro
+    scores = {j: json.loads((sweep_dir / j / "metrics.json").read_text())[key] for j in "01"}
+    best = max(scores, key=scores.get)
+    for job in "01":
+        ckpts = sorted(p.name for p in (sweep_dir / job / "checkpoints").iterdir())
+        if job == best:
+            assert len(ckpts) == 1 and ckpts[0].startswith("epoch_"), ckpts
+        else:
+            assert ckpts == [], ckpts
+        assert (sweep_dir / job / "predictions.csv").is_file()
+    disk = json.loads((sweep_dir / "disk.json").read_text())
+    assert disk["kept"] == [best] and disk["removed"] == [str(1 - int(best))]
+    assert disk["after"]["checkpoints"] == 1 and disk["after"]["resumable_checkpoints"] == 0
+    assert disk["after"]["bytes"] < disk["before"]["bytes"]
+    rows = (sweep_dir / "leaderboard" / "leaderboard.csv").read_text()
+    assert "2/2" in rows or ",2," in rows
+    assert "Sweep disk use:" in done.stdout + done.stderr

@@ -52,6 +52,8 @@ def test_no_patient_tag_in_any_output(make_cfg, phantom_dir, tmp_path):
             "data=folder",
             f"data.root={root}",
             "trainer.max_epochs=1",
+            # the full state too: every file the run can leave is searched for the tags
+            "callbacks.last_checkpoint.keep_after_finish=true",
         ],
         run="phi-train",
     )

@@ -121,6 +121,7 @@ CONTINUABLE = [
     "model.scheduler=null",
     "model.net.drop_rate=0.3",
     "callbacks.last_checkpoint.every_n_train_steps=null",  # at each epoch end only
+    "callbacks.last_checkpoint.keep_after_finish=true",  # the finished run's state is compared
 ]
 
 

@@ -14,6 +14,12 @@ at a time, and at an epoch end writes ``last.ckpt`` only when it also wrote a to
 hence this callback, which writes through ``Trainer.save_checkpoint`` (atomic: a temporary
 file, then a rename) and nothing else.
 
+Once the run has finished (trained, tested, marked ``finished``), the resumable state has
+served its purpose: :func:`release_resume_state` removes ``last.ckpt`` unless
+``keep_after_finish`` (nnU-Net's policy: the final and best weights stay, the optimiser state
+goes). The best checkpoint (weights only) and every prediction file stay; a run that failed or
+was killed keeps ``last.ckpt`` to be continued.
+
 A SLURM job that reaches its time limit or is pre-empted gets a signal first; the launcher then
 calls :func:`save_now` so the requeued job loses nothing (one process only: under DDP the save
 is collective and a signal handler cannot wait for the other ranks, so there the last periodic
@@ -57,6 +63,9 @@ class LastCheckpoint(L.Callback):
         epoch_end_minutes: with ``on_epoch_end``, write at an epoch end only when at least this
             many minutes of training have passed since the last write (0: at every epoch end).
             The end of training always writes.
+        keep_after_finish: keep ``last.ckpt`` once the run has finished (to train it further
+            with ``ckpt_path=<run>/checkpoints/last.ckpt``); by default it is removed then
+            (:func:`release_resume_state`).
 
     Raises:
         ConfigError: a negative interval, or no cadence at all.
@@ -77,6 +86,7 @@ class LastCheckpoint(L.Callback):
         every_n_train_steps: int | None = None,
         on_epoch_end: bool = True,
         epoch_end_minutes: float = 0.0,
+        keep_after_finish: bool = False,
     ) -> None:
         if every_minutes is not None and not float(every_minutes) >= 0:
             raise ConfigError(
@@ -104,6 +114,7 @@ class LastCheckpoint(L.Callback):
         self.every_n_train_steps = int(every_n_train_steps or 0)
         self.on_epoch_end = bool(on_epoch_end)
         self.epoch_end_s = 60.0 * float(epoch_end_minutes)
+        self.keep_after_finish = bool(keep_after_finish)
         self._clock = _now()
         self._saved_step = -1
         self._saving = False
@@ -186,6 +197,32 @@ class LastCheckpoint(L.Callback):
             self._saving = False
         self._saved_step, self._clock = trainer.global_step, _now()
         return self.path
+
+    def release(self, trainer: L.Trainer) -> int:
+        """The run has finished: remove ``last.ckpt`` (rank zero), unless ``keep_after_finish``.
+
+        Returns:
+            The bytes freed (0 when kept or absent).
+        """
+        if self.keep_after_finish or not trainer.is_global_zero or not self.path.is_file():
+            return 0
+        size = self.path.stat().st_size
+        self.path.unlink()
+        log.info(
+            f"The run has finished: removed its resumable state {self.path} "
+            f"({size / 2**20:.1f} MB; the best weights stay). Keep it with "
+            "callbacks.last_checkpoint.keep_after_finish=true."
+        )
+        return size
+
+
+def release_resume_state(trainer: L.Trainer) -> int:
+    """After a run has finished: each :class:`LastCheckpoint` of ``trainer`` releases its file.
+
+    Returns:
+        The bytes freed.
+    """
+    return sum(cb.release(trainer) for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
 
 
 def save_now() -> Path | None:
