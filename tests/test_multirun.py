@@ -255,7 +255,9 @@ def test_multirun_on_the_local_submitit_launcher(tmp_path, cache_dir):
     assert list((sweep_dir / ".submitit").iterdir())  # submitit's per-job folders
 
 
-def test_a_sweep_keeps_the_best_jobs_weights_and_says_its_disk_use(tmp_path, cache_dir):
+def test_a_sweep_keeps_the_best_jobs_weights_says_its_disk_use_and_rebuilds_only_on_change(
+    tmp_path, cache_dir
+):
     """Two finished jobs, keep_best_k=1: the job with the better validation value (the one its
     checkpoint was chosen on) keeps its best weights, the other none; no job keeps last.ckpt;
     the leaderboard, which reads predictions, has both; disk.json says what is left."""
@@ -281,3 +283,19 @@ def test_a_sweep_keeps_the_best_jobs_weights_and_says_its_disk_use(tmp_path, cac
     rows = (sweep_dir / "leaderboard" / "leaderboard.csv").read_text()
     assert "2/2" in rows or ",2," in rows
     assert "Sweep disk use:" in done.stdout + done.stderr
+    # the finished sweep's end run again: nothing changed, nothing rebuilt; a job's
+    # predictions changed, the leaderboard follows
+    import hydra as _hydra
+
+    config = OmegaConf.load(sweep_dir / "multirun.yaml")
+    with open_dict(config):
+        config.hydra.sweep.dir = str(sweep_dir)
+    callback = _hydra.utils.instantiate(config.hydra.callbacks.leaderboard)
+    board = sweep_dir / "leaderboard" / "leaderboard.csv"
+    built = board.stat().st_mtime_ns
+    callback.on_multirun_end(config)
+    assert board.stat().st_mtime_ns == built
+    predictions = sweep_dir / "0" / "predictions.csv"
+    predictions.write_text(predictions.read_text().replace("\n", "\r\n", 1))
+    callback.on_multirun_end(config)
+    assert board.stat().st_mtime_ns > built

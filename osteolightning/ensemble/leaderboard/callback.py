@@ -21,11 +21,14 @@ from osteolightning.ensemble.leaderboard.comparison_outputs import (
 )
 from osteolightning.ensemble.leaderboard.comparisons import Comparisons, compare_leaderboard
 from osteolightning.ensemble.leaderboard.outputs import (
+    inputs_digest,
     log_leaderboard_to_wandb,
     print_leaderboard,
+    up_to_date,
     write_leaderboard,
 )
 from osteolightning.ensemble.leaderboard.report import write_report
+from osteolightning.utils import rundir
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -48,6 +51,7 @@ def run_leaderboard(
     report: bool = True,
     alpha: float = 0.05,
     compare_metrics: Sequence[str] | None = None,
+    inputs: str | None = None,
     **options: Any,
 ) -> tuple[Leaderboard, dict[str, Path]]:
     """Build, write, print and (optionally) log a leaderboard with its pairwise comparisons and
@@ -67,6 +71,8 @@ def run_leaderboard(
         compare_metrics: the metrics compared (``balanced_acc``, ``kappa_quadratic``,
             ``grade_mae``, ...; with or without ``test/``); ``None``: balanced accuracy, macro
             F1 and macro AUROC (Dice for segmentation).
+        inputs: the digest of the sources and options (:func:`inputs_digest`), recorded so an
+            unchanged sweep's leaderboard is not rebuilt.
         **options: :func:`build_leaderboard`'s options (``n_resamples`` and ``seed`` also
             drive the comparisons' paired bootstrap).
 
@@ -98,6 +104,7 @@ def run_leaderboard(
         n_resamples=options.get("n_resamples", 1000),
         summary=summary,
         extra=extra,
+        inputs=inputs,
     )
     print_leaderboard(board, summary)
     log.info(f"Leaderboard of {len(board.rows)} rows written to {files['csv'].parent}")
@@ -122,7 +129,10 @@ class LeaderboardCallback(HydraCallback):
 
     Configured in ``conf/hydra/default.yaml`` under ``hydra.callbacks.leaderboard``, so every
     ``osteo-train -m`` sweep ends with ``<multirun>/leaderboard/`` and the Markdown table on the
-    terminal. It logs and never raises: a leaderboard failure must not hide the sweep's results.
+    terminal. A sweep run again with nothing changed (a finished sweep's command repeated) finds
+    its leaderboard built from the same inputs (:func:`inputs_digest`: the jobs' files and the
+    options) and does not rebuild it. It logs and never raises: a leaderboard failure must not
+    hide the sweep's results.
 
     Args:
         enabled: ``false`` switches it off (``hydra.callbacks.leaderboard.enabled=false``).
@@ -181,11 +191,18 @@ class LeaderboardCallback(HydraCallback):
                 alpha=self.alpha,
                 compare_metrics=self.compare_metrics,
             )
+            inputs = inputs_digest(sweep_dir, {**options, "methods": self.methods})
+            if up_to_date(sweep_dir / rundir.LEADERBOARD, inputs):
+                log.info(
+                    f"The leaderboard of {sweep_dir} is up to date (its jobs' predictions, "
+                    "metrics and configs and its options are unchanged): not rebuilt."
+                )
+                return
             try:
-                run_leaderboard(sweep_dir, methods=self.methods, **options)
+                run_leaderboard(sweep_dir, methods=self.methods, inputs=inputs, **options)
             except EnsembleMismatchError as err:  # e.g. a sweep over the split: no ensembles
                 log.warning(f"{err} The leaderboard is written without ensemble rows.")
-                run_leaderboard(sweep_dir, methods=[], **options)
+                run_leaderboard(sweep_dir, methods=[], inputs=inputs, **options)
         except Exception as err:  # never hide the sweep's results behind a leaderboard error
             log.error(
                 f"The leaderboard of the sweep failed ({type(err).__name__}: {err}); the jobs' "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -301,12 +303,44 @@ def recorded_resamples(sources: Sequence[str | Path], out: str | Path | None) ->
     return None
 
 
+def inputs_digest(sources: str | Path | Sequence[str | Path], options: dict[str, Any]) -> str:
+    """A digest of everything a leaderboard is built from: each job's name, status and the
+    files the board reads (metrics, predictions, validation predictions, members, error,
+    overrides), the build options and the package version. Equal digests, equal leaderboard."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from osteolightning.ensemble.leaderboard.jobs import find_jobs
+
+    try:
+        package = version("osteolightning")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree without install
+        package = "unknown"
+    digest = hashlib.sha256(json.dumps([package, options], sort_keys=True, default=str).encode())
+    read = (rundir.METRICS, rundir.PREDICTIONS, rundir.VAL_PREDICTIONS, rundir.MEMBERS)
+    for job in find_jobs(sources):
+        digest.update(f"\0{job.name}\0{job.status}\0{job.overrides}".encode())
+        for name in (*read, rundir.ERROR, rundir.CONFORMAL):
+            file = job.path / name
+            if file.is_file():
+                digest.update(name.encode() + hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def up_to_date(folder: str | Path, inputs: str) -> bool:
+    """Whether ``folder`` holds a leaderboard built from ``inputs`` with all its files."""
+    marker = rundir.read_json(Path(folder) / rundir.LEADERBOARD_MARKER)
+    if not isinstance(marker, dict) or marker.get("inputs") != inputs:
+        return False
+    return all((Path(folder) / name).is_file() for name in marker.get("files", []))
+
+
 def write_leaderboard(
     board: Leaderboard,
     out: str | Path | None = None,
     n_resamples: int | None = None,
     summary: Sequence[str] = (),
     extra: Callable[[Path], dict[str, Path]] | None = None,
+    inputs: str | None = None,
 ) -> dict[str, Path]:
     """Write ``leaderboard.{csv,md,json,png}`` and ``ensemble_<method>_predictions.csv``.
 
@@ -320,6 +354,9 @@ def write_leaderboard(
         summary: the comparisons' summary lines, written under the Markdown table.
         extra: writes more files into the folder (the comparisons, the report) and returns
             them by name; they are this leaderboard's files like the others.
+        inputs: the digest of what the board was built from (:func:`inputs_digest`), recorded
+            in the marker so an unchanged sweep's leaderboard is not rebuilt
+            (:func:`up_to_date`).
 
     Returns:
         Output name → path.
@@ -359,6 +396,8 @@ def write_leaderboard(
             "sources": board.sources,
             "files": [p.name for p in files.values()],
             "n_resamples": n_resamples,
+            # the digest of what it was built from (a sweep's callback skips an unchanged one)
+            "inputs": inputs,
         },
     )
     return files
