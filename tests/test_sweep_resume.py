@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from hydra_plugins.osteo_sweeps._grid import previous_sweep
 from osteolightning.errors import ConfigError
 from osteolightning.utils import rundir, runs, sweep_resume
+from osteolightning.utils.sweep_disk import DISK
 
 # --------------------------------------------------------------------------- overrides
 
@@ -188,8 +189,8 @@ def test_a_killed_grid_resumes_with_every_job_finished_once(tmp_path, cache_dir,
     assert f"continuing the multirun in {sweep}" in second.stdout + second.stderr
     assert [p.name for p in (tmp_path / "train" / "multiruns").iterdir()] == [sweep.name]
     assert sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".")) == [
-        "0", "1", "2", rundir.LEADERBOARD, rundir.MULTIRUN,
-    ]  # fmt: skip
+        "0", "1", "2", DISK, rundir.LEADERBOARD, rundir.MULTIRUN,
+    ]  # fmt: skip (disk.json: the sweep's disk use, written at its end)
     markers = [runs.read_marker(sweep / str(n)) for n in range(3)]
     assert [m["state"] for m in markers] == ["finished"] * 3
     assert [m.get("resumes", 0) for m in markers] == [0, 1, 0]
