@@ -30,8 +30,8 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from osteolightning.errors import ConfigError
-from osteolightning.models.components.heads import CumulativeLinkHead, install_head
 from osteolightning.models.checkpointing import torch_load
+from osteolightning.models.components.heads import CumulativeLinkHead, ordinal_head
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -335,7 +335,10 @@ def create_backbone(
     model = _create(
         name, num_classes, in_chans, pretrained, drop_rate, allow_unsafe_pickle, checkpoint
     )
-    install_head(model, classifier_head(model), head, num_classes, link)
+    layer = classifier_head(model)
+    replacement = ordinal_head(layer, head, num_classes, link)
+    if replacement is not None:
+        _replace(model, next(n for n, m in model.named_modules() if m is layer), replacement)
     return model
 
 

@@ -15,12 +15,11 @@ own: the most probable class.
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 from torch import nn
 
 from osteolightning.errors import ConfigError
+from osteolightning.utils.checks import did_you_mean
 
 #: the link functions of dlordinal's CLM
 LINKS = ("logit", "probit", "cloglog")
@@ -32,10 +31,9 @@ _FLOOR = 1e-7
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"Expected argument `{name}` to be one of {list(allowed)}, but got {value!r}.{hint}"
+            f"Expected argument `{name}` to be one of {list(allowed)}, but got {value!r}."
+            + did_you_mean(value, allowed)
         )
 
 
@@ -77,23 +75,20 @@ class CumulativeLinkHead(nn.Module):
         return self.probabilities(features).clamp_min(_FLOOR).log()
 
 
-def install_head(model: nn.Module, head: nn.Module, kind: str, num_classes: int, link: str) -> None:
-    """Replace ``model``'s classification layer ``head`` (a ``Linear``) by a head of ``kind``.
+def ordinal_head(layer: nn.Module, kind: str, num_classes: int, link: str) -> nn.Module | None:
+    """The head of ``kind`` that replaces the classification ``layer`` (a ``Linear``), or
+    ``None`` for ``linear`` (the layer stays).
 
     Raises:
         ConfigError: an unknown kind or link; a layer that is not a ``Linear``.
     """
     _check_choice("head", kind, HEADS)
     if kind == "linear":
-        return
-    if not isinstance(head, nn.Linear):
+        return None
+    if not isinstance(layer, nn.Linear):
         raise ConfigError(
             f"The cumulative link head replaces a linear classification layer, but this "
-            f"network's is a {type(head).__name__}; choose a backbone with a linear head "
+            f"network's is a {type(layer).__name__}; choose a backbone with a linear head "
             "(the timm and torchvision classifiers of conf/model/backbone) or model.net.head=linear."
         )
-    name = next(n for n, m in model.named_modules() if m is head)
-    parent, _, attr = name.rpartition(".")
-    setattr(
-        model.get_submodule(parent), attr, CumulativeLinkHead(head.in_features, num_classes, link)
-    )
+    return CumulativeLinkHead(layer.in_features, num_classes, link)
