@@ -366,6 +366,15 @@ def test_tiny_optuna_study_writes_its_results(tmp_path, cache_dir):
     assert 0.0 <= results["best_value"] <= 1.0
     assert all((study_dir / job / "metrics.json").is_file() for job in ("0", "1"))
     assert not (study_dir / "2").exists()
+    # the finished study's command again: no trial, and its leaderboard is not rebuilt
+    board = sorted((study_dir / "leaderboard").iterdir())
+    stamps = [f.stat().st_mtime_ns for f in board]
+    again = _sweep(tmp_path, cache_dir, "-m", "hparams_search=knee_optuna_tiny", "debug=tiny")
+    assert again.returncode == 0, again.stderr[-3000:]
+    output = again.stdout + again.stderr
+    assert "is complete: no trial to run" in output and "not rebuilt" in output
+    assert not (study_dir / "2").exists()
+    assert [f.stat().st_mtime_ns for f in sorted((study_dir / "leaderboard").iterdir())] == stamps
 
 
 @pytest.mark.slow

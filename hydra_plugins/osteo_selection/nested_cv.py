@@ -199,11 +199,27 @@ class NestedCVSweeper(Sweeper):
         return arguments
 
     def sweep(self, arguments: list[str]) -> Any:
-        from osteolightning.selection.nested import choose, finished, markdown, report
+        from osteolightning.utils.failures import user_errors
+
+        # a refused sweep (a resume that does not fit, job folders of another sweep) ends with
+        # its message alone and exit status 1, as a refused run does
+        with user_errors(f"osteo-{self.config.get('task_name', 'train')}"):
+            return self._sweep(list(arguments))
+
+    def _sweep(self, arguments: list[str]) -> Any:
+        from osteolightning.selection.nested import choose, finished, report
         from osteolightning.utils import rundir
 
-        arguments = self._resume(list(arguments))
+        arguments = self._resume(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        if not self.resuming and sweep_dir.exists():  # once, before any job starts
+            from hydra_plugins.osteo_sweeps._grid import check_fresh_jobs, job_dir
+
+            jobs = self.plan.inner_jobs()
+            check_fresh_jobs(
+                sweep_dir,
+                (job_dir(self, [*arguments, *j.overrides], n) for n, j in enumerate(jobs)),
+            )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not (sweep_dir / rundir.MULTIRUN).exists():
             OmegaConf.save(self.config, sweep_dir / rundir.MULTIRUN)
@@ -225,9 +241,12 @@ class NestedCVSweeper(Sweeper):
         outer = {job.outer: launched[job] for job in outer_jobs}
         if not all(finished(d) for d in outer.values()):
             raise RuntimeError(f"An outer run failed; see the error.json files under {sweep_dir}.")
-        extra = self._null_tests(outer, outer_jobs, arguments)
         evaluation = self.config.get("evaluation") or {}
         seed = int(evaluation.get("seed", 0))
+        done = self._up_to_date(sweep_dir, seed)
+        if done is not None:
+            return done
+        extra = self._null_tests(outer, outer_jobs, arguments)
         if self.every_recipe:
             extra["every_recipe"] = rows = self._every_recipe(launched, seed)
             if self.compare_to is not None and rows[self.compare_to].get("runs"):
@@ -238,6 +257,9 @@ class NestedCVSweeper(Sweeper):
                     "baseline": self.compare_to,
                     "recipes": compare_with(runs, self.compare_to, n_resamples=self.n_resamples),
                 }
+        # the digest of what the report is built from (the jobs' files, permutation reruns
+        # included, and these options): a rerun of the finished sweep does not rebuild it
+        extra["inputs"] = self._inputs(sweep_dir, seed)
         result = report(
             plan,
             chosen,
@@ -245,18 +267,63 @@ class NestedCVSweeper(Sweeper):
             outer,
             sweep_dir / "selection",
             n_resamples=self.n_resamples,
-            seed=int(evaluation.get("seed", 0)),
+            seed=seed,
             extra=extra,
         )
+        self._show(result, sweep_dir, write=True)
+        return result
+
+    def _inputs(self, sweep_dir: Path, seed: int) -> str:
+        from osteolightning.ensemble.leaderboard.outputs import inputs_digest
+
+        options = {
+            "recipes": self.plan.recipes,
+            "folds": [self.plan.outer_folds, self.plan.inner_folds],
+            "select_by": self.plan.select_by,
+            "permutations": [self.permutations, self.job_permutations, self.recipe_permutations],
+            "learning_curve": self.fractions,
+            "n_resamples": self.n_resamples,
+            "seed": seed,
+            "every_recipe": self.every_recipe,
+            "compare_to": self.compare_to,
+            "image_permutations": self.image_permutations,
+        }
+        return inputs_digest(sweep_dir, options)
+
+    def _up_to_date(self, sweep_dir: Path, seed: int) -> dict[str, Any] | None:
+        """The report of ``sweep_dir/selection`` when it was built from the same jobs' files
+        and options as now (``inputs``), shown again; else ``None`` (it is to be built)."""
+        from osteolightning.utils import rundir
+
+        folder = sweep_dir / "selection"
+        result = rundir.read_json(folder / "selection.json")
+        needed = ["selection.md", rundir.PREDICTIONS] + (
+            ["study.md"] if self.compare_to is not None else []
+        )
+        if not isinstance(result, dict) or not all((folder / n).is_file() for n in needed):
+            return None
+        if result.get("inputs") != self._inputs(sweep_dir, seed):
+            return None
+        log.info(
+            f"The nested cross-validation in {sweep_dir} is complete and its report "
+            f"({folder}) was built from the same jobs' files and options: not rebuilt."
+        )
+        self._show(result, sweep_dir, write=False)
+        return result
+
+    def _show(self, result: dict[str, Any], sweep_dir: Path, write: bool) -> None:
+        """Print the report (and the study, with ``compare_to``); ``write``: save the study."""
+        from osteolightning.selection.nested import markdown
+
         print(markdown(result), flush=True)
         if self.compare_to is not None:
             from osteolightning.selection import clinical
             from osteolightning.utils.files import atomic_write_text
 
             study = clinical.markdown(result)
-            atomic_write_text(sweep_dir / "selection" / "study.md", study)
+            if write:
+                atomic_write_text(sweep_dir / "selection" / "study.md", study)
             print(study, flush=True)
-        return result
 
     def _null_tests(
         self, outer: dict[int, Path], outer_jobs: list[Any], arguments: list[str]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,29 +94,35 @@ def job_dir(sweeper: Any, overrides: Sequence[str], num: int) -> Path:
         HydraConfig.instance().cfg = previous
 
 
-def check_fresh_jobs(sweeper: Any) -> None:
-    """Raise when a job folder of this (not resuming) sweep holds a run's results.
+def check_fresh_jobs(sweep_dir: str | Path, folders: Iterable[Path]) -> None:
+    """Raise when one of ``folders`` (the job folders of a sweep that does not resume) holds a
+    run's results.
 
     Raises:
         ConfigError: naming the sweep, the taken job folders and what they hold.
     """
-    taken, num = [], 0
-    for batch in sweeper.overrides:
-        for overrides in batch:
-            folder = job_dir(sweeper, overrides, num)
-            held = [name for name in rundir.RESULTS if (folder / name).exists()]
-            if held:
-                taken.append(f"{folder} ({', '.join(held)})")
-            num += 1
+    taken = []
+    for folder in folders:
+        held = [name for name in rundir.RESULTS if (folder / name).exists()]
+        if held:
+            taken.append(f"{folder} ({', '.join(held)})")
     if taken:
         raise ConfigError(
-            f"The multirun directory '{sweeper.config.hydra.sweep.dir}' already holds results of "
+            f"The multirun directory '{sweep_dir}' already holds results of "
             f"{len(taken)} of this sweep's jobs: {shorten(taken, quote=False)}; refusing to start "
             "jobs over them. "
             "Continue that sweep with resume=auto (and its own overrides), or leave "
             "hydra.sweep.dir unset to start a new sweep.",
             details=taken,
         )
+
+
+def _grid_folders(sweeper: Any) -> Iterator[Path]:
+    num = 0
+    for batch in sweeper.overrides:
+        for overrides in batch:
+            yield job_dir(sweeper, overrides, num)
+            num += 1
 
 
 def launch(launcher: Any, jobs: list[tuple[list[str], int]]) -> list[JobReturn]:
@@ -158,7 +164,8 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     sweeper.overrides = sweeper.split_arguments(parsed, sweeper.max_batch_size)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     if not resuming and sweep_dir.exists():  # a new folder (the default) holds no job yet
-        check_fresh_jobs(sweeper)  # before anything is written into the sweep's folder
+        # before anything is written into the sweep's folder
+        check_fresh_jobs(sweep_dir, _grid_folders(sweeper))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not (sweep_dir / rundir.MULTIRUN).exists():
         OmegaConf.save(config, sweep_dir / rundir.MULTIRUN)
@@ -187,4 +194,6 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     if resuming:
         summary = ", ".join(f"{n} {action}" for action, n in sorted(plans.items()))
         log.info(f"resume=auto in {sweep_dir}: {summary}.")
+        if set(plans) == {sweep_resume.SKIP}:
+            log.info(f"The multirun in {sweep_dir} is complete: all {plans[sweep_resume.SKIP]} jobs had finished; none ran.")
     return returns

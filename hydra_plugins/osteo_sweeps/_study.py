@@ -432,6 +432,8 @@ class OptunaStudySweeper:
             f"{count.interrupted} interrupted, {count.running} running elsewhere); up to {parallel} "
             f"at once in this worker ({type(self.launcher).__name__})."
         )
+        if count.done >= self.n_trials and not (count.running or count.waiting):
+            log.info(f"Study '{self.study_name}' is complete: no trial to run.")
         beat = _Heartbeat(storage)
         in_flight: dict[int, _InFlight] = {}
         try:

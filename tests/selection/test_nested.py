@@ -196,6 +196,24 @@ def test_knee_select_runs_end_to_end(tmp_path, cache_dir, phantom_dir):
     assert resumed["pooled"] == result["pooled"]
     assert resumed["every_recipe"]["strong"]["pooled"] == result["every_recipe"]["strong"]["pooled"]
 
+    # The finished sweep's command again: no job runs, the report is not rebuilt (its files are
+    # untouched) but shown; without resume=auto, the sweep is refused once, before any job.
+    report_files = sorted((sweep / "selection").iterdir())
+    stamps = [f.stat().st_mtime_ns for f in report_files]
+    done_again = run_osteo("train", [*args, "resume=auto"], tmp_path, cache_dir)
+    assert done_again.returncode == 0, done_again.stderr[-3000:]
+    output = done_again.stdout + done_again.stderr
+    assert output.count("skip, finished") == 12 and ": run, " not in output
+    assert "is complete and its report" in output and "not rebuilt" in output
+    assert "Nested CV: 2 outer" in done_again.stdout
+    assert sorted((sweep / "selection").iterdir()) == report_files
+    assert [f.stat().st_mtime_ns for f in report_files] == stamps
+    refused = run_osteo("train", [*args, f"hydra.sweep.dir={sweep}"], tmp_path, cache_dir)
+    assert refused.returncode == 1
+    assert "already holds results of 8 of this sweep's jobs" in refused.stderr
+    assert "resume=auto" in refused.stderr and "Traceback" not in refused.stderr
+    assert [f.stat().st_mtime_ns for f in report_files] == stamps
+
 
 def test_a_sweep_can_leave_recipes_out_by_name():
     from hydra_plugins.osteo_selection.nested_cv import NestedCVSweeper
