@@ -195,5 +195,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
         summary = ", ".join(f"{n} {action}" for action, n in sorted(plans.items()))
         log.info(f"resume=auto in {sweep_dir}: {summary}.")
         if set(plans) == {sweep_resume.SKIP}:
-            log.info(f"The multirun in {sweep_dir} is complete: all {plans[sweep_resume.SKIP]} jobs had finished; none ran.")
+            log.info(
+                f"The multirun in {sweep_dir} is complete: all {plans[sweep_resume.SKIP]} jobs had finished; none ran."
+            )
     return returns
