@@ -295,6 +295,20 @@ def test_a_sweep_keeps_the_best_jobs_weights_says_its_disk_use_and_rebuilds_only
     built = board.stat().st_mtime_ns
     callback.on_multirun_end(config)
     assert board.stat().st_mtime_ns == built
+    # ... and the whole command again (resume=auto): no job runs, it says the sweep is complete
+    again = _osteo_train(
+        tmp_path,
+        cache_dir,
+        "debug=tiny",
+        "seed=0,1",
+        "hydra.callbacks.checkpoints.keep_best_k=1",
+        "resume=auto",
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    output = again.stdout + again.stderr
+    assert "is complete: all 2 jobs had finished; none ran" in output and "not rebuilt" in output
+    assert board.stat().st_mtime_ns == built
+    assert [p.name for p in (tmp_path / "train" / "multiruns").iterdir()] == [sweep_dir.name]
     predictions = sweep_dir / "0" / "predictions.csv"
     predictions.write_text(predictions.read_text().replace("\n", "\r\n", 1))
     callback.on_multirun_end(config)
