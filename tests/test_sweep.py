@@ -298,6 +298,8 @@ def test_published_setups_compose_as_sweeps(name, params, single):
     assert dict(cfg.hydra.sweeper.params) == params
     assert cfg.model.net.name == single  # a single run (hydra.mode=RUN) trains one of them
     assert cfg.hydra.callbacks.leaderboard.enabled
+    # the smoke-test study keeps its best 3 jobs' weights; the full studies keep every job's
+    assert cfg.hydra.callbacks.checkpoints.keep_best_k == (3 if name == "kumar2023_tiny" else None)
     kumar = name.startswith("kumar")
     assert cfg.data.num_folds == (5 if kumar else None)
     if name.endswith("_tiny"):
@@ -336,6 +338,10 @@ def test_kumar_tiny_ends_with_comparisons_a_critical_difference_and_a_report(tmp
     cd = json.loads((out / "comparisons.json").read_text())["critical_difference"]
     assert cd["n_blocks"] == 5 and cd["n_methods"] == len(rows) >= 6
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    disk = json.loads((sweep_dir / "disk.json").read_text())
+    assert len(disk["kept"]) == 3 and len(disk["removed"]) == 12
+    assert disk["after"]["checkpoints"] == 3 and disk["after"]["resumable_checkpoints"] == 0
+    assert disk["after"]["bytes"] < 0.5 * 2**30
 
 
 @pytest.mark.slow
