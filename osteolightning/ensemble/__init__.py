@@ -4,30 +4,42 @@
 ``predictions.csv`` of finished runs.
 """
 
-from osteolightning.ensemble.fusion import (
-    FUSIONS,
-    PENALTY,
-    check_method,
-    fit_fusion_weights,
-    fuse,
-    fuzzy_rank_fusion,
-    fuzzy_scores_to_probs,
-    majority_vote_fusion,
-    mean_probability_fusion,
-    rank_score,
-    weighted_mean_fusion,
-)
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "FUSIONS",
-    "PENALTY",
-    "check_method",
-    "fit_fusion_weights",
-    "fuse",
-    "fuzzy_rank_fusion",
-    "fuzzy_scores_to_probs",
-    "majority_vote_fusion",
-    "mean_probability_fusion",
-    "rank_score",
-    "weighted_mean_fusion",
-]
+from osteolightning.utils.imports import lazy_exports
+
+#: the public names, imported from their submodule on first use (importing the package, as
+#: Hydra does for the leaderboard callback of every run, imports none of them)
+_EXPORTS = {
+    name: ".fusion"
+    for name in (
+        "FUSIONS",
+        "PENALTY",
+        "check_method",
+        "fit_fusion_weights",
+        "fuse",
+        "fuzzy_rank_fusion",
+        "fuzzy_scores_to_probs",
+        "majority_vote_fusion",
+        "mean_probability_fusion",
+        "rank_score",
+        "weighted_mean_fusion",
+    )
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from osteolightning.ensemble.fusion import (  # noqa: F401
+        FUSIONS,
+        PENALTY,
+        check_method,
+        fit_fusion_weights,
+        fuse,
+        fuzzy_rank_fusion,
+        fuzzy_scores_to_probs,
+        majority_vote_fusion,
+        mean_probability_fusion,
+        rank_score,
+        weighted_mean_fusion,
+    )

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from osteolightning.metrics.calibration import expected_calibration_error, reliability_bins
 from osteolightning.metrics.figures import DPI
@@ -104,6 +103,8 @@ def roc_rows_figure(
             out-of-fold predictions.
         class_names: ``K`` class names.
     """
+    from sklearn.metrics import roc_auc_score, roc_curve  # only where drawn
+
     fig, axes = _panels(len(class_names), 5.0, 4.8)
     for c, (ax, name) in enumerate(zip(axes, class_names, strict=True)):
         for i, (model, (labels, probs)) in enumerate(rows.items()):

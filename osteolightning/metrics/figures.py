@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from osteolightning.metrics.calibration import expected_calibration_error, reliability_bins
 from osteolightning.metrics.report import ECE_BINS, confusion_matrices
@@ -70,6 +69,8 @@ def plot_confusion_matrix(
 def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> Figure:
     """One-vs-rest ROC curve per class, its AUROC in the legend (classes absent from
     ``labels`` or without negatives are left out)."""
+    from sklearn.metrics import roc_auc_score, roc_curve  # only where drawn
+
     y = np.asarray(labels, dtype=np.int64)
     p = np.asarray(probs, dtype=float)
     fig = Figure(figsize=(5.5, 5), layout="constrained")

@@ -48,52 +48,73 @@ Example:
 
 from __future__ import annotations
 
-from osteolightning.ensemble.leaderboard.board import (
-    EnsembleMismatchError,
-    Leaderboard,
-    build_leaderboard,
-)
-from osteolightning.ensemble.leaderboard.callback import LeaderboardCallback, run_leaderboard
-from osteolightning.ensemble.leaderboard.comparison_outputs import write_comparisons
-from osteolightning.ensemble.leaderboard.comparisons import Comparisons, compare_leaderboard
-from osteolightning.ensemble.leaderboard.jobs import (
-    Configuration,
-    Job,
-    configuration_key,
-    find_jobs,
-    group_configurations,
-    read_job,
-)
-from osteolightning.ensemble.leaderboard.outputs import (
-    leaderboard_json,
-    leaderboard_markdown,
-    log_leaderboard_to_wandb,
-    plot_leaderboard,
-    write_leaderboard,
-)
-from osteolightning.ensemble.leaderboard.report import write_report
-from osteolightning.ensemble.leaderboard.stats import mean_std
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "Comparisons",
-    "Configuration",
-    "EnsembleMismatchError",
-    "Job",
-    "Leaderboard",
-    "LeaderboardCallback",
-    "build_leaderboard",
-    "compare_leaderboard",
-    "configuration_key",
-    "find_jobs",
-    "group_configurations",
-    "leaderboard_json",
-    "leaderboard_markdown",
-    "log_leaderboard_to_wandb",
-    "mean_std",
-    "plot_leaderboard",
-    "read_job",
-    "run_leaderboard",
-    "write_comparisons",
-    "write_leaderboard",
-    "write_report",
-]
+from osteolightning.utils.imports import lazy_exports
+
+#: the public names, imported from their submodule on first use: Hydra imports
+#: :class:`.callback.LeaderboardCallback` in every run, which needs none of the statistics
+_EXPORTS = {
+    "Comparisons": ".comparisons",
+    "Configuration": ".jobs",
+    "EnsembleMismatchError": ".board",
+    "Job": ".jobs",
+    "Leaderboard": ".board",
+    "LeaderboardCallback": ".callback",
+    "build_leaderboard": ".board",
+    "compare_leaderboard": ".comparisons",
+    "configuration_key": ".jobs",
+    "find_jobs": ".jobs",
+    "group_configurations": ".jobs",
+    "leaderboard_json": ".outputs",
+    "leaderboard_markdown": ".outputs",
+    "log_leaderboard_to_wandb": ".outputs",
+    "mean_std": ".stats",
+    "plot_leaderboard": ".outputs",
+    "read_job": ".jobs",
+    "run_leaderboard": ".callback",
+    "write_comparisons": ".comparison_outputs",
+    "write_leaderboard": ".outputs",
+    "write_report": ".report",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from osteolightning.ensemble.leaderboard.board import (  # noqa: F401
+        EnsembleMismatchError,
+        Leaderboard,
+        build_leaderboard,
+    )
+    from osteolightning.ensemble.leaderboard.callback import (  # noqa: F401
+        LeaderboardCallback,
+        run_leaderboard,
+    )
+    from osteolightning.ensemble.leaderboard.comparison_outputs import (  # noqa: F401
+        write_comparisons,
+    )
+    from osteolightning.ensemble.leaderboard.comparisons import (  # noqa: F401
+        Comparisons,
+        compare_leaderboard,
+    )
+    from osteolightning.ensemble.leaderboard.jobs import (  # noqa: F401
+        Configuration,
+        Job,
+        configuration_key,
+        find_jobs,
+        group_configurations,
+        read_job,
+    )
+    from osteolightning.ensemble.leaderboard.outputs import (  # noqa: F401
+        leaderboard_json,
+        leaderboard_markdown,
+        log_leaderboard_to_wandb,
+        plot_leaderboard,
+        write_leaderboard,
+    )
+    from osteolightning.ensemble.leaderboard.report import (  # noqa: F401
+        write_report,
+    )
+    from osteolightning.ensemble.leaderboard.stats import (  # noqa: F401
+        mean_std,
+    )

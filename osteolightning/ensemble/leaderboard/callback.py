@@ -5,31 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from osteolightning.ensemble.leaderboard.board import (
-    EnsembleMismatchError,
-    Leaderboard,
-    build_leaderboard,
-)
-from osteolightning.ensemble.leaderboard.comparison_outputs import (
-    comparisons_table,
-    write_comparisons,
-)
-from osteolightning.ensemble.leaderboard.comparisons import Comparisons, compare_leaderboard
-from osteolightning.ensemble.leaderboard.outputs import (
-    inputs_digest,
-    log_leaderboard_to_wandb,
-    print_leaderboard,
-    up_to_date,
-    write_leaderboard,
-)
-from osteolightning.ensemble.leaderboard.report import write_report
 from osteolightning.utils import rundir
 from osteolightning.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from osteolightning.ensemble.leaderboard.board import Leaderboard
+    from osteolightning.ensemble.leaderboard.comparisons import Comparisons
+
+# The statistics, figures and report are imported where a leaderboard is built: Hydra
+# instantiates LeaderboardCallback in every run, single runs included.
 
 log = get_logger(__name__)
 
@@ -79,6 +68,19 @@ def run_leaderboard(
     Returns:
         ``(board, files)``.
     """
+    from osteolightning.ensemble.leaderboard.board import build_leaderboard
+    from osteolightning.ensemble.leaderboard.comparison_outputs import (
+        comparisons_table,
+        write_comparisons,
+    )
+    from osteolightning.ensemble.leaderboard.comparisons import compare_leaderboard
+    from osteolightning.ensemble.leaderboard.outputs import (
+        log_leaderboard_to_wandb,
+        print_leaderboard,
+        write_leaderboard,
+    )
+    from osteolightning.ensemble.leaderboard.report import write_report
+
     board = build_leaderboard(sources, **options)
     comparisons: Comparisons | None = None
     if compare:
@@ -172,6 +174,9 @@ class LeaderboardCallback(HydraCallback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled or str(config.get("task_name")) not in self.tasks:
             return
+        from osteolightning.ensemble.leaderboard.board import EnsembleMismatchError
+        from osteolightning.ensemble.leaderboard.outputs import inputs_digest, up_to_date
+
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
             evaluation = config.get("evaluation") or {}

@@ -23,13 +23,19 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import timm
 import torch
 import torchvision
-from timm.models import adapt_input_conv
 from torch import nn
 
 from osteolightning.errors import ConfigError
+from osteolightning.utils.imports import hidden_modules
+
+# timm imports W&B, when installed, for its own training script's summary (timm.utils.summary):
+# about a second of every job's start-up, for nothing this framework calls. W&B logging imports
+# it when a run logs to W&B.
+with hidden_modules("wandb"):
+    import timm
+    from timm.models import adapt_input_conv
 from osteolightning.models.checkpointing import torch_load
 from osteolightning.models.components.heads import CumulativeLinkHead, ordinal_head
 from osteolightning.utils.logging import get_logger
