@@ -45,9 +45,8 @@ def test_a_lazy_export_is_imported_on_first_use_only(modules_on_path):
 
 
 def test_a_hidden_module_cannot_be_imported_inside_the_block_only(modules_on_path):
-    with hidden_modules("plain_mod"):
-        with pytest.raises(ImportError):
-            importlib.import_module("plain_mod")
+    with hidden_modules("plain_mod"), pytest.raises(ImportError):
+        importlib.import_module("plain_mod")
     assert importlib.import_module("plain_mod").VALUE == 1
     # a module already imported is left alone
     with hidden_modules("plain_mod"):
