@@ -14,15 +14,24 @@ validation split:
   the metric collections, the sanity check. Only ``Trainer.fit`` is timed: run-directory
   set-up and W&B start-up happen once per run, before it.
 
-Two regimes (``--regimes``): ``slow`` (ResNet-18 at 128 px: a step of about a second on a
-CPU core) and ``fast`` (ResNet-10-T at 64 px: tens of milliseconds), where per-step costs of
-the framework show. The two are alternated, ``--repeats`` times each (plain, fit, fit, plain,
-...), and the ratio is that of the medians. Both the wall-clock time and the CPU time of the
-process (all its threads; ``--workers 0`` keeps data loading in the process) are reported:
-on a machine that other jobs share, the CPU time is the steadier measure.
+Three regimes (``--regimes``): ``slow`` (ResNet-18 at 128 px: a step of about a second on a
+CPU core), ``fast`` (ResNet-10-T at 64 px: tens of milliseconds), where per-step costs of
+the framework show, and ``short`` (the fast network on 600 knees for 4 epochs of about two
+seconds: a plain loop of about 10 s), where a fit's fixed costs show: W&B's start-up, the
+sanity check, checkpoint writes, the writers. The two loops alternate, ``--repeats`` times
+each (plain, fit, fit, plain, ...). The ratio is the geometric mean of the paired ratios
+(each fit with the plain run beside it, so drift cancels) with a 95 % t-interval over the
+pairs; the medians are reported too. Both the wall-clock time and the CPU time of the process
+(all its threads; ``--workers 0`` keeps data loading in the process) are reported: on a
+machine that other jobs share, the CPU time is the steadier measure.
+
+In the ``short`` regime every framework fit also records where its CPU time went
+(:class:`Attribution`): the sanity check, checkpoint writes, each callback's and logger's
+hooks and the LightningModule's epoch hooks, each second counted once (in the innermost of
+them); the rest is the training loop itself (steps, validation passes, metrics).
 
 Example:
-    python benchmarks/overhead.py                        # both regimes, 3 repeats each
+    python benchmarks/overhead.py                        # the three regimes, 3 repeats each
     python benchmarks/overhead.py --regimes fast --repeats 5 --out results/overhead.json
     python benchmarks/overhead.py --profile results/prof  # cProfile of one fit per regime
     python benchmarks/overhead.py --short                 # seconds: tiny runs, for the tests
@@ -32,12 +41,15 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
+import math
 import os
 import pstats
 import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,7 +69,11 @@ REGIMES: dict[str, dict[str, Any]] = {
     # 800 knees (the default phantom): 17 steps an epoch, as `make train`
     "slow": {"backbone": "resnet18", "size": 128, "n": 800, "epochs": 3},
     "fast": {"backbone": "resnet10t", "size": 64, "n": 2000, "epochs": 3},
+    # a short fit: 4 epochs of about 2 s, where the fixed costs of a fit show
+    "short": {"backbone": "resnet10t", "size": 64, "n": 600, "epochs": 4},
 }
+#: the regime whose framework fits also record where their CPU time went
+ATTRIBUTED = "short"
 SHORT = {"n": 120, "epochs": 1}
 
 
@@ -136,14 +152,91 @@ def plain_loop(
     return {"wall_s": clock.wall, "cpu_s": clock.cpu, "val_acc": correct / max(seen, 1)}
 
 
+#: the hooks of a LightningModule whose time is its own (epoch ends compute metrics, write)
+MODULE_HOOKS = (
+    "setup",
+    "on_fit_start",
+    "on_train_start",
+    "on_train_epoch_end",
+    "on_validation_epoch_end",
+    "on_train_end",
+    "on_fit_end",
+)
+#: what a logger does, by method
+LOGGER_METHODS = ("log_hyperparams", "log_metrics", "log_graph", "save", "finalize")
+
+
+class Attribution:
+    """CPU seconds of one fit by who spent them. Each labelled call is timed exclusively: a
+    second spent in a labelled call inside another labelled call (a checkpoint written by a
+    callback) counts for the inner one only, so the labels add up to at most the fit's time."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self._stack: list[list[Any]] = []  # [label, CPU time it was last resumed at]
+
+    @contextmanager
+    def __call__(self, label: str):
+        now = time.process_time()
+        if self._stack:  # pause the caller
+            self.totals[self._stack[-1][0]] += now - self._stack[-1][1]
+        self._stack.append([label, now])
+        try:
+            yield
+        finally:
+            now = time.process_time()
+            done, started = self._stack.pop()
+            self.totals[done] += now - started
+            if self._stack:  # resume the caller
+                self._stack[-1][1] = now
+
+    def wrap(self, owner: Any, name: str, label: str) -> None:
+        """Time ``owner.name(...)`` under ``label`` (an instance attribute shadows the method)."""
+        method = getattr(owner, name)
+
+        @functools.wraps(method)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self(label):
+                return method(*args, **kwargs)
+
+        setattr(owner, name, timed)
+
+    def instrument(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """Label the sanity check, checkpoint writes, every callback's and logger's hooks and
+        the module's epoch hooks of ``trainer``'s coming fit."""
+        self.wrap(trainer, "_run_sanity_check", "sanity check")
+        self.wrap(trainer, "save_checkpoint", "checkpoint writes")
+        hooks = [n for n in vars(L.Callback) if n.startswith(("on_", "setup", "teardown"))]
+        for callback in trainer.callbacks:
+            for hook in hooks:  # only the hooks the callback's class implements
+                if getattr(type(callback), hook) is not getattr(L.Callback, hook):
+                    self.wrap(callback, hook, f"callback {type(callback).__name__}")
+        for logger in trainer.loggers:
+            for method in LOGGER_METHODS:
+                if hasattr(logger, method):
+                    self.wrap(logger, method, f"logger {type(logger).__name__}")
+        for hook in MODULE_HOOKS:
+            if getattr(type(module), hook) is not getattr(L.LightningModule, hook):
+                self.wrap(module, hook, f"module {hook}")
+
+
 @contextmanager
-def timed_fit(record: list[dict[str, float]], cuda: bool, profile: Path | None = None):
+def timed_fit(
+    record: list[dict[str, Any]],
+    cuda: bool,
+    profile: Path | None = None,
+    attribute: bool = False,
+):
     """Time every ``Trainer.fit`` in the block (optionally under cProfile, dumped to
-    ``profile``)."""
+    ``profile``; with ``attribute``, also where its CPU time went: ``record[-1]["by"]``)."""
     original = L.Trainer.fit
 
     def fit(self: L.Trainer, *args: Any, **kwargs: Any) -> Any:
         clock, profiler = Clock(cuda), cProfile.Profile() if profile else None
+        attribution = Attribution() if attribute else None
+        if attribution is not None:
+            module = kwargs.get("model", args[0] if args else None)
+            attribution.instrument(self, module)
         try:
             with clock():
                 if profiler:
@@ -156,6 +249,10 @@ def timed_fit(record: list[dict[str, float]], cuda: bool, profile: Path | None =
                         profiler.dump_stats(profile)
         finally:
             record.append({"wall_s": clock.wall, "cpu_s": clock.cpu})
+            if attribution is not None:
+                by = dict(attribution.totals)
+                by["training loop (the rest)"] = clock.cpu - sum(by.values())
+                record[-1]["by"] = by
 
     L.Trainer.fit = fit  # type: ignore[method-assign]
     try:
@@ -165,16 +262,40 @@ def timed_fit(record: list[dict[str, float]], cuda: bool, profile: Path | None =
 
 
 def framework_fit(
-    work: Path, cache: Path, overrides: list[str], cuda: bool, profile: Path | None = None
-) -> dict[str, float]:
-    """``train(cfg)`` (fit only) in a fresh run directory; the time of its ``Trainer.fit``."""
+    work: Path,
+    cache: Path,
+    overrides: list[str],
+    cuda: bool,
+    profile: Path | None = None,
+    attribute: bool = False,
+) -> dict[str, Any]:
+    """``train(cfg)`` (fit only) in a fresh run directory; the time of its ``Trainer.fit``
+    (with ``attribute``: and where its CPU time went, ``"by"``)."""
     from osteolightning.train import train
 
-    record: list[dict[str, float]] = []
+    record: list[dict[str, Any]] = []
     run_dir = Path(tempfile.mkdtemp(prefix="fit-", dir=work)) / "run"
-    with timed_fit(record, cuda, profile):
+    with timed_fit(record, cuda, profile, attribute):
         metrics, _ = train(compose_train(run_dir, cache, overrides))
     return {**record[-1], "val_acc": float(metrics.get("val/acc", float("nan")))}
+
+
+def paired_ratio(plain: Sequence[float], fit: Sequence[float]) -> dict[str, float]:
+    """The geometric mean of the paired ratios ``fit[i] / plain[i]`` with its 95 % t-interval
+    (on the log scale, over the pairs; no bounds, ``None``, with a single pair)."""
+    from scipy import stats
+
+    logs = [math.log(f / p) for p, f in zip(plain, fit, strict=True)]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return {"ratio": math.exp(mean), "low": None, "high": None, "pairs": len(logs)}
+    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return {
+        "ratio": math.exp(mean),
+        "low": math.exp(mean - half),
+        "high": math.exp(mean + half),
+        "pairs": len(logs),
+    }
 
 
 def profile_table(path: Path, top: int = 25) -> str:
@@ -217,7 +338,8 @@ def measure_regime(name: str, args: argparse.Namespace, work: Path, cache: Path)
             if kind == "plain":
                 runs[kind].append(plain_loop(cfg, datamodule, device))
             else:
-                runs[kind].append(framework_fit(work, cache, overrides, cuda))
+                attribute = name == ATTRIBUTED
+                runs[kind].append(framework_fit(work, cache, overrides, cuda, None, attribute))
             last = runs[kind][-1]
             print(
                 f"  {name:5s} {kind:12s} wall {last['wall_s']:7.2f} s  cpu {last['cpu_s']:7.2f} s",
@@ -241,10 +363,22 @@ def measure_regime(name: str, args: argparse.Namespace, work: Path, cache: Path)
         plain = statistics.median(r[clock] for r in runs["plain"])
         fit = statistics.median(r[clock] for r in runs["osteo-train"])
         row[f"plain_{clock}"], row[f"fit_{clock}"] = plain, fit
-        row[f"ratio_{clock[:-2]}"] = fit / plain
+        row[f"median_ratio_{clock[:-2]}"] = fit / plain
+        paired = paired_ratio(
+            [r[clock] for r in runs["plain"]], [r[clock] for r in runs["osteo-train"]]
+        )
+        row[f"ratio_{clock[:-2]}"] = paired["ratio"]
+        row[f"ratio_{clock[:-2]}_ci95"] = [paired["low"], paired["high"]]
         row[f"plain_ms_per_step_{clock[:-2]}"] = 1000 * plain / steps
         # what the framework adds, per training step (fixed costs spread over the steps)
         row[f"overhead_ms_per_step_{clock[:-2]}"] = 1000 * (fit - plain) / steps
+    attributed = [r["by"] for r in runs["osteo-train"] if "by" in r]
+    if attributed:  # CPU seconds per fit by who spent them (medians over the fits)
+        labels = sorted({label for by in attributed for label in by})
+        row["breakdown_cpu_s"] = {
+            label: statistics.median(by.get(label, 0.0) for by in attributed) for label in labels
+        }
+        row["fixed_cpu_s"] = row["fit_cpu_s"] - row["plain_cpu_s"]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         dump = args.profile / f"{name}-fit.prof"
@@ -253,11 +387,16 @@ def measure_regime(name: str, args: argparse.Namespace, work: Path, cache: Path)
     return row
 
 
+def _interval(r: dict[str, Any], clock: str) -> str:
+    low, high = r[f"ratio_{clock}_ci95"]
+    return "" if low is None else f" [{low:.3f}, {high:.3f}]"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="osteo-train's fit against a plain PyTorch loop (medians)")
+    table = Table(title="osteo-train's fit against a plain PyTorch loop (x: paired, 95 % CI)")
     columns = (
         "regime",
         "net",
@@ -283,18 +422,31 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['plain_ms_per_step_cpu']:.0f}",
             f"{r['plain_wall_s']:.1f}",
             f"{r['fit_wall_s']:.1f}",
-            f"{r['ratio_wall']:.3f}",
+            f"{r['ratio_wall']:.3f}{_interval(r, 'wall')}",
             f"{r['plain_cpu_s']:.1f}",
             f"{r['fit_cpu_s']:.1f}",
-            f"{r['ratio_cpu']:.3f}",
+            f"{r['ratio_cpu']:.3f}{_interval(r, 'cpu')}",
             f"{r['overhead_ms_per_step_cpu']:.1f}",
         )
-    Console(stderr=True, width=140).print(table)
+    console = Console(stderr=True, width=160)
+    console.print(table)
+    for r in rows:
+        if "breakdown_cpu_s" not in r:
+            continue
+        parts = Table(title=f"{r['regime']}: where a fit's CPU time goes (median of the fits)")
+        parts.add_column("part")
+        parts.add_column("CPU s", justify="right")
+        for label, seconds in sorted(r["breakdown_cpu_s"].items(), key=lambda kv: -kv[1]):
+            parts.add_row(label, f"{seconds:.3f}")
+        parts.add_row("fit - plain loop", f"{r['fixed_cpu_s']:.3f}")
+        console.print(parts)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--regimes", default="slow,fast", help="comma-separated: slow, fast")
+    parser.add_argument(
+        "--regimes", default="slow,fast,short", help="comma-separated: slow, fast, short"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each loop per regime")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")

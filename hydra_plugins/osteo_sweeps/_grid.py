@@ -174,7 +174,8 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     first = 0
     while not sweeper.is_done():
         batch = sweeper.get_job_batch()
-        sweeper.validate_batch_is_legal(batch)
+        if not resuming:
+            sweeper.validate_batch_is_legal(batch)
         jobs = []
         for num, overrides in enumerate(batch, start=first):
             if resuming:
@@ -185,6 +186,8 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
                 if overrides is None:
                     continue
             jobs.append((list(overrides), num))
+        if resuming and jobs:  # only the jobs that run (composing each costs about a second)
+            sweeper.validate_batch_is_legal([overrides for overrides, _ in jobs])
         results = launch(sweeper.launcher, jobs)
         for ret in results:
             if ret.status == JobStatus.FAILED:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,16 +29,58 @@ def _load(name: str):
     return module
 
 
-def test_overhead_short_mode_times_both_loops(tmp_path):
+def test_overhead_short_mode_times_both_loops_and_breaks_a_short_fit_down(tmp_path):
     overhead = _load("overhead")
     out = tmp_path / "overhead.json"
-    args = ["--short", "--regimes", "fast", "--device", "cpu", "--override", "logger=csv"]
+    args = ["--short", "--regimes", "fast,short", "--device", "cpu", "--override", "logger=csv"]
     result = overhead.main([*args, "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    (row,) = result["rows"]
-    assert row["regime"] == "fast" and row["backbone"] == "resnet10t" and row["train_steps"] > 0
-    assert len(row["runs"]["plain"]) == len(row["runs"]["osteo-train"]) == 1
-    assert row["ratio_cpu"] > 0 and row["ratio_wall"] > 0
+    fast, short = result["rows"]
+    assert fast["regime"] == "fast" and fast["backbone"] == "resnet10t" and fast["train_steps"] > 0
+    for row in (fast, short):
+        assert len(row["runs"]["plain"]) == len(row["runs"]["osteo-train"]) == 1
+        assert row["ratio_cpu"] > 0 and row["ratio_wall"] > 0
+        assert row["ratio_cpu_ci95"] == [None, None]  # one pair: no interval
+    assert "breakdown_cpu_s" not in fast
+    parts = short["breakdown_cpu_s"]
+    assert {"sanity check", "checkpoint writes", "training loop (the rest)"} <= set(parts)
+    assert "callback LastCheckpoint" in parts and "logger CSVLogger" in parts
+    assert all(v >= 0 for k, v in parts.items() if k != "training loop (the rest)")
+    (fit,) = short["runs"]["osteo-train"]
+    assert sum(fit["by"].values()) == pytest.approx(fit["cpu_s"])
+
+
+def test_the_paired_ratio_and_its_interval():
+    overhead = _load("overhead")
+    plain, fit = [10.0, 11.0, 9.0, 10.5], [10.2, 11.3, 9.1, 10.8]
+    logs = [math.log(f / p) for p, f in zip(plain, fit, strict=True)]
+    got = overhead.paired_ratio(plain, fit)
+    assert got["ratio"] == pytest.approx(math.exp(statistics.fmean(logs)))
+    half = 3.182446305284263 * statistics.stdev(logs) / 2  # t(0.975, 3) * s / sqrt(4)
+    assert got["low"] == pytest.approx(math.exp(statistics.fmean(logs) - half))
+    assert got["high"] == pytest.approx(math.exp(statistics.fmean(logs) + half))
+    assert got["low"] < got["ratio"] < got["high"] and got["pairs"] == 4
+
+
+def test_the_attribution_counts_each_cpu_second_once():
+    overhead = _load("overhead")
+    attribution = overhead.Attribution()
+
+    def spin(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    start = time.process_time()
+    with attribution("outer"):
+        spin(0.05)
+        with attribution("inner"):
+            spin(0.05)
+        spin(0.05)
+    total = time.process_time() - start
+    assert attribution.totals["inner"] == pytest.approx(0.05, abs=0.02)
+    assert attribution.totals["outer"] == pytest.approx(0.10, abs=0.03)
+    assert sum(attribution.totals.values()) <= total + 1e-6
 
 
 def test_loader_short_mode_covers_presets_workers_and_variants(tmp_path):
@@ -75,3 +120,22 @@ def test_throughput_dry_run_times_every_option(tmp_path):
     runs = [r["run"] for r in result["rows"]]
     assert runs == ["plain, synthetic", "plain, loader", *throughput.OPTIONS]
     assert all(r["images_per_s"] > 0 for r in result["rows"]) and not result["skipped"]
+
+
+@pytest.mark.slow
+def test_startup_times_the_floor_the_import_and_the_first_step(tmp_path):
+    startup = _load("startup")
+    out = tmp_path / "startup.json"
+    result = startup.main(
+        ["--repeats", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = result["rows"]
+    assert set(rows) == {
+        "import torch+lightning",
+        "import osteolightning.train",
+        "first step: tiny",
+    }
+    floor, first = rows["import torch+lightning"], rows["first step: tiny"]
+    assert 0 < floor["cpu_s"] < first["cpu_s"] and first["wall_s"] > 0
+    assert first["beyond_floor_cpu_s"] == pytest.approx(first["cpu_s"] - floor["cpu_s"])
