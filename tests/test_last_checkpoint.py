@@ -126,9 +126,14 @@ def _fit_epochs(tmp_path: Path, max_epochs: int, max_steps: int = -1, **kwargs) 
 
 def test_short_epochs_write_at_most_every_epoch_end_minutes_and_at_the_end(tmp_path):
     """Epochs of seconds would write the full state every few seconds: an epoch end writes
-    only once epoch_end_minutes have passed since the last write, the last epoch always."""
-    steps = _fit_epochs(tmp_path, 3, every_minutes=None, epoch_end_minutes=10)
-    assert steps == [12]
+    only once epoch_end_minutes have passed since the last write; the last epoch's end when
+    the state is kept after the run (keep_after_finish), and not otherwise: a fit that short
+    would write a state that is removed once it has been tested."""
+    kept = _fit_epochs(tmp_path / "kept", 3, every_minutes=None, epoch_end_minutes=10,
+                       keep_after_finish=True)  # fmt: skip
+    assert kept == [12]
+    released = _fit_epochs(tmp_path / "released", 3, every_minutes=None, epoch_end_minutes=10)
+    assert released == []
 
 
 def test_an_epoch_end_writes_once_its_minutes_have_passed(tmp_path, monkeypatch):
@@ -138,9 +143,18 @@ def test_an_epoch_end_writes_once_its_minutes_have_passed(tmp_path, monkeypatch)
     assert steps == [4, 8, 12]
 
 
-def test_training_stopped_early_writes_its_final_state(tmp_path):
-    steps = _fit_epochs(tmp_path, 5, max_steps=6, every_minutes=None, epoch_end_minutes=10)
+def test_training_stopped_early_writes_its_final_state(tmp_path, monkeypatch):
+    steps = _fit_epochs(tmp_path / "kept", 5, max_steps=6, every_minutes=None,
+                        epoch_end_minutes=10, keep_after_finish=True)  # fmt: skip
     assert steps == [6]  # stopped mid-epoch 2 by max_steps: on_train_end writes it
+    # released after the run: written at the end only once epoch_end_minutes have passed
+    assert _fit_epochs(tmp_path / "short", 5, max_steps=6, every_minutes=None,
+                       epoch_end_minutes=10) == []  # fmt: skip
+    clock = iter(range(0, 10_000, 400))  # 400 s of training between two readings
+    monkeypatch.setattr(module, "_now", lambda: float(next(clock)))
+    long = _fit_epochs(tmp_path / "long", 5, max_steps=6, every_minutes=None,
+                       epoch_end_minutes=10)  # fmt: skip
+    assert long[-1] == 6
 
 
 def test_the_default_config_writes_at_most_once_a_minute_at_epoch_ends():

@@ -4,10 +4,14 @@ The state of a large backbone (weights and Adam moments: > 1.5 GB for VGG-19) wr
 steps would dominate a GPU run's time, so :class:`LastCheckpoint` writes it by the clock (every
 ``every_minutes`` of training) and at the end of training epochs (after their validation): of
 every epoch, or, with ``epoch_end_minutes``, of the first epoch that ends that long after the
-last write (short epochs would otherwise write the state every few seconds); always at the end
-of training. ``every_n_train_steps`` adds a step cadence where wanted. A kill loses at most the
-training since the newest write: ``every_minutes`` of it, or ``epoch_end_minutes`` plus the
-epoch in progress.
+last write (short epochs would otherwise write the state every few seconds); and at the end
+of training when the state is to be kept (``keep_after_finish``) or more than
+``epoch_end_minutes`` of training would otherwise be lost. ``every_n_train_steps`` adds a step
+cadence where wanted. A kill loses at most the training since the newest write:
+``every_minutes`` of it, or ``epoch_end_minutes`` plus the epoch in progress. (A short fit whose
+state is removed once the run has finished writes none: its end-of-training write was the
+largest fixed cost of a fit of a few seconds, and a kill while it is tested reruns under a
+minute of training.)
 
 Lightning's ``ModelCheckpoint`` takes a time interval, a step interval or an epoch interval, one
 at a time, and at an epoch end writes ``last.ckpt`` only when it also wrote a top-k checkpoint;
@@ -62,7 +66,8 @@ class LastCheckpoint(L.Callback):
             at the end of training.
         epoch_end_minutes: with ``on_epoch_end``, write at an epoch end only when at least this
             many minutes of training have passed since the last write (0: at every epoch end).
-            The end of training always writes.
+            The end of training writes when ``keep_after_finish`` or when that many minutes
+            have passed.
         keep_after_finish: keep ``last.ckpt`` once the run has finished (to train it further
             with ``ckpt_path=<run>/checkpoints/last.ckpt``); by default it is removed then
             (:func:`release_resume_state`).
@@ -152,7 +157,7 @@ class LastCheckpoint(L.Callback):
         elapsed = _now() - self._clock
         due = (
             self.epoch_end_s == 0
-            or last_epoch
+            or (last_epoch and self.keep_after_finish)
             or elapsed >= self.epoch_end_s
             or (self.every_s is not None and elapsed >= self.every_s)  # deferred to here
         )
@@ -163,8 +168,14 @@ class LastCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # training stopped before max_epochs (early stopping, max_steps, max_time) after an
-        # epoch end that did not write: the final state goes to disk too
-        if self.on_epoch_end and not self._skip(trainer):
+        # epoch end that did not write: the final state goes to disk too, when it is kept or
+        # a kill would otherwise lose more than epoch_end_minutes of training
+        if not self.on_epoch_end or self._skip(trainer):
+            return
+        due = self.keep_after_finish or _now() - self._clock >= self.epoch_end_s
+        if trainer.world_size > 1:
+            due = trainer.strategy.broadcast(due)  # rank zero's clock: the save is collective
+        if due:
             self.save(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
