@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-all lint format docs clean help
+.PHONY: install wheel train test test-all lint format docs clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --no-cache-dir -e ".[dev]"  # no wheel cache: torch's are GBs
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the package with dev extras
+install: $(STAMP)  ## create .venv and install the package with dev extras (editable)
+
+wheel: $(STAMP)  ## build dist/osteolightning-*.whl, configs included (pip install it anywhere)
+	rm -rf build  # setuptools reuses it: a file deleted since the last build would stay in
+	$(BIN)/python -m pip wheel --no-deps --wheel-dir dist .
 
 train: $(STAMP)  ## train EfficientNet-Lite0 on the built-in knee phantom (ARGS="key=value ...")
 	$(BIN)/osteo-train $(ARGS)
@@ -38,4 +42,4 @@ docs: $(STAMP)  ## build the documentation site, strict (a broken link fails), i
 	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:  ## remove caches (not .venv, not logs)
-	rm -rf .cache .pytest_cache .ruff_cache
+	rm -rf .cache .pytest_cache .ruff_cache build

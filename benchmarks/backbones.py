@@ -1,4 +1,4 @@
-"""Training throughput and peak memory of the backbones in `conf/model/backbone/`.
+"""Training throughput and peak memory of the backbones in `osteolightning/conf/model/backbone/`.
 
 For each backbone: forward + backward + SGD step on a random 1-channel batch at the backbone's
 input size, `--warmup` untimed iterations, then the median of `--iters` timed ones. A baseline
@@ -96,7 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backbones",
         default=",".join(names),
-        help=f"comma-separated files of conf/model/backbone (default: all: {','.join(names)})",
+        help=(
+            "comma-separated files of osteolightning/conf/model/backbone "
+            f"(default: all: {','.join(names)})"
+        ),
     )
     parser.add_argument("--baseline", default="resnet18", help="reference for the ratio columns")
     parser.add_argument(

@@ -1,12 +1,12 @@
 """Images per second of the training DataLoader: cache → augmentation → tensors.
 
-For each image side (``--sizes``), augmentation preset (``--presets``, ``conf/data/augment/``)
-and number of DataLoader workers (``--workers``), the ``KneeDataModule`` that ``osteo-train``
-composes (``data=folder`` on synthetic images; see below) is set up once (untimed: the cache
-and the image array are built), then its training loader is read: the first batch (worker
-start-up) is timed apart, then ``--batches`` batches (epoch after epoch), as images/s of
-wall-clock time. Nothing else runs in the process: this is the rate at which the loader can
-feed a model.
+For each image side (``--sizes``), augmentation preset (``--presets``,
+``osteolightning/conf/data/augment/``) and number of DataLoader workers (``--workers``), the
+``KneeDataModule`` that ``osteo-train`` composes (``data=folder`` on synthetic images; see below) is
+set up once (untimed: the cache and the image array are built), then its training loader is read:
+the first batch (worker start-up) is timed apart, then ``--batches`` batches (epoch after epoch), as
+images/s of wall-clock time. Nothing else runs in the process: this is the rate at which the loader
+can feed a model.
 
 Extra rows, at the first size with the ``light`` preset and the most workers, say what some
 choices cost (each batch also goes through the DataModule's batch hooks, as the trainer's

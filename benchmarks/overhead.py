@@ -78,7 +78,8 @@ SHORT = {"n": 120, "epochs": 1}
 
 
 def compose_train(run_dir: Path, cache_dir: Path, overrides: Sequence[str]) -> DictConfig:
-    """``conf/train.yaml`` composed as ``osteo-train`` would, writing under ``run_dir``."""
+    """``osteolightning/conf/train.yaml`` composed as ``osteo-train`` would, writing under
+    ``run_dir``."""
     return compose_config("train", overrides, output_dir=run_dir, cache_dir=cache_dir)
 
 

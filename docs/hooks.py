@@ -1,8 +1,8 @@
 """MkDocs hooks (``hooks:`` in mkdocs.yml): the pages generated from the code at every build.
 
-- ``reference/config/``: every file of ``conf/``, one page per top-level group, each file with
-  its leading comment, a table of its keys (value as written, the comment above it) and the
-  file itself;
+- ``reference/config/``: every file of ``osteolightning/conf/``, one page per top-level group,
+  each file with its leading comment, a table of its keys (value as written, the comment above it)
+  and the file itself;
 - ``reference/cli.md``: each console script's ``--help`` as it prints it (the scripts are read
   from the package's entry points; a script whose help lists ``Verbs`` gets each verb's help);
 - ``studies/``: ``experiments/README.md`` and every ``experiments/<study>/README.md``, so the
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "osteolightning" / "conf"
 EXPERIMENTS = REPO / "experiments"
 DOCS = REPO / "docs"
 
@@ -147,9 +147,10 @@ def _groups() -> dict[str, list[Path]]:
 
 
 def _group_page(name: str, files: list[Path]) -> str:
-    out = [f"# `{name}`", "", "Generated from `conf/` at every build: each option of the group "
-           f"`{name}` and of the groups inside it, with its comments and its keys (as written in "
-           "the file; keys inside list items are in the file view).", ""]  # fmt: skip
+    out = [f"# `{name}`", "", "Generated from `osteolightning/conf/` at every build: each option "
+           f"of the group `{name}` and of the groups inside it, with its comments and its keys "
+           "(as written in the file; keys inside list items are in the file view).",
+           ""]  # fmt: skip
     for sub in sorted({p.parent for p in files}):
         group = sub.relative_to(CONF).as_posix()
         out += [f"## `{group}`", "", f"`{group}=<option>`; options: "
@@ -160,9 +161,9 @@ def _group_page(name: str, files: list[Path]) -> str:
 
 def _config_index(groups: dict[str, list[Path]]) -> str:
     out = ["# Configuration files", "",
-           "Generated from `conf/` at every build. Each command composes a primary config (below) "
-           "with one option of each group; choose one with `group=option`, set a key with "
-           "`key=value` ([Configuration](../configuration.md)).", "",
+           "Generated from `osteolightning/conf/` at every build. Each command composes a primary "
+           "config (below) with one option of each group; choose one with `group=option`, set a "
+           "key with `key=value` ([Configuration](../configuration.md)).", "",
            "## Primary configs", ""]  # fmt: skip
     out += [_file_section(p, "###") for p in sorted(CONF.glob("*.yaml"))]
     out += ["## Groups", "", "| group | option | what |", "|---|---|---|"]

@@ -1,8 +1,8 @@
 """``osteo-segment``: fit a bone-segmentation network, then test its best checkpoint.
 
 The same run as ``osteo-train`` (run directory, resume, checkpoints, loggers, report) with the
-segmentation config (``conf/segment.yaml``): a segmentation network, bone masks as targets,
-Dice / IoU / HD95 with bootstrap intervals.
+segmentation config (``osteolightning/conf/segment.yaml``): a segmentation network, bone masks
+as targets, Dice / IoU / HD95 with bootstrap intervals.
 
 Example:
     osteo-segment                                   # attention U-Net with deep supervision, phantom

@@ -15,7 +15,7 @@ def _options(group: str) -> list[str]:
 
 
 GROUPS = ["common", "data", "model", "trainer", "callbacks", "logger", "debug", "experiment"]
-#: options that belong to osteo-segment (conf/segment.yaml), not osteo-train
+#: options that belong to osteo-segment (osteolightning/conf/segment.yaml), not osteo-train
 SEG_MODELS = {"unet", "attention_unet", "attention_unet_ds", "unetr", "swin_unetr", "encoder_unet"}
 BONES = ["background", "femur", "tibia", "fibula", "patella"]
 

@@ -22,9 +22,11 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from osteolightning.utils.config import CONFIG_DIR
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = Path(CONFIG_DIR)
 PAGES = [
     ROOT / "README.md",
     *sorted((ROOT / "docs").rglob("*.md")),
@@ -127,7 +129,7 @@ def first_values(overrides: list[str]) -> tuple[list[str], list[tuple[str, str]]
         key, values = override.get_key_element(), list(override.sweep_string_iterator())
         first.append(f"{key}={values[0]}")
         group = override.key_or_group
-        if (ROOT / "conf" / group).is_dir():
+        if (CONF / group).is_dir():
             options += [(group, value) for value in values[1:]]
     return first, options
 
@@ -165,9 +167,9 @@ def test_documented_command_composes(key: tuple[str, tuple[str, ...]], tmp_path:
     for name in PENDING_EXPERIMENTS:
         if (
             f"experiment={name}" in overrides
-            and not (ROOT / "conf" / "experiment" / f"{name}.yaml").exists()
+            and not (CONF / "experiment" / f"{name}.yaml").exists()
         ):
-            pytest.skip(f"conf/experiment/{name}.yaml has not landed yet ({where})")
+            pytest.skip(f"osteolightning/conf/experiment/{name}.yaml has not landed yet ({where})")
     first, options = first_values(list(overrides))
     try:
         compose_config(config, tmp_path / "run", tmp_path / "cache", first)
@@ -176,7 +178,7 @@ def test_documented_command_composes(key: tuple[str, tuple[str, ...]], tmp_path:
     finally:
         GlobalHydra.instance().clear()
     for group, option in options:
-        assert (ROOT / "conf" / group / f"{option}.yaml").is_file(), (
+        assert (CONF / group / f"{option}.yaml").is_file(), (
             f"`{UNIQUE[key][0].text}` ({where}) sweeps {group}={option}, which has no config file"
         )
 

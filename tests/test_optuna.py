@@ -1,6 +1,6 @@
-"""The Optuna search (hydra/sweeper=osteo_optuna, conf/hparams_search): its config, the search
-space grammar, the study's storage, a study killed and started again, two workers on one
-study, refused input, a failing trial."""
+"""The Optuna search (hydra/sweeper=osteo_optuna, osteolightning/conf/hparams_search): its config,
+the search space grammar, the study's storage, a study killed and started again, two workers on
+one study, refused input, a failing trial."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``debug=seg_tiny`` is a run of seconds: its trainer's epochs are the tiny trainer's, not the
-20 that conf/segment.yaml sets for real segmentation runs."""
+20 that osteolightning/conf/segment.yaml sets for real segmentation runs."""
 
 from __future__ import annotations
 

@@ -414,7 +414,8 @@ class OptunaStudySweeper:
             log.warning(
                 "hydra.sweep.dir changes with every start (${now:...}): this study cannot be "
                 "continued by the same command, nor shared by workers started at other times. "
-                "Name its folder after the study, as conf/hparams_search/knee_optuna.yaml does."
+                "Name its folder after the study, as "
+                "osteolightning/conf/hparams_search/knee_optuna.yaml does."
             )
         folder = make_study_folder(str(self.config.hydra.sweep.dir))
         storage, where = open_storage(self.storage_cfg, folder)

@@ -2,7 +2,8 @@
 import annotations``: Hydra's plugin scan runs this module before it is in ``sys.modules``,
 where dataclasses look string annotations up).
 
-``conf/hydra/launcher/{local,slurm}.yaml`` and ``conf/hparams_search/*.yaml`` build on them.
+``osteolightning/conf/hydra/launcher/{local,slurm}.yaml`` and
+``osteolightning/conf/hparams_search/*.yaml`` build on them.
 """
 
 from dataclasses import dataclass, field

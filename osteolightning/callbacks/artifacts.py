@@ -35,7 +35,7 @@ PACKAGES = (
 
 
 def environment_versions() -> dict[str, Any]:
-    """Python, platform, package versions and the git commit of the code that ran."""
+    """Python, platform, package versions and, run from a checkout, its git commit."""
     versions: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
     for package in PACKAGES:
         try:
@@ -43,14 +43,19 @@ def environment_versions() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     try:
+        # the checkout this package runs from; an installed copy (site-packages) has none, and
+        # the repository around its environment (a project's .venv) is not the code's commit
         repo = Path(__file__).resolve().parents[2]
         commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            ["git", "-C", str(repo), "rev-parse", "--show-toplevel", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,
             check=False,
         )
+        top, _, head = commit.stdout.strip().partition("\n")
+        if commit.returncode != 0 or Path(top).resolve() != repo:
+            return versions
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
@@ -58,9 +63,8 @@ def environment_versions() -> dict[str, Any]:
             timeout=10,
             check=False,
         )
-        if commit.returncode == 0:
-            versions["git_commit"] = commit.stdout.strip()
-            versions["git_dirty"] = bool(dirty.stdout.strip())
+        versions["git_commit"] = head.strip()
+        versions["git_dirty"] = bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         versions["git_commit"] = None
     return versions

@@ -64,7 +64,7 @@ log = get_logger(__name__)
 #: 3: 16-bit images scaled by their own bit depth (sBIT or range); entries carry a header.
 PREPROCESS_VERSION = 3
 
-#: The environment variable that moves the cache (conf/paths: ``paths.cache_dir``).
+#: The environment variable that moves the cache (osteolightning/conf/paths: ``paths.cache_dir``).
 CACHE_VARIABLE = "OSTEO_CACHE_DIR"
 
 _MAGIC = b"OSTEOPX\x03"

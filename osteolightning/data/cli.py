@@ -122,7 +122,8 @@ def _audit(
     source = ManifestSource(path) if path.suffix.lower() == ".csv" else FolderSource(path)
     from osteolightning.data.cache import PreprocessedCache  # imports Lightning: only when used
 
-    # Same default as conf/data/_knee.yaml: ${oc.env:OSTEO_CACHE_DIR,.cache}/preprocessed.
+    # Same default as osteolightning/conf/data/_knee.yaml:
+    # ${oc.env:OSTEO_CACHE_DIR,.cache}/preprocessed.
     cache_dir = cache_dir or os.path.join(
         os.environ.get("OSTEO_CACHE_DIR", ".cache"), "preprocessed"
     )

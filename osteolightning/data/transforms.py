@@ -1,7 +1,7 @@
 """Image → tensor: albumentations augmentations on uint8, then scaling and normalisation.
 
-The training augmentation presets live in ``conf/data/augment/`` (``none``, ``light``,
-``radiograph`` (default), ``strong``), each a mapping ``name -> transform`` mounted at
+The training augmentation presets live in ``osteolightning/conf/data/augment/`` (``none``,
+``light``, ``radiograph`` (default), ``strong``), each a mapping ``name -> transform`` mounted at
 ``data.train_transforms``; ``osteo-train data/augment=strong`` switches preset.
 """
 

@@ -7,9 +7,10 @@ segmenter's main output per pixel), with a dynamic batch dimension. The metadata
 ``metadata_props``; TorchScript ``_extra_files``).
 
 ONNX uses PyTorch's ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``,
-which needs ``onnxscript``): on torch 2.14 it exports every backbone of ``conf/model/backbone``
-and every segmentation network, while the TorchScript-based one is deprecated and fails on
-AlexNet's adaptive pooling at small inputs. TorchScript uses ``torch.jit.trace``.
+which needs ``onnxscript``): on torch 2.14 it exports every backbone of
+``osteolightning/conf/model/backbone`` and every segmentation network, while the TorchScript-based
+one is deprecated and fails on AlexNet's adaptive pooling at small inputs. TorchScript uses
+``torch.jit.trace``.
 """
 
 from __future__ import annotations

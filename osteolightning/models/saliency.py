@@ -4,7 +4,7 @@ The maps come from MONAI's ``monai.visualize``: Grad-CAM (Selvaraju et al. 2017)
 target layer's activations by the spatial mean of their gradients; Grad-CAM++ (Chattopadhay et
 al. 2018) by a weighted sum of the positive gradients, which separates several instances of a
 class better. The target layer is part of each backbone's config (``backbone.cam_layer`` in
-``conf/model/backbone/<name>.yaml``), so every checkpoint's run config carries it.
+``osteolightning/conf/model/backbone/<name>.yaml``), so every checkpoint's run config carries it.
 
 Two details MONAI leaves to the caller are handled here:
 
@@ -147,7 +147,7 @@ class SaliencyExplainer:
         if not layer:
             raise ConfigError(
                 f"Saliency maps need the backbone's target layer, but `{CAM_LAYER_KEY}` is not "
-                "set. Set it in conf/model/backbone/<name>.yaml (a name from "
+                "set. Set it in osteolightning/conf/model/backbone/<name>.yaml (a name from "
                 "net.named_modules(), e.g. layer4 for a ResNet), or pass it: "
                 f"{CAM_LAYER_KEY}=<layer> (osteo-train), --cam-layer <layer> (osteo-predict)."
             )

@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from osteolightning.errors import ConfigError
 
-#: The configs live in ``conf/`` at the top of the repository (DESIGN.md); OSTEO_CONFIG_DIR
-#: points elsewhere, e.g. at a copy with a lab's own defaults.
+#: The configs ship inside the package, ``osteolightning/conf/``, so an installed wheel finds them
+#: as a checkout does; OSTEO_CONFIG_DIR points elsewhere, e.g. at a copy with a lab's own defaults.
 CONFIG_DIR = str(
-    Path(os.environ.get("OSTEO_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf"))
+    Path(os.environ.get("OSTEO_CONFIG_DIR", Path(__file__).resolve().parents[1] / "conf"))
 )
 
 
@@ -172,8 +172,8 @@ def compose_config(
     output_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
 ) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with ``overrides`` as its entry point would, outside
-    a Hydra app (benchmarks, scripts, notebooks).
+    """Compose ``osteolightning/conf/<config_name>.yaml`` with ``overrides`` as its entry point
+    would, outside a Hydra app (benchmarks, scripts, notebooks).
 
     Args:
         config_name: ``train``, ``segment``, ``eval``, ...

@@ -112,8 +112,8 @@ class FailedJobsExitStatus(HydraCallback):
     end, after every job has run and the leaderboard is written, so a script, a CI step or a
     SLURM dependency (``afterok``) sees the failure; a job's failure never stops the others.
 
-    Configured first under ``hydra.callbacks`` in ``conf/hydra/default.yaml``: Hydra calls
-    ``on_multirun_end`` in reverse order, so this one runs last.
+    Configured first under ``hydra.callbacks`` in ``osteolightning/conf/hydra/default.yaml``:
+    Hydra calls ``on_multirun_end`` in reverse order, so this one runs last.
 
     Args:
         exit_code: the status of a multirun with failed jobs; 0 exits as if all had finished

@@ -217,7 +217,8 @@ class JobRecorder(HydraCallback):
     At the start: job number, overrides, host, pid, ``CUDA_VISIBLE_DEVICES``, the number of
     torch threads and ``started`` (epoch seconds); at the end also ``ended``, ``status``
     (``COMPLETED``/``FAILED``) and ``value`` (what the task returned, a finite float or
-    ``null``). Configured in ``conf/hydra/default.yaml`` (``hydra.callbacks.job_record``).
+    ``null``). Configured in ``osteolightning/conf/hydra/default.yaml``
+    (``hydra.callbacks.job_record``).
     """
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:

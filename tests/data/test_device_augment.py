@@ -77,9 +77,9 @@ def _albumentations_draws(transform: A.BasicTransform, n: int) -> dict[str, np.n
 
 
 def test_the_light_preset_draws_like_albumentations():
-    """The configured preset (conf/data/augment/light.yaml) on the device: how often each
-    transform applies and the distribution of its parameters, against albumentations' own
-    draws (two-sample Kolmogorov-Smirnov) and the configured ranges."""
+    """The configured preset (osteolightning/conf/data/augment/light.yaml) on the device: how
+    often each transform applies and the distribution of its parameters, against albumentations'
+    own draws (two-sample Kolmogorov-Smirnov) and the configured ranges."""
     cfg = compose_config("train", ["data/augment=light"])
     pipeline = compose(hydra.utils.instantiate(cfg.data.train_transforms))
     device = DeviceAugment(pipeline)

@@ -1,4 +1,5 @@
-"""Every backbone of `conf/model/backbone/` composes, runs and trains: a new backbone is a file.
+"""Every backbone of `osteolightning/conf/model/backbone/` composes, runs and trains: a new
+backbone is a file.
 
 The file name is the registry key everywhere; the yaml holds the real timm / torchvision name.
 """

@@ -1,4 +1,5 @@
-"""Saliency maps for every backbone of conf/model/backbone (random weights, small input)."""
+"""Saliency maps for every backbone of osteolightning/conf/model/backbone (random weights, small
+input)."""
 
 from pathlib import Path
 
@@ -9,10 +10,11 @@ from omegaconf import OmegaConf
 from osteolightning.errors import ConfigError
 from osteolightning.models.components.backbone import create_backbone
 from osteolightning.models.saliency import METHODS, SaliencyExplainer
+from osteolightning.utils.config import CONFIG_DIR
 
 BACKBONES = sorted(
     p
-    for p in (Path(__file__).resolve().parents[2] / "conf/model/backbone").glob("*.yaml")
+    for p in (Path(CONFIG_DIR) / "model" / "backbone").glob("*.yaml")
     if p.stem != "checkpoint"  # a trained run's network: its layer comes from the checkpoint
 )
 #: in the default suite (a ViT for the token grid among them); the large ones are `slow`

@@ -129,12 +129,12 @@ def run_leaderboard(
 class LeaderboardCallback(HydraCallback):
     """Hydra callback: when a multirun ends, build the leaderboard of its directory.
 
-    Configured in ``conf/hydra/default.yaml`` under ``hydra.callbacks.leaderboard``, so every
-    ``osteo-train -m`` sweep ends with ``<multirun>/leaderboard/`` and the Markdown table on the
-    terminal. A sweep run again with nothing changed (a finished sweep's command repeated) finds
-    its leaderboard built from the same inputs (:func:`inputs_digest`: the jobs' files and the
-    options) and does not rebuild it. It logs and never raises: a leaderboard failure must not
-    hide the sweep's results.
+    Configured in ``osteolightning/conf/hydra/default.yaml`` under
+    ``hydra.callbacks.leaderboard``, so every ``osteo-train -m`` sweep ends with
+    ``<multirun>/leaderboard/`` and the Markdown table on the terminal. A sweep run again with
+    nothing changed (a finished sweep's command repeated) finds its leaderboard built from the same
+    inputs (:func:`inputs_digest`: the jobs' files and the options) and does not rebuild it. It logs
+    and never raises: a leaderboard failure must not hide the sweep's results.
 
     Args:
         enabled: ``false`` switches it off (``hydra.callbacks.leaderboard.enabled=false``).

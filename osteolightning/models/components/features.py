@@ -6,9 +6,9 @@ Every embedder maps ``(B, C, H, W)`` normalised images to ``(B, D)`` features an
 settings), with which :class:`~osteolightning.models.components.feature_cache.FeatureCache`
 stores the features of an image once, so a second run embeds nothing again.
 
-* :class:`BackboneEmbedder`: any backbone of ``conf/model/backbone/`` with its classifier
-  removed (timm's ``reset_classifier(0)``; torchvision's last linear layer), frozen, in eval
-  mode; optionally averaged over several input scales, a horizontal flip and a grid of tiles
+* :class:`BackboneEmbedder`: any backbone of ``osteolightning/conf/model/backbone/`` with its
+  classifier removed (timm's ``reset_classifier(0)``; torchvision's last linear layer), frozen, in
+  eval mode; optionally averaged over several input scales, a horizontal flip and a grid of tiles
   (each tile at the network's resolution, so a large image keeps its texture).
 * :class:`TextureEmbedder`: local binary pattern histograms and grey-level co-occurrence
   statistics (scikit-image) of the bone texture.
@@ -56,7 +56,7 @@ def strip_head(net: nn.Module, name: str) -> tuple[nn.Module, int]:
     raise ConfigError(
         f"Cannot take features from backbone `{name}`: it has no classifier layer to remove "
         "(timm's reset_classifier or a final nn.Linear), so no pooled output. Use one of "
-        "conf/model/backbone/ (model/backbone=<name>)."
+        "osteolightning/conf/model/backbone/ (model/backbone=<name>)."
     )
 
 

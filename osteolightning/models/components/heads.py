@@ -89,6 +89,7 @@ def ordinal_head(layer: nn.Module, kind: str, num_classes: int, link: str) -> nn
         raise ConfigError(
             f"The cumulative link head replaces a linear classification layer, but this "
             f"network's is a {type(layer).__name__}; choose a backbone with a linear head "
-            "(the timm and torchvision classifiers of conf/model/backbone) or model.net.head=linear."
+            "(the timm and torchvision classifiers of osteolightning/conf/model/backbone) or "
+            "model.net.head=linear."
         )
     return CumulativeLinkHead(layer.in_features, num_classes, link)
