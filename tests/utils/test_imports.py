@@ -56,7 +56,7 @@ def test_a_hidden_module_cannot_be_imported_inside_the_block_only(modules_on_pat
 
 def test_a_job_imports_no_heavy_optional_library_before_it_needs_one():
     """What every job of a sweep imports: the command's module and the Hydra callbacks of every
-    run (conf/hydra/default.yaml). W&B (which timm would import), scikit-learn, statsmodels,
+    run (osteolightning/conf/hydra/default.yaml). W&B (which timm would import), scikit-learn, statsmodels,
     MONAI, ONNX, Optuna and the leaderboard's statistics are not among them."""
     code = textwrap.dedent(
         """
