@@ -139,3 +139,18 @@ def test_startup_times_the_floor_the_import_and_the_first_step(tmp_path):
     floor, first = rows["import torch+lightning"], rows["first step: tiny"]
     assert 0 < floor["cpu_s"] < first["cpu_s"] and first["wall_s"] > 0
     assert first["beyond_floor_cpu_s"] == pytest.approx(first["cpu_s"] - floor["cpu_s"])
+
+
+@pytest.mark.slow
+def test_sweeps_reruns_finished_sweeps_and_reports_their_disk(tmp_path):
+    sweeps = _load("sweeps")
+    out = tmp_path / "sweeps.json"
+    result = sweeps.main(
+        ["--sweeps", "optuna,nested", "--work", str(tmp_path / "w"), "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    optuna, nested = result["rows"]
+    assert (optuna["jobs"], nested["jobs"]) == (2, 12)
+    for row in (optuna, nested):
+        assert row["rerun_said_complete"] and row["rerun_rebuilt"] == []
+        assert row["resumable_checkpoints"] == 0 and row["disk_mb"] > 0
