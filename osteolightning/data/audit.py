@@ -523,7 +523,7 @@ def audit(
     # finding unreadable files is part of the audit (the source's own skips are not images)
     bad = {path: reason for path, reason in plan.skipped if path in label_of}
     source_findings, bad_masks = _source_findings(samples, class_names, counts)
-    near = _near_groups(plan, label_of) if near_duplicates else None
+    near = _plan_near_groups(plan, label_of) if near_duplicates else None
     class_counts = {n: counts.get(n, 0) for n in class_names}
     if counts.get("unlabelled"):
         class_counts["unlabelled"] = counts["unlabelled"]
@@ -556,7 +556,7 @@ def audit(
     return report
 
 
-def _near_groups(plan: DataPlan, label_of: dict[str, str]) -> list[DuplicateGroup]:
+def _plan_near_groups(plan: DataPlan, label_of: dict[str, str]) -> list[DuplicateGroup]:
     """The plan's copy groups that hold a near-duplicate pair (a pure exact-copy group, or a
     pair of blank images, is never one), with every file of each, and the largest pHash
     distance of their pairs."""
