@@ -89,8 +89,8 @@ class KneeDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: Any = None,
-        class_names: Sequence[str] = (),
+        source: Any,
+        class_names: Sequence[str],
         image_size: int = 224,
         in_chans: int = 1,
         mean: Sequence[float] = (0.449,),
@@ -153,11 +153,11 @@ class KneeDataModule(L.LightningDataModule):
         self.class_names = [str(c) for c in class_names]
         self.label_names: list[str] = self.class_names
         self.cache = PreprocessedCache(cache_dir, self.inputs.cache_size)
-        self.to_tensor = ToNormalizedTensor(mean, std, in_chans)
+        self.to_tensor = ToNormalizedTensor(self.inputs.mean, self.inputs.std, self.inputs.in_chans)
         self.train_augment = compose(train_transforms)
         self.eval_augment = compose(eval_transforms)
         self.device = DeviceSpec(on_device)
-        self.device_path = DevicePath(on_device, self.to_tensor, self.train_augment, seed)
+        self.device_path = DevicePath(self.device, self.to_tensor, self.train_augment, seed)
         self.column_spec = ColumnSpec.of(
             target, covariates, covariate_coding, separating_threshold, allow_separating
         )

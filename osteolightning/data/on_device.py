@@ -33,6 +33,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from osteolightning.data.device_augment import DeviceAugment
+from osteolightning.data.specs import DeviceSpec
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ class DevicePath:
     ships, and what happens to a batch before and after it moves to the device.
 
     Args:
-        on_device: ``None`` (the CPU path: every hook passes batches through), ``"stream"``,
-            ``"resident"``, ``"auto"`` or ``"normalize"``.
+        spec: ``on_device``: ``None`` (the CPU path: every hook passes batches through),
+            ``"stream"``, ``"resident"``, ``"auto"`` or ``"normalize"``.
         to_tensor: the normalisation of the CPU path (its mean, std and channels).
         train_augment: the training augmentation, reproduced on the device (refused now, not
             at the first batch, when it cannot be).
@@ -93,13 +94,10 @@ class DevicePath:
             first training loader or batch), ``normalize``; ``None`` before.
     """
 
-    def __init__(
-        self, on_device: str | None, to_tensor: Any, train_augment: Any, seed: int
-    ) -> None:
-        self.on_device, self.to_tensor, self.seed = on_device, to_tensor, int(seed)
-        self.mode: str | None = "normalize" if on_device == "normalize" else None
-        augments = on_device not in (None, "normalize")
-        self.augment = DeviceAugment(train_augment) if augments else None
+    def __init__(self, spec: DeviceSpec, to_tensor: Any, train_augment: Any, seed: int) -> None:
+        self.on_device, self.to_tensor, self.seed = spec.on_device, to_tensor, int(seed)
+        self.mode: str | None = "normalize" if spec.on_device == "normalize" else None
+        self.augment = DeviceAugment(train_augment) if spec.augments else None
         self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._resident: torch.Tensor | None = None
         self._lookup: torch.Tensor | None = None

@@ -217,7 +217,7 @@ class SegmentationDataModule(KneeDataModule):
                 classes=len(self.class_names),
                 fmt=self.mask_format,
                 threshold=self.mask_threshold,
-            ),  # fmt: skip
+            ),
             self.mask_threshold if self.mask_format == "binary" else None,
         )
         labels = tuple(self._label_source) if self._label_source is not None else None

@@ -157,11 +157,11 @@ def test_osteo_eval_reads_the_plan_of_its_datamodule(tree, cache, tmp_path, capl
 
 
 def test_data_root_makes_the_source_when_none_is_given(tree, tmp_path):
-    dm = KneeDataModule(root=str(tree), class_names=CLASS_NAMES, cache_dir=tmp_path)
+    dm = KneeDataModule(None, CLASS_NAMES, root=str(tree), cache_dir=tmp_path)
     assert isinstance(dm.source, FolderSource) and dm.source.root == tree
     manifest = tmp_path / "m.csv"
     manifest.write_text("image,label\n")
-    dm = KneeDataModule(root=str(manifest), class_names=CLASS_NAMES, cache_dir=tmp_path)
+    dm = KneeDataModule(None, CLASS_NAMES, root=str(manifest), cache_dir=tmp_path)
     assert isinstance(dm.source, ManifestSource) and dm.source.path == manifest
     # a given source is the configs' (data.source interpolates data.root): it is kept
     given = FolderSource(tree)
