@@ -6,9 +6,9 @@ rule, :func:`~osteolightning.data.hygiene.find_copies`), what the conflict polic
 groups no split may cut, the splits, and the findings (valid but suspicious input). Both
 DataModules hold the plan it returns, ``osteo-data audit`` reads its copies and findings
 (:mod:`osteolightning.data.audit`), and ``osteo-eval``'s leakage check compares its digests
-with a run's ``splits.csv``. It keeps no state: equal inputs (and cache contents) give an equal
-plan, and what it reads and writes of files goes through the
-:class:`~osteolightning.data.cache.PreprocessedCache` it is handed.
+with a run's ``splits.csv``. It keeps no state: equal inputs (the source's files and the cache
+it is handed) give an equal plan; it writes nothing but what the
+:class:`~osteolightning.data.cache.PreprocessedCache` keeps (decoded images, the patient-ID salt).
 
 Order of the steps: readable samples (``on_bad_image``) → masks → pixels and image findings →
 copies and conflicts (``on_label_conflict``, ``on_record_conflict``) → mask inputs (``apply``,
@@ -201,37 +201,16 @@ def plan_data(
     else:  # one shared 1 x 1 placeholder (a broadcast view: no memory per image)
         images = np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (len(samples), 1, 1))
     labels = np.array([s.label for s in samples], dtype=np.int64)
-    targets, target_names = conflict_targets(labels, masks, task)
-    near = hygiene.near_distance is not None and inputs.images
-    copies = find_copies(
-        digests,
-        targets,
-        images if near else None,
-        max_distance=hygiene.near_distance,
-        min_correlation=hygiene.near_correlation,
-        hashes=hashes,
-        blank=blank,
+    near = images if hygiene.near_distance is not None and inputs.images else None
+    copies, keep, conflicts = _copies(
+        samples, digests, labels, masks, near, hashes, blank, task, hygiene
     )
-    keep = apply_conflict_policy(copies, hygiene.on_label_conflict, paths, target_names, targets)
-    conflicts = conflict_rows(copies, hygiene.on_label_conflict, paths, target_names, targets)
-    records = [(s.extra, s.t_score) for s in samples]
-    kept, rows = apply_record_policy(copies, records, keep, hygiene.on_record_conflict, paths)
-    keep &= kept
-    base = len(copies.conflicts)  # record-conflict groups numbered after the label ones
-    conflicts += [(base + g, p, target_names[targets[i]], a) for g, i, p, a in rows]
     idx = np.flatnonzero(keep)
     readable = samples
     samples, digests = [samples[i] for i in idx], [digests[i] for i in idx]
     images, labels = images[idx], labels[idx]
     masks = masks[idx] if masks is not None else None
-    if inputs.mask_input == "apply":
-        images = np.asarray(images)  # a private copy: the mapped cache is read-only
-        images[masks == 0] = 0  # bone-only input: zero outside the mask
-    elif inputs.mask_input == "crop":
-        kept_paths = [str(s.path) for s in samples]
-        images, masks = crop_to_masks(
-            images, masks, kept_paths, inputs.image_size, inputs.mask_crop_margin
-        )
+    images, masks = _mask_inputs(images, masks, samples, inputs)
     component = copies.component[idx]
     groups = group_ids(
         [
@@ -264,6 +243,56 @@ def plan_data(
         skipped=skipped,
         findings=findings,
     )
+
+
+def _copies(
+    samples: list[Sample],
+    digests: list[str],
+    labels: np.ndarray,
+    masks: np.ndarray | None,
+    images: Any,
+    hashes: list[int] | None,
+    blank: list[bool] | None,
+    task: DataTask,
+    hygiene: HygieneSpec,
+) -> tuple[CopyGroups, np.ndarray, list[tuple[int, str, str, str]]]:
+    """The copy groups (exact, and near ones among ``images`` when given), the keep-mask the
+    conflict policies leave, and the ``label_conflicts.csv`` rows (record-conflict groups
+    numbered after the label ones)."""
+    paths = [str(s.path) for s in samples]
+    targets, names = conflict_targets(labels, masks, task)
+    copies = find_copies(
+        digests,
+        targets,
+        images,
+        max_distance=hygiene.near_distance,
+        min_correlation=hygiene.near_correlation,
+        hashes=hashes,
+        blank=blank,
+    )
+    keep = apply_conflict_policy(copies, hygiene.on_label_conflict, paths, names, targets)
+    conflicts = conflict_rows(copies, hygiene.on_label_conflict, paths, names, targets)
+    records = [(s.extra, s.t_score) for s in samples]
+    kept, rows = apply_record_policy(copies, records, keep, hygiene.on_record_conflict, paths)
+    base = len(copies.conflicts)
+    conflicts += [(base + g, p, names[targets[i]], a) for g, i, p, a in rows]
+    return copies, keep & kept, conflicts
+
+
+def _mask_inputs(
+    images: Any, masks: np.ndarray | None, samples: list[Sample], inputs: InputSpec
+) -> tuple[Any, np.ndarray | None]:
+    """The network's images and masks under ``mask_input``: ``apply`` zeroes each image
+    outside its mask, ``crop`` crops both to the mask's box; else they are as they came."""
+    if inputs.mask_input == "apply":
+        images = np.asarray(images)  # a private copy: the mapped cache is read-only
+        images[masks == 0] = 0  # bone-only input: zero outside the mask
+    elif inputs.mask_input == "crop":
+        paths = [str(s.path) for s in samples]
+        images, masks = crop_to_masks(
+            images, masks, paths, inputs.image_size, inputs.mask_crop_margin
+        )
+    return images, masks
 
 
 def list_samples(source: Any, task: DataTask) -> list[Sample]:
