@@ -75,23 +75,25 @@ SEEN_WARNING = 0.5
 
 
 def warn_if_seen(ckpt_path: Any, datamodule: Any) -> float | None:
-    """Warn when most evaluated images were in the checkpoint's training split (by content:
-    the SHA-1 in its run's ``splits.csv``), so the metrics are not a held-out estimate.
+    """Warn when most evaluated images were in the checkpoint's training split (by content: the
+    digests of the DataModule's :class:`~osteolightning.data.plan.DataPlan` against the SHA-1 in
+    its run's ``splits.csv``), so the metrics are not a held-out estimate.
 
     Returns:
         The share of evaluated images that were training images, or ``None`` when the run has
         no ``splits.csv``.
     """
     splits = rundir.run_of_checkpoint(ckpt_path) / rundir.SPLITS
-    if not splits.is_file() or not getattr(datamodule, "digests", None):
+    plan = getattr(datamodule, "plan", None)  # the data plan the evaluation runs on
+    if not splits.is_file() or plan is None or not plan.digests:
         return None
     _, rows = read_splits_csv(splits)
     trained = {row.get("sha1") for row in rows if row.get("split") == "train"}
-    seen = sum(d in trained for d in datamodule.digests)
-    share = seen / len(datamodule.digests)
+    seen = sum(d in trained for d in plan.digests)
+    share = seen / len(plan.digests)
     if share > SEEN_WARNING:
         log.warning(
-            f"{seen} of the {len(datamodule.digests)} evaluated images ({share:.0%}) were in the "
+            f"{seen} of the {len(plan.digests)} evaluated images ({share:.0%}) were in the "
             f"training split of the checkpoint's run ({splits}): these metrics are not a "
             "held-out estimate. Evaluate on images the model has not seen."
         )

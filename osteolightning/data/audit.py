@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import pydicom
 from PIL import Image
 from rich.console import Console
@@ -41,11 +40,12 @@ from osteolightning.data.near_duplicates import (
     DEFAULT_MAX_DISTANCE,
     DEFAULT_MIN_CORRELATION,
     near_duplicate_pairs,
-    perceptual_hash,
 )
-from osteolightning.data.quality import Finding, blank_images, image_findings, mask_findings
+from osteolightning.data.plan import DataPlan, DataTask, plan_data
+from osteolightning.data.quality import Finding, mask_findings
 from osteolightning.data.sample import Sample
-from osteolightning.data.splits import SPLIT_NAMES, group_ids
+from osteolightning.data.specs import HygieneSpec, SplitSpec
+from osteolightning.data.splits import SPLIT_NAMES
 from osteolightning.errors import DataSourceError
 from osteolightning.utils import rundir
 
@@ -62,6 +62,8 @@ class Source(Protocol):
     """Anything that lists samples: FolderSource, ManifestSource."""
 
     def samples(self, class_names: Sequence[str]) -> list[Sample]: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass
@@ -299,12 +301,6 @@ def _header(path: Path) -> tuple[int, int, str, str] | None:
         return None
 
 
-def _decode_all(cache: PreprocessedCache, paths: Sequence[Path]) -> dict[str, str]:
-    """Fill the cache for every decodable file; return ``{path: reason}`` for the others."""
-    skipped = cache.prepare(paths, on_bad_image="skip").skipped
-    return {str(path): reason for path, reason in skipped}
-
-
 def _kept_conflicts(
     conflicts: Sequence[DuplicateGroup], sha_of: dict[str, str], rows: list[dict[str, str]]
 ) -> list[DuplicateGroup]:
@@ -481,7 +477,18 @@ def audit(
     """
     near_duplicate_pairs([], max_distance, min_correlation=min_correlation)  # validates both
     splits_rows = read_splits_csv(splits) if splits is not None else None
-    samples = source.samples(class_names)
+    # the plan a run would make, keeping every copy and conflict (they are what is reported)
+    plan = plan_data(
+        source,
+        DataTask(tuple(class_names), tuple(class_names), require_labels=False),
+        cache,
+        HygieneSpec(
+            "skip", "keep", "keep", max_distance if near_duplicates else None, min_correlation
+        ),  # fmt: skip
+        SplitSpec(evaluate_all=True),
+        require_images=False,
+    )
+    samples = plan.listed
     paths = [s.path for s in samples]
     names = {i: n for i, n in enumerate(class_names)}
     label_of = {str(s.path): names.get(s.label, "unlabelled") for s in samples}
@@ -513,23 +520,10 @@ def audit(
         for d, fs in sorted(by_sha.items(), key=lambda kv: sorted(kv[1])[0])
         if len(fs) > 1
     ]
-
-    bad = _decode_all(cache, paths)  # always: finding unreadable files is part of the audit
-    contents = [d for d, fs in by_sha.items() if not any(f in bad for f in fs)]
-    arrays, infos = cache.load_with_info([Path(by_sha[d][0]) for d in contents])  # (U, S, S)
-    blank = blank_images(arrays, infos)
-    findings = image_findings(
-        [f for d in contents for f in by_sha[d]],
-        [info for d, info in zip(contents, infos, strict=True) for _ in by_sha[d]],
-        cache.image_size,
-        [b for d, b in zip(contents, blank, strict=True) for _ in by_sha[d]],
-    )
+    # finding unreadable files is part of the audit (the source's own skips are not images)
+    bad = {path: reason for path, reason in plan.skipped if path in label_of}
     source_findings, bad_masks = _source_findings(samples, class_names, counts)
-    near = None
-    if near_duplicates:
-        near = _near_groups(
-            contents, arrays, blank, by_sha, label_of, max_distance, min_correlation
-        )
+    near = _plan_near_groups(plan, label_of) if near_duplicates else None
     class_counts = {n: counts.get(n, 0) for n in class_names}
     if counts.get("unlabelled"):
         class_counts["unlabelled"] = counts["unlabelled"]
@@ -545,7 +539,7 @@ def audit(
         exact_duplicates=exact,
         near_duplicates=near,
         unreadable=[{"path": p, "reason": r} for p, r in sorted({**bad, **bad_masks}.items())],
-        findings=findings + source_findings,
+        findings=plan.findings + source_findings,
         settings={
             "near_duplicates": near_duplicates,
             "max_distance": max_distance,
@@ -562,30 +556,18 @@ def audit(
     return report
 
 
-def _near_groups(
-    contents: list[str],
-    arrays: np.ndarray,
-    blank: list[bool],
-    by_sha: dict[str, list[str]],
-    label_of: dict[str, str],
-    max_distance: int,
-    min_correlation: float,
-) -> list[DuplicateGroup]:
-    """Near-duplicate groups over distinct contents (``arrays``: ``(U, S, S)`` uint8 of
-    ``contents``); a pure exact-copy group, or a pair of blank images, is never one."""
-    hashes = [perceptual_hash(a) for a in arrays]
-    pairs = near_duplicate_pairs(hashes, max_distance, list(arrays), min_correlation, blank)
-    keys: list[list[str | None]] = [[f"c{i}"] for i in range(len(contents))]
-    for i, j, _ in pairs:
-        keys[j].append(f"c{i}")
-    component = group_ids(keys)
+def _plan_near_groups(plan: DataPlan, label_of: dict[str, str]) -> list[DuplicateGroup]:
+    """The plan's copy groups that hold a near-duplicate pair (a pure exact-copy group, or a
+    pair of blank images, is never one), with every file of each, and the largest pHash
+    distance of their pairs."""
+    copies, paths = plan.copies, [str(s.path) for s in plan.readable]
     distance: dict[int, int] = defaultdict(int)
-    for i, _, d in pairs:
-        distance[int(component[i])] = max(distance[int(component[i])], d)
+    for i, _, d in copies.near_pairs:
+        distance[int(copies.component[i])] = max(distance[int(copies.component[i])], d)
     members: dict[int, list[str]] = defaultdict(list)
-    for index, comp in enumerate(component):
-        if int(comp) in distance:
-            members[int(comp)].extend(by_sha[contents[index]])
+    for index, comp in enumerate(copies.component.tolist()):
+        if comp in distance:
+            members[comp].append(paths[index])
     groups = []
     for n, (comp, files) in enumerate(sorted(members.items(), key=lambda kv: sorted(kv[1])[0])):
         files = sorted(files)

@@ -21,18 +21,16 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 from rich.console import Console
 
 from osteolightning.data.audit import audit
-from osteolightning.data.folders import FolderSource
+from osteolightning.data.folders import source_at
 from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_CORRELATION
 from osteolightning.data.phantom import CLASS_NAMES
 from osteolightning.data.phantom_files import generate_phantom
-from osteolightning.data.sources import ManifestSource
 from osteolightning.errors import ConfigError, OsteoError
 from osteolightning.utils.failures import describe, traceback_wanted
 from osteolightning.utils.files import atomic_write_json
@@ -118,8 +116,7 @@ def _audit(
             f"Expected argument `class_names` to be a list of names such as "
             f"[normal,osteopenia,osteoporosis], but got {class_names!r}."
         )
-    path = Path(str(root))
-    source = ManifestSource(path) if path.suffix.lower() == ".csv" else FolderSource(path)
+    source = source_at(str(root))
     from osteolightning.data.cache import PreprocessedCache  # imports Lightning: only when used
 
     # Same default as osteolightning/conf/data/_knee.yaml:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -338,26 +339,40 @@ def separating_columns(
     return flagged
 
 
-class ColumnValues:
-    """The target and covariate columns of a DataModule's samples (a mixin of
-    :class:`~osteolightning.data.datamodule.KneeDataModule`: :meth:`_init_columns` sets its
-    state; it reads the DataModule's ``samples``, ``split_codes``, ``source`` and
-    ``datasets``)."""
+@dataclass(frozen=True)
+class ColumnSpec:
+    """The value columns every item carries (checked).
 
-    samples: list[Sample]
-    split_codes: np.ndarray
-    source: Any
-    datasets: dict[str, Any]
+    Attributes:
+        target: the regression target column (``t_score``, ``bmd``, ...), carried as
+            ``"target"``; ``None``: none.
+        covariates: clinical covariate columns, or ``"all"`` (:func:`covariate_candidates`).
+        coding: how each covariate becomes numbers (a checkpoint's); ``None``: from the
+            training split's cells.
+        separating_threshold: the leakage guard's balanced accuracy (``None``: no check).
+        allow_separating: covariates the guard lets through.
+    """
 
-    def _init_columns(
-        self,
+    target: str | None = None
+    covariates: tuple[str, ...] | str = ()
+    coding: Coding | None = None
+    separating_threshold: float | None = 0.95
+    allow_separating: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
         target: str | None,
         covariates: Sequence[str] | str,
-        coding: Coding | None,
+        coding: Mapping[str, Any] | None,
         separating_threshold: float | None,
-        allow_separating: Sequence[str],
-    ) -> None:
-        """Args: see :class:`~osteolightning.data.datamodule.KneeDataModule`."""
+        allow_separating: Sequence[str] | None,
+    ) -> ColumnSpec:
+        """Check the settings (the DataModule's flat arguments).
+
+        Raises:
+            ConfigError: ``covariates`` neither a list nor ``all``, or a threshold outside (0, 1].
+        """
         if isinstance(covariates, str) and covariates != "all":
             raise ConfigError(
                 f"Expected argument `covariates` to be a list of column names or 'all', but got "
@@ -368,111 +383,132 @@ class ColumnValues:
                 "Expected argument `separating_threshold` to be a balanced accuracy in (0, 1] "
                 f"or null (no check), but got {separating_threshold!r}."
             )
-        self.target = str(target) if target else None
-        self.covariates_all = covariates == "all"
-        self.covariates: list[str] = [] if self.covariates_all else [str(c) for c in covariates]
-        self.separating = dict(
-            threshold=separating_threshold, allow=[str(c) for c in allow_separating or ()]
+        return cls(
+            target=str(target) if target else None,
+            covariates="all" if covariates == "all" else tuple(str(c) for c in covariates),
+            coding=plain_coding(coding) if coding else None,
+            separating_threshold=separating_threshold,
+            allow_separating=tuple(str(c) for c in allow_separating or ()),
         )
-        self._coding: Coding | None = plain_coding(coding) if coding else None
-        self._columns: np.ndarray | None = None
 
-    def _resolve_columns(self) -> None:
-        """After the split: ``covariates=all`` as a list, the coding (the training split's, or
-        the checkpoint's), and the leakage guard on the training split."""
-        where = self.source.describe()
-        if self.covariates_all:
-            exclude = [self.target] if self.target else []
-            self.covariates = covariate_candidates(self.samples, exclude)
-            log.info(f"covariates=all: {', '.join(self.covariates) or 'none'} (from {where}).")
-        train = [s for s, c in zip(self.samples, self.split_codes, strict=True) if c == TRAIN]
-        if self._coding is None:
-            self._coding = infer_coding(train or self.samples, self.covariates, where)
-        threshold = self.separating["threshold"]
-        if not train or threshold is None or not self.covariates:
-            return
-        labels = np.array([s.label for s in train])
-        flagged = [
-            (c, score)
-            for c, score in separating_columns(
-                train, labels, self.covariates, self._coding, float(threshold)
-            )
-            if c not in self.separating["allow"]
-        ]
-        if flagged:
-            shown = ", ".join(f"`{c}` (balanced accuracy {score:.2f})" for c, score in flagged)
-            raise DataSourceError(
-                f"Covariate(s) {shown} on their own nearly separate the classes of the "
-                f"{len(train)} training images of {where}: a label in disguise (a Z-score, a "
-                "diagnosis, the T-score) leaks the answer into the model. Leave them out of "
-                "model.covariates, or, if intended, allow them: "
-                f"data.allow_separating=[{','.join(c for c, _ in flagged)}] (the threshold is "
-                f"data.separating_threshold={threshold})."
-            )
 
-    def covariate_coding(self) -> Coding:
-        """How each covariate becomes numbers (:func:`infer_coding`; after :meth:`setup`)."""
-        return dict(self._coding or {})
+@dataclass(frozen=True)
+class Columns:
+    """The value columns of a data set, resolved (:func:`resolve_columns`).
 
-    def covariate_names(self) -> list[str]:
+    Attributes:
+        target: the target column or ``None``.
+        covariates: the covariate columns (``all`` made a list).
+        coding: how each covariate becomes numbers.
+    """
+
+    target: str | None = None
+    covariates: tuple[str, ...] = ()
+    coding: Coding = field(default_factory=dict)
+
+    def names(self) -> list[str]:
         """The encoded covariate columns (a category's one-hot columns ``name=level``)."""
-        return coded_names(self.covariates, self._coding or {})
+        return coded_names(self.covariates, self.coding)
 
-    def values(self) -> np.ndarray:
-        """``(N, T + P')`` float64 values of :attr:`samples`: the target column (``T = 1`` when
-        one is set) then the encoded covariates; NaN where unknown. Parsed once (a bad cell or
-        a missing covariate column raises, see :func:`column_values`).
-        """
-        if self._columns is None or len(self._columns) != len(self.samples):
-            t = int(bool(self.target))
-            where = self.source.describe()
-            names = self.covariate_names()
-            values = np.full((len(self.samples), t + len(names)), np.nan)
-            # an absent target column is all-unknown here; the model that needs it says so
-            if self.target and self.target in available_columns(self.samples):
-                values[:, :1] = column_values(self.samples, [self.target], where)
-            if self.covariates:
-                values[:, t:] = column_values(self.samples, self.covariates, where, self._coding)
-            self._columns = values
-        return self._columns
+    def values(self, samples: Sequence[Sample], where: str) -> np.ndarray:
+        """``(N, T + P')`` float64 values of ``samples``: the target column (``T = 1`` when one
+        is set) then the encoded covariates; NaN where unknown (a bad cell or a missing
+        covariate column raises, see :func:`column_values`)."""
+        t = int(bool(self.target))
+        values = np.full((len(samples), t + len(self.names())), np.nan)
+        # an absent target column is all-unknown here; the model that needs it says so
+        if self.target and self.target in available_columns(samples):
+            values[:, :1] = column_values(samples, [self.target], where)
+        if self.covariates:
+            values[:, t:] = column_values(samples, self.covariates, where, self.coding)
+        return values
 
-    def split_values(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-        """The target ``(n,)`` and covariates ``(n, P)`` of one split's images (NaN unknown;
-        the target all NaN when none is set)."""
-        dataset = self.datasets[split]
-        n = len(dataset)
-        targets = dataset.targets if dataset.targets is not None else np.full(n, np.nan)
-        covariates = dataset.covariates if dataset.covariates is not None else np.zeros((n, 0))
-        return np.asarray(targets, dtype=np.float64), np.asarray(covariates, dtype=np.float64)
-
-    def require_target(self) -> None:
+    def require_target(self, samples: Sequence[Sample], where: str) -> None:
         """Raise when the target column is not in the data (a model needs it).
 
         Raises:
             DataSourceError: no target set, or a column the source does not have (the message
                 lists the columns it has).
         """
-        have = available_columns(self.samples)
+        have = available_columns(samples)
         if not self.target or self.target not in have:
             raise DataSourceError(
                 f"The model regresses target column `{self.target}`, but "
-                f"{self.source.describe()} has no such column; its value columns are: "
+                f"{where} has no such column; its value columns are: "
                 f"{', '.join(have) or 'none'}. Choose one of them (model.target=...) or add the "
                 "column to the manifest."
             )
 
-    def _values_summary(self) -> list[str]:
-        """How many images of each split lack the target and each covariate."""
-        if not (self.target or self.covariates) or not self.datasets:
-            return []
-        names = ([self.target] if self.target else []) + self.covariate_names()
-        parts = []
-        for split in SPLIT_NAMES:
-            targets, covariates = self.split_values(split)
-            values = np.column_stack([targets, covariates]) if self.target else covariates
-            unknown = np.isnan(values).sum(axis=0)
-            parts.append(
-                f"{split} "
-                + ", ".join(f"{n}={int(u)}" for n, u in zip(names, unknown, strict=True))
-            )
-        return [f"  unknown values (left out of the regression loss / imputed): {'; '.join(parts)}"]
+
+def resolve_columns(
+    spec: ColumnSpec, samples: Sequence[Sample], split_codes: np.ndarray, where: str
+) -> Columns:
+    """After the split: ``covariates=all`` as a list, the coding (the training split's, or the
+    spec's), and the leakage guard on the training split.
+
+    Args:
+        spec: the columns asked for.
+        samples: the data set's samples (true labels).
+        split_codes: ``(N,)`` their splits.
+        where: the source's description, for messages.
+
+    Raises:
+        DataSourceError: a covariate that alone nearly separates the training classes and is
+            not allowed (see :func:`separating_columns`), or a bad cell.
+    """
+    covariates = list(spec.covariates) if spec.covariates != "all" else []
+    if spec.covariates == "all":
+        covariates = covariate_candidates(samples, [spec.target] if spec.target else [])
+        log.info(f"covariates=all: {', '.join(covariates) or 'none'} (from {where}).")
+    train = [s for s, c in zip(samples, split_codes, strict=True) if c == TRAIN]
+    coding = (
+        spec.coding
+        if spec.coding is not None
+        else infer_coding(train or samples, covariates, where)
+    )
+    columns = Columns(spec.target, tuple(covariates), dict(coding))
+    threshold = spec.separating_threshold
+    if not train or threshold is None or not covariates:
+        return columns
+    labels = np.array([s.label for s in train])
+    flagged = [
+        (c, score)
+        for c, score in separating_columns(train, labels, covariates, coding, float(threshold))
+        if c not in spec.allow_separating
+    ]
+    if flagged:
+        shown = ", ".join(f"`{c}` (balanced accuracy {score:.2f})" for c, score in flagged)
+        raise DataSourceError(
+            f"Covariate(s) {shown} on their own nearly separate the classes of the "
+            f"{len(train)} training images of {where}: a label in disguise (a Z-score, a "
+            "diagnosis, the T-score) leaks the answer into the model. Leave them out of "
+            "model.covariates, or, if intended, allow them: "
+            f"data.allow_separating=[{','.join(c for c, _ in flagged)}] (the threshold is "
+            f"data.separating_threshold={threshold})."
+        )
+    return columns
+
+
+def split_values(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The target ``(n,)`` and covariates ``(n, P)`` of one split's dataset (NaN unknown; the
+    target all NaN when none is set)."""
+    n = len(dataset)
+    targets = dataset.targets if dataset.targets is not None else np.full(n, np.nan)
+    covariates = dataset.covariates if dataset.covariates is not None else np.zeros((n, 0))
+    return np.asarray(targets, dtype=np.float64), np.asarray(covariates, dtype=np.float64)
+
+
+def values_summary(columns: Columns, datasets: Mapping[str, Any]) -> list[str]:
+    """How many images of each split lack the target and each covariate."""
+    if not (columns.target or columns.covariates) or not datasets:
+        return []
+    names = ([columns.target] if columns.target else []) + columns.names()
+    parts = []
+    for split in SPLIT_NAMES:
+        targets, covariates = split_values(datasets[split])
+        values = np.column_stack([targets, covariates]) if columns.target else covariates
+        unknown = np.isnan(values).sum(axis=0)
+        parts.append(
+            f"{split} " + ", ".join(f"{n}={int(u)}" for n, u in zip(names, unknown, strict=True))
+        )
+    return [f"  unknown values (left out of the regression loss / imputed): {'; '.join(parts)}"]

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from osteolightning.data.io import IMAGE_EXTENSIONS, check_on_bad_image
 from osteolightning.data.sample import Sample
@@ -19,6 +20,7 @@ from osteolightning.data.sources import (
     SYSTEM_DIRS,
     SYSTEM_FILE,
     SYSTEM_FOLDER,
+    ManifestSource,
     _accepted_classes,
     _class_lookup,
     _unknown_class,
@@ -298,3 +300,12 @@ class SplitFolderSource:
             out += [dataclasses.replace(s, split=split) for s in tree.samples(class_names)]
             self.skipped += tree.skipped
         return sorted(out, key=lambda s: str(s.path))
+
+
+def source_at(root: str | os.PathLike[str], on_bad_image: str = "error") -> Any:
+    """The source of a data location as given (``data.root``, ``osteo-data audit ROOT``): a CSV
+    manifest for a ``.csv`` file, else a class-folder tree."""
+    path = Path(root)
+    if path.suffix.lower() == ".csv":
+        return ManifestSource(path, on_bad_image=on_bad_image)
+    return FolderSource(path, on_bad_image=on_bad_image)

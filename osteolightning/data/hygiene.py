@@ -236,16 +236,21 @@ def apply_record_policy(
     rows = [(g, i, describe[i], action) for g, group in enumerate(groups) for i in group]
     if policy == "drop":
         out[[i for group in groups for i in group]] = False
-    log.warning(
-        f"{len(groups)} groups of identical images ({len(rows)} files) are filed under different "
-        f"records ({action}; listed in label_conflicts.csv): the image-to-record link cannot be "
-        "trusted for them."
-    )
     return out, rows
 
 
-def log_copies(copies: CopyGroups, policy: str) -> None:
-    """Say how many copy groups there are and what ``policy`` did with the conflicting ones."""
+def log_copies(
+    copies: CopyGroups, policy: str, record_rows: Sequence[tuple[int, int, str, str]] = ()
+) -> None:
+    """Say how many copy groups there are and what ``policy`` did with the conflicting ones,
+    and what :func:`apply_record_policy` did (its ``record_rows``)."""
+    if record_rows:
+        groups, action = len({row[0] for row in record_rows}), record_rows[0][3]
+        log.warning(
+            f"{groups} groups of identical images ({len(record_rows)} files) are filed under "
+            f"different records ({action}; listed in label_conflicts.csv): the image-to-record "
+            "link cannot be trusted for them."
+        )
     if not copies.groups:
         return
     n_files = sum(map(len, copies.groups))

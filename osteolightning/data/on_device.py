@@ -33,12 +33,10 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from osteolightning.data.device_augment import DeviceAugment
-from osteolightning.errors import ConfigError
+from osteolightning.data.specs import DeviceSpec
 
 log = logging.getLogger(__name__)
 
-#: values of ``data.on_device``
-ON_DEVICE = (None, "stream", "resident", "auto", "normalize")
 #: ``auto``: resident when the training images take less than this share of free device memory
 RESIDENT_SHARE = 0.5
 
@@ -61,83 +59,91 @@ class _NoPixels:
         return np.zeros((), np.uint8)
 
 
-def check_on_device(value: str | None) -> str | None:
-    if value not in ON_DEVICE:
-        raise ConfigError(
-            f"Expected argument `on_device` to be one of {list(ON_DEVICE)}, but got {value!r}."
-        )
-    return value
+def transfer_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A batch dict's tensors moved to ``device``; its lists of file names and keys left as
+    they are. Lightning's default walks every element of every list (about 1 ms a batch of 32
+    with its paths and keys: per training step)."""
+    non_blocking = device.type not in ("cpu", "mps")
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.to(device, non_blocking=non_blocking)
+        elif isinstance(value, str | int | float | bool) or (
+            isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        ):
+            out[key] = value
+        else:
+            out[key] = move_data_to_device(value, device)
+    return out
 
 
-class DeviceData:
-    """The device path of a DataModule (a mixin of
-    :class:`~osteolightning.data.datamodule.KneeDataModule`; attributes from it)."""
+class DevicePath:
+    """The device path of training batches (``data.on_device``): what the training loader
+    ships, and what happens to a batch before and after it moves to the device.
 
-    on_device: str | None
-    _resident: torch.Tensor | None = None
-    _lookup: torch.Tensor | None = None
-    _norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]]
+    Args:
+        spec: ``on_device``: ``None`` (the CPU path: every hook passes batches through),
+            ``"stream"``, ``"resident"``, ``"auto"`` or ``"normalize"``.
+        to_tensor: the normalisation of the CPU path (its mean, std and channels).
+        train_augment: the training augmentation, reproduced on the device (refused now, not
+            at the first batch, when it cannot be).
+        seed: the run's seed; each batch's draws come from it, the epoch and its images.
 
-    def _init_device_path(self, on_device: str | None) -> None:
-        self.on_device = check_on_device(on_device)
-        self._resident, self._lookup, self._norm = None, None, {}
-        self._mode: str | None = "normalize" if on_device == "normalize" else None
-        # refuses a transform it cannot reproduce now, not at the first batch
-        augments = on_device not in (None, "normalize")
-        self.device_augment = DeviceAugment(self.train_augment) if augments else None
+    Attributes:
+        mode: ``stream`` or ``resident`` once chosen (``auto``: by free device memory at the
+            first training loader or batch), ``normalize``; ``None`` before.
+    """
 
-    def _device_dataset(self, dataset: Any) -> Any:
-        """The training dataset of the device path: items with the stored uint8 image (no
-        augmentation, no normalisation); the other fields as the dataset makes them."""
+    def __init__(self, spec: DeviceSpec, to_tensor: Any, train_augment: Any, seed: int) -> None:
+        self.on_device, self.to_tensor, self.seed = spec.on_device, to_tensor, int(seed)
+        self.mode: str | None = "normalize" if spec.on_device == "normalize" else None
+        self.augment = DeviceAugment(train_augment) if spec.augments else None
+        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._resident: torch.Tensor | None = None
+        self._lookup: torch.Tensor | None = None
+        self._train: Any = None  # the training dataset the loader was made from
+        self._n_samples = 0
+
+    def loader_dataset(self, dataset: Any, n_samples: int, device: torch.device | None) -> Any:
+        """The training dataset the loader reads: items with the stored uint8 image (no
+        augmentation, no normalisation; no pixels at all when resident), the other fields as
+        the dataset makes them.
+
+        Args:
+            dataset: the training split's dataset.
+            n_samples: the number of samples of the data set (its indices' range).
+            device: the device the batches go to (``None``: decided at the first batch).
+        """
         out = copy.copy(dataset)
         out.to_tensor = _as_tensor
         if self.on_device != "normalize":
             out.augment = None
+        self._train, self._n_samples = dataset, n_samples
+        mode = self.mode
+        if mode is None and device is not None:
+            mode = self._choose_mode(device)
+        if mode == "resident":
+            out.images = _NoPixels(len(dataset))
         return out
 
-    # -- Lightning hooks --------------------------------------------------------------------
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        """A batch dict's tensors moved to ``device``; its lists of file names and keys left as
-        they are. Lightning's default walks every element of every list (about 1 ms a batch
-        of 32 with its paths and keys: per training step); other batches go to it."""
-        if not isinstance(batch, dict):
-            return super().transfer_batch_to_device(batch, device, dataloader_idx)  # type: ignore[misc]
-        non_blocking = device.type not in ("cpu", "mps")
-        out = {}
-        for key, value in batch.items():
-            if isinstance(value, torch.Tensor):
-                out[key] = value.to(device, non_blocking=non_blocking)
-            elif isinstance(value, str | int | float | bool) or (
-                isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-            ):
-                out[key] = value
-            else:
-                out[key] = move_data_to_device(value, device)
-        return out
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+    def before_transfer(self, batch: Any, epoch: int) -> Any:
         """Draw the batch's augmentation (host) for a device-path training batch."""
         if self.on_device is None or not _device_batch(batch):
             return batch
         batch = dict(batch)  # the loader's batch stays as it was
-        if self.device_augment is None:  # normalize: augmented in the workers
+        if self.augment is None:  # normalize: augmented in the workers
             batch["normalize_only"] = True
             return batch
-        epoch = int(self.trainer.current_epoch) if self.trainer is not None else 0
         indices = batch["index"].tolist()
         state = np.random.SeedSequence([self.seed % 2**63, epoch, *indices]).generate_state(2)
         generator = torch.Generator().manual_seed(int(state[0]))
-        batch["augment_u"] = torch.rand(
-            len(indices), self.device_augment.draws, generator=generator
-        )
+        batch["augment_u"] = torch.rand(len(indices), self.augment.draws, generator=generator)
         batch["augment_seed"] = int(state[1])  # the device's noise generator (a plain int)
         if batch["image"].ndim == 1:
             batch["image"] = batch["index"].clone()  # resident: the rows to gather
         return batch
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+    def after_transfer(self, batch: Any) -> Any:
         """Gather (resident), augment and normalise a device-path training batch."""
         if not isinstance(batch, dict):
             return batch
@@ -153,10 +159,10 @@ class DeviceData:
         if images.ndim == 1:  # sample indices → the resident training images
             resident, lookup = self._resident_images(device)
             images = resident[lookup[images]]
-        elif self._mode is None:
+        elif self.mode is None:
             self._choose_mode(device)
         generator = torch.Generator(device=device).manual_seed(batch.pop("augment_seed"))
-        x, masks = self.device_augment(images, batch.get("mask"), batch.pop("augment_u"), generator)
+        x, masks = self.augment(images, batch.get("mask"), batch.pop("augment_u"), generator)
         batch["image"] = self._normalise(x)
         if masks is not None:
             batch["mask"] = masks
@@ -174,46 +180,35 @@ class DeviceData:
 
     def _choose_mode(self, device: torch.device) -> str:
         """``stream`` or ``resident`` for ``on_device`` (``auto``: by free device memory)."""
-        if self._mode is not None:
-            return self._mode
+        if self.mode is not None:
+            return self.mode
         mode = self.on_device
         if mode == "auto":
-            need = int(np.prod(self.datasets["train"].images.shape))
+            need = int(np.prod(self._train.images.shape))
             free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
             mode = "resident" if need < RESIDENT_SHARE * free else "stream"
             log.info(
                 f"data.on_device=auto: {mode} (training images {need / 2**20:.0f} MiB, "
                 f"{free / 2**20:.0f} MiB free on {device})."
             )
-        self._mode = mode
+        self.mode = mode
         return mode
 
     def _resident_images(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The training split's uint8 images on ``device`` ``(n, H, W)`` and the map from
         sample index to their row ``(N,)``; copied once, in chunks."""
         if self._resident is None or self._resident.device != device:
-            source = self._train_pixels
+            source = self._train.images
             n = len(source)
             out = torch.empty(tuple(source.shape), dtype=torch.uint8, device=device)
             for start in range(0, n, 1024):
                 chunk = np.asarray(source[start : start + 1024])  # (≤1024, H, W) read once
                 out[start : start + len(chunk)] = torch.from_numpy(chunk).to(device)
-            lookup = torch.full((len(self.samples),), -1, dtype=torch.long)
-            lookup[torch.as_tensor(self.datasets["train"].indices)] = torch.arange(n)
+            lookup = torch.full((self._n_samples,), -1, dtype=torch.long)
+            lookup[torch.as_tensor(self._train.indices)] = torch.arange(n)
             self._resident, self._lookup = out, lookup.to(device)
             log.info(f"Training images resident on {device}: {out.numel() / 2**20:.0f} MiB.")
         return self._resident, self._lookup  # type: ignore[return-value]
-
-    def _device_loader_dataset(self, dataset: Any) -> Any:
-        """The training dataset the loader reads: pixels (stream) or none (resident)."""
-        out = self._device_dataset(dataset)
-        self._train_pixels = dataset.images
-        mode = self._mode
-        if mode is None and self.trainer is not None:  # else decided at the first batch
-            mode = self._choose_mode(self.trainer.strategy.root_device)
-        if mode == "resident":
-            out.images = _NoPixels(len(dataset))
-        return out
 
 
 def _device_batch(batch: Any) -> bool:

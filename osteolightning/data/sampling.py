@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-from torch.utils.data import DistributedSampler, Sampler
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+if TYPE_CHECKING:
+    from osteolightning.data.specs import LoaderSpec
 
 #: An item key: the dataset position and the epoch it is drawn in.
 Key = tuple[int, int]
@@ -166,3 +170,41 @@ def train_sampler(
     else:
         inner = SeededShuffle(len(dataset), seed)
     return WithEpoch(inner, clock=clock)
+
+
+def make_loader(dataset: Any, spec: LoaderSpec, train: bool, trainer: Any = None) -> DataLoader:
+    """The DataLoader of one split.
+
+    Args:
+        dataset: the split's dataset.
+        spec: batch size, workers, pinning, sampler, ``drop_last`` and the run's seed.
+        train: the training loader (its order drawn by :func:`train_sampler`; else in order).
+        trainer: the Lightning trainer (world size, rank, epoch), or ``None``.
+    """
+    world = trainer.world_size if trainer is not None else 1
+    if train:
+        rank = trainer.global_rank if world > 1 else 0
+        sampler: Sampler | None = train_sampler(
+            dataset, spec.sampler, spec.seed, world, rank, clock=trainer
+        )
+    elif world > 1:
+        # every image exactly once across ranks (no padding duplicates), so synced test
+        # metrics equal a 1-device run
+        sampler = UnrepeatedDistributedSampler(
+            dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False
+        )
+    else:
+        sampler = None
+    return DataLoader(
+        dataset,
+        batch_size=spec.batch_size,
+        sampler=sampler,
+        num_workers=spec.num_workers,
+        pin_memory=spec.pin_memory,
+        persistent_workers=spec.num_workers > 0,
+        # A last batch of one image breaks BatchNorm in training mode.
+        drop_last=train and spec.drop_last and len(dataset) > spec.batch_size,
+        # the workers' base seed from the loader's own generator, not the global one, so
+        # making a loader draws nothing from the stream that dropout and mixup use
+        generator=torch.Generator().manual_seed(spec.seed),
+    )

@@ -13,8 +13,8 @@ the mask) and intensity transforms touch the image only.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import albumentations as A
@@ -25,7 +25,9 @@ from torch.utils.data import Dataset
 from osteolightning.data.datamodule import KneeDataModule
 from osteolightning.data.datasets import ArrayDataset
 from osteolightning.data.folders import FolderSource
+from osteolightning.data.mask_inputs import MaskReading
 from osteolightning.data.masks import check_mask_format, check_mask_threshold, read_mask_info
+from osteolightning.data.plan import DataTask
 from osteolightning.data.sample import Sample
 from osteolightning.data.sampling import Key, split_key
 from osteolightning.data.splits import SPLIT_NAMES
@@ -89,6 +91,11 @@ class MaskArrayDataset(ArrayDataset):
         }
 
 
+def _read_mask(sample: Sample, classes: int, fmt: str, threshold: int) -> tuple[np.ndarray, int]:
+    """A sample's mask as class indices and its file's number of values."""
+    return read_mask_info(sample.mask, classes, fmt, threshold)
+
+
 class SegmentationDataModule(KneeDataModule):
     """Knee radiographs with label masks, for bone segmentation.
 
@@ -141,9 +148,6 @@ class SegmentationDataModule(KneeDataModule):
         >>> batch["image"].shape, batch["mask"].shape  # doctest: +SKIP
         (torch.Size([32, 1, 224, 224]), torch.Size([32, 224, 224]))
     """
-
-    require_labels = False
-    require_masks = True
 
     def __init__(
         self,
@@ -202,40 +206,22 @@ class SegmentationDataModule(KneeDataModule):
         self.train_crop = train_crop
 
     # -- hooks of KneeDataModule -----------------------------------------------------------
-    def _source_samples(self) -> list[Sample]:
-        return self.source.samples(self._label_source)
-
-    def _mask_use(self) -> str:
-        return "Segmentation"
-
-    def _read_sample_mask(self, sample: Sample) -> tuple[np.ndarray, int]:
-        """The mask as class indices and its file's number of values; an all-background mask
-        is kept (a warning of the summary; all of them empty is an error)."""
-        return read_mask_info(
-            sample.mask, len(self.class_names), self.mask_format, self.mask_threshold
+    def task(self) -> DataTask:
+        """Labels only where ``label_names`` are given; a mask each, read as class indices (an
+        all-background mask is kept: a warning of the summary; all of them empty is an
+        error); copies must carry the same mask."""
+        reading = MaskReading(
+            "Segmentation",
+            partial(
+                _read_mask,
+                classes=len(self.class_names),
+                fmt=self.mask_format,
+                threshold=self.mask_threshold,
+            ),
+            self.mask_threshold if self.mask_format == "binary" else None,
         )
-
-    def _binary_threshold(self) -> int | None:
-        return self.mask_threshold if self.mask_format == "binary" else None
-
-    def _conflict_targets(
-        self, labels: np.ndarray, masks: np.ndarray | None
-    ) -> tuple[np.ndarray, list[str]]:
-        """Copies of one image must carry the same mask (and label, where read): identical
-        images with different masks are a conflict, handled by ``on_label_conflict`` and
-        listed in ``label_conflicts.csv`` as ``mask <sha1 of the letterboxed mask>``."""
-        assert masks is not None  # every segmentation sample has one
-        keys = [
-            (int(label), hashlib.sha1(mask.tobytes()).hexdigest()[:10])
-            for label, mask in zip(labels.tolist(), masks, strict=True)
-        ]
-        distinct = sorted(set(keys))
-        index = {key: i for i, key in enumerate(distinct)}
-        names = [
-            f"{self.label_names[label]}, mask {digest}" if label >= 0 else f"mask {digest}"
-            for label, digest in distinct
-        ]
-        return np.array([index[k] for k in keys], dtype=np.int64), names
+        labels = tuple(self._label_source) if self._label_source is not None else None
+        return DataTask(tuple(self.label_names), labels, False, reading, masks_agree=True)
 
     def _make_dataset(
         self, split_name: str, sel: np.ndarray, images: np.ndarray, labels: np.ndarray
@@ -250,7 +236,7 @@ class SegmentationDataModule(KneeDataModule):
             augment,
             paths=[str(self.samples[i].path) for i in sel],
             labels=labels,
-            seed=self.seed,
+            seed=self.loader.seed,
         )
 
     # -- facts other layers read -----------------------------------------------------------

@@ -138,7 +138,7 @@ def _datamodule(cache_dir, **overrides):
 
 
 def _device_batch(dm, mode):
-    dm._mode = mode
+    dm.device_path.mode = mode
     batch = next(iter(dm._loader("train", train=True)))
     return dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0), batch
 
