@@ -33,13 +33,13 @@ from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_checkpoint
 from osteolightning.models.exporting import check_exporter, export_model, parity
 from osteolightning.models.portable import export_metadata
-from osteolightning.utils import rundir, runs
-from osteolightning.utils.checks import check_output_location
+from osteolightning.runs import lifecycle, rundir
+from osteolightning.runs.checks import check_output_location
+from osteolightning.runs.failures import user_errors
+from osteolightning.runs.model_card import export_section
 from osteolightning.utils.config import CONFIG_DIR
-from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_json, atomic_write_text, file_sha256
 from osteolightning.utils.logging import get_logger
-from osteolightning.utils.model_card import export_section
 
 log = get_logger(__name__)
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -87,7 +87,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     check_output_location(cfg.paths.output_dir, "paths.output_dir")
     if cfg.out:
         check_output_location(cfg.out, "out", file=True)
-    with runs.session(cfg, loggers=False, model_card=False) as run:
+    with lifecycle.session(cfg, loggers=False, model_card=False) as run:
         model, run_cfg = load_checkpoint(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
         model = model.eval().cpu()
         out = Path(cfg.out or run.dir / f"model{SUFFIX[cfg.format]}")
@@ -135,7 +135,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point. A framework error ends it with its message and exit status 1
-    (:func:`~osteolightning.utils.failures.user_errors`)."""
+    (:func:`~osteolightning.runs.failures.user_errors`)."""
     with user_errors("osteo-export", cfg.paths.output_dir):
         export(cfg)
 

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from osteolightning.utils import runs
+from osteolightning.runs import lifecycle
 from osteolightning.utils.config import CONFIG_DIR
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
@@ -20,10 +20,10 @@ SHARED_DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datas
 
 @pytest.fixture(autouse=True)
 def _no_heartbeat_outlives_its_test():
-    """A run started by a test (``runs.start_run``) beats in a thread until it finishes; a
+    """A run started by a test (``lifecycle.start_run``) beats in a thread until it finishes; a
     test that leaves it running must not have it write into the next test's files."""
     yield
-    runs.stop_heartbeat()
+    lifecycle.stop_heartbeat()
 
 
 @pytest.fixture(scope="session")

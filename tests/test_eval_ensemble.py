@@ -21,7 +21,7 @@ from osteolightning.ensemble.members import align
 from osteolightning.errors import ConfigError
 from osteolightning.evaluate import evaluate
 from osteolightning.metrics.calibration import apply_temperature, probs_to_logits
-from osteolightning.utils.rundir import VAL_PREDICTIONS, read_predictions
+from osteolightning.runs.rundir import VAL_PREDICTIONS, read_predictions
 from tests.conftest import compose_config
 
 TINY_EVAL = ["common=tiny", "callbacks=tiny", "logger=tiny", "trainer=tiny"]

@@ -159,13 +159,13 @@ def test_the_default_config_writes_at_most_once_a_minute_at_epoch_ends():
 def test_a_finished_run_keeps_its_best_weights_and_drops_its_resumable_state(make_cfg):
     """By default, a finished run leaves its best checkpoint (weights only), predictions and
     metrics, and no last.ckpt; ``keep_after_finish=true`` keeps the full state."""
+    from osteolightning.runs import lifecycle
     from osteolightning.train import train
-    from osteolightning.utils import runs
 
     cfg = make_cfg("train", ["debug=tiny"], run="dropped")
     train(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    assert runs.read_marker(run_dir)["state"] == "finished"
+    assert lifecycle.read_marker(run_dir)["state"] == "finished"
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert len(kept) == 1 and kept[0].startswith("epoch_"), kept
     best = torch.load(run_dir / "checkpoints" / kept[0], weights_only=True)
@@ -209,8 +209,8 @@ def test_release_removes_only_the_file_it_wrote_and_only_when_asked(tmp_path):
 def test_keep_best_weights_ranks_finished_jobs_and_leaves_the_rest_alone(tmp_path):
     import json
 
-    from osteolightning.utils import runs
-    from osteolightning.utils.sweep_disk import disk_use, keep_best_weights
+    from osteolightning.runs import lifecycle
+    from osteolightning.runs.sweep_disk import disk_use, keep_best_weights
 
     values = {"0": 0.5, "1": 0.9, "2": 0.7, "3": None, "4": 0.99}  # 4: killed, running
     for job, value in values.items():
@@ -219,7 +219,7 @@ def test_keep_best_weights_ranks_finished_jobs_and_leaves_the_rest_alone(tmp_pat
         (folder / "epoch_001.ckpt").write_bytes(b"w" * 100)
         metrics = {} if value is None else {"val/kappa_best": value}
         (tmp_path / job / "metrics.json").write_text(json.dumps(metrics))
-        runs.update_marker(tmp_path / job, state="running" if job == "4" else "finished")
+        lifecycle.update_marker(tmp_path / job, state="running" if job == "4" else "finished")
     (tmp_path / "4" / "checkpoints" / "last.ckpt").write_bytes(b"s" * 300)
     assert disk_use(tmp_path)["checkpoint_bytes"] == 5 * 100 + 300
     out = keep_best_weights(tmp_path, 2, "val/kappa_best", "max")

@@ -18,7 +18,7 @@ It writes ``<sweep>/selection/{selection.json,selection.md,predictions.csv}``
 Killed? The same command with ``resume=auto`` continues the multirun of the same overrides
 (or the one ``hydra.sweep.dir=`` names), as the grid sweeper does: each job keeps its number and
 folder; finished jobs are skipped, killed ones continue from their ``last.ckpt``, the rest run
-(:func:`osteolightning.utils.sweep_resume.plan_job`). The jobs are planned in the same order, so
+(:func:`osteolightning.runs.sweep_resume.plan_job`). The jobs are planned in the same order, so
 job numbers match.
 """
 
@@ -147,7 +147,7 @@ class NestedCVSweeper(Sweeper):
         """Run ``jobs`` (base ``arguments`` first, the job's own overrides after) and return
         each job's run directory (a resumed sweep skips finished jobs: their folder is kept)."""
         from hydra_plugins.osteo_sweeps._grid import job_dir, launch
-        from osteolightning.utils import sweep_resume
+        from osteolightning.runs import sweep_resume
 
         dirs: dict[Any, Path] = {}
         planned = []
@@ -174,7 +174,7 @@ class NestedCVSweeper(Sweeper):
         """Strip ``resume=`` from ``arguments``; with ``resume=auto``, point the sweep at the
         multirun it continues (if any)."""
         from hydra_plugins.osteo_sweeps._grid import previous_sweep, redirect_sweep_dir
-        from osteolightning.utils import sweep_resume
+        from osteolightning.runs import sweep_resume
 
         arguments, resume = sweep_resume.strip_resume(arguments)
         if resume is None:
@@ -199,8 +199,8 @@ class NestedCVSweeper(Sweeper):
         return arguments
 
     def sweep(self, arguments: list[str]) -> Any:
+        from osteolightning.runs import rundir
         from osteolightning.selection.nested import choose, finished, markdown, report
-        from osteolightning.utils import rundir
 
         arguments = self._resume(list(arguments))
         sweep_dir = Path(self.config.hydra.sweep.dir)

@@ -26,7 +26,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 
 from osteolightning.callbacks import last_checkpoint
-from osteolightning.utils import rundir, runs, sweep_resume
+from osteolightning.runs import lifecycle, rundir, sweep_resume
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _run_dir() -> Path | None:
         return rundir.run_of_checkpoint(ckpt)
     if HydraConfig.initialized():
         job_dir = Path(str(HydraConfig.get().runtime.output_dir))
-        marker = runs.read_marker(job_dir) or {}
+        marker = lifecycle.read_marker(job_dir) or {}
         return Path(marker["resumed_in"]) if marker.get("resumed_in") else job_dir
     return None
 
@@ -57,8 +57,8 @@ def requeue_arguments(overrides: list[str], *rest: Any) -> tuple[Any, ...] | Non
             f"{rundir.LAST_CKPT} to continue from: not requeued."
         )
         return None
-    runs.stop_heartbeat()
-    runs.update_marker(
+    lifecycle.stop_heartbeat()
+    lifecycle.update_marker(
         run_dir, pid=None, heartbeat=None, requeued=time.strftime("%Y-%m-%dT%H:%M:%S%z")
     )
     log.warning(

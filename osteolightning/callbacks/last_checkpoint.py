@@ -36,7 +36,7 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)

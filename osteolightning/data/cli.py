@@ -34,7 +34,7 @@ from osteolightning.data.phantom import CLASS_NAMES
 from osteolightning.data.phantom_files import generate_phantom
 from osteolightning.data.sources import ManifestSource
 from osteolightning.errors import ConfigError, OsteoError
-from osteolightning.utils.failures import describe, traceback_wanted
+from osteolightning.runs.failures import describe, traceback_wanted
 from osteolightning.utils.files import atomic_write_json
 
 #: Exit status of a data error, and of bad arguments or configuration.

@@ -28,7 +28,7 @@ from osteolightning.ensemble.leaderboard.outputs import (
     write_leaderboard,
 )
 from osteolightning.ensemble.leaderboard.report import write_report
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)

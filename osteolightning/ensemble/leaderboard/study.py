@@ -13,11 +13,10 @@ from typing import Any
 
 import yaml
 
-from osteolightning.data.audit import read_splits_csv
 from osteolightning.ensemble.leaderboard.board import Leaderboard
 from osteolightning.ensemble.leaderboard.jobs import FINISHED, Job, find_jobs
 from osteolightning.errors import DataSourceError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 
 #: Config keys that tell the jobs of one row apart or only say where files go.
 NOT_CONFIGURATION = ("seed", "data.fold", "paths.", "hydra.", "resume", "reproduce", "ckpt_path")
@@ -59,7 +58,7 @@ def audit_summary(jobs: Sequence[Job]) -> dict[str, Any]:
     tested: dict[tuple[tuple[str, ...], int | None], Counter] = {}
     for job in jobs:
         try:
-            _, split = read_splits_csv(job.path)
+            _, split = rundir.read_splits(job.path)
         except DataSourceError:
             missing.append(job.name)
             continue

@@ -4,10 +4,10 @@ and where it falls short, built from the run directory's own files.
 Reporting guidelines for medical AI (CLAIM, TRIPOD+AI; Mitchell et al. 2019's model cards) ask
 for the intended use, the data and splits behind the numbers, the test metrics with their
 uncertainty, calibration and limitations. Every run writes its card when it finishes
-(:func:`osteolightning.utils.runs.session`), from the files it left: the config (the run marker's
+(:func:`osteolightning.runs.lifecycle.session`), from the files it left: the config (the run marker's
 resolved config, else ``.hydra/config.yaml``), ``metrics.json``, ``splits.csv``,
 ``skipped.csv``, ``label_conflicts.csv`` and ``versions.json``. Nothing in the card is typed by
-hand, so it cannot drift from the run; ``python -m osteolightning.utils.model_card RUN_DIR``
+hand, so it cannot drift from the run; ``python -m osteolightning.runs.model_card RUN_DIR``
 builds it again. ``osteo-export`` copies it beside the exported model with an export section.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.files import atomic_write_text
 
 #: tasks and what their models do
@@ -312,7 +312,7 @@ def build_model_card(run_dir: str | Path, config: dict[str, Any] | None = None) 
     name = cfg.get("model.net.name") or str(cfg.get("model.net._target_", "")).rsplit(".", 1)[-1]
     title = f"# Model card: {name or 'osteolightning model'} ({cfg.get('task_name', 'run')})"
     note = (f"_Built by osteolightning from the files of `{run_dir}` when the run finished; "
-            f"`python -m osteolightning.utils.model_card {run_dir}` builds it again._")  # fmt: skip
+            f"`python -m osteolightning.runs.model_card {run_dir}` builds it again._")  # fmt: skip
     sections = [
         [title, "", note, ""],
         _task(cfg),

@@ -42,10 +42,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from osteolightning.errors import ConfigError, shorten
-from osteolightning.utils import rundir
-from osteolightning.utils.checks import check_output_location
+from osteolightning.runs import rundir
+from osteolightning.runs.checks import check_output_location
+from osteolightning.runs.failures import user_errors
 from osteolightning.utils.config import instantiate_list, to_container
-from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -440,7 +440,7 @@ def session(cfg: DictConfig, loggers: bool = True, model_card: bool = True) -> I
     before anything reads ``cfg.paths.output_dir``), the loggers of ``cfg.logger`` (with
     ``loggers``), a resumed CSV log's earlier rows, the hyper-parameters logged and the W&B id
     recorded. On leaving normally: ``MODEL_CARD.md`` built from the run's files (with
-    ``model_card``; :mod:`osteolightning.utils.model_card`), then :func:`finish_run`. On an exception: the heartbeat stops and
+    ``model_card``; :mod:`osteolightning.runs.model_card`), then :func:`finish_run`. On an exception: the heartbeat stops and
     the W&B run is finished as failed, then the exception propagates. Always: the loggers close.
 
     Raises:
@@ -494,7 +494,7 @@ def say_wandb_off(cfg: DictConfig) -> None:
 @rank_zero_only
 def _write_model_card(run_dir: Path, config: dict[str, Any]) -> None:
     """The run's model card; a failure to build it is logged, never fails the finished run."""
-    from osteolightning.utils.model_card import write_model_card
+    from osteolightning.runs.model_card import write_model_card
 
     try:
         path = write_model_card(run_dir, config)
