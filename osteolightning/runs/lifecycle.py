@@ -45,7 +45,7 @@ from osteolightning.errors import ConfigError, shorten
 from osteolightning.runs import rundir
 from osteolightning.runs.checks import check_output_location
 from osteolightning.runs.failures import user_errors
-from osteolightning.utils.config import instantiate_list, to_container
+from osteolightning.utils.config import flatten_config, instantiate_list, to_container
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -67,15 +67,6 @@ STALE_S = 300.0
 # --------------------------------------------------------------------------- config hash
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: obj}
-
-
 def hashed_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as flat ``dotted.key: value`` pairs, volatile keys left out."""
     cfg = copy.deepcopy(cfg)
@@ -91,8 +82,8 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
         if wandb is not None:
             for key in VOLATILE_WANDB_KEYS:
                 wandb.pop(key, None)
-    raw = _flatten(OmegaConf.to_container(cfg, resolve=False))
-    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    raw = flatten_config(OmegaConf.to_container(cfg, resolve=False))
+    flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     return {k: v for k, v in flat.items() if "${now:" not in str(raw.get(k, ""))}
 
 

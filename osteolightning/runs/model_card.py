@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from osteolightning.runs import rundir
+from osteolightning.utils.config import flatten_config
 from osteolightning.utils.files import atomic_write_text
 
 #: tasks and what their models do
@@ -33,15 +34,6 @@ TASKS = {
 SMALL_TEST = 100
 
 
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def run_config(run_dir: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's config as flat ``dotted.key: value`` pairs.
 
@@ -50,12 +42,12 @@ def run_config(run_dir: Path, config: dict[str, Any] | None = None) -> dict[str,
     taken from the run marker's resolved config, which fills in anything missing)."""
     marker = rundir.read_json(run_dir / rundir.MARKER) or {}
     if config is not None:
-        return {"task_name": marker.get("task_name"), **_flat(config)}
+        return {"task_name": marker.get("task_name"), **flatten_config(config)}
     flat: dict[str, Any] = {}
     config_file = run_dir / rundir.CONFIG
     if config_file.is_file():
         raw = OmegaConf.load(config_file)
-        for key in _flat(OmegaConf.to_container(raw, resolve=False)):
+        for key in flatten_config(OmegaConf.to_container(raw, resolve=False)):
             try:
                 flat[key] = OmegaConf.select(raw, key, throw_on_resolution_failure=True)
             except Exception:  # noqa: BLE001 - ${hydra:...} and the like outside Hydra
