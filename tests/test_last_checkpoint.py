@@ -14,6 +14,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from osteolightning.callbacks import LastCheckpoint
 from osteolightning.callbacks import last_checkpoint as module
 from osteolightning.errors import ConfigError
+from osteolightning.runs import checkpoint_requests
 from osteolightning.utils.config import CONFIG_DIR
 
 
@@ -77,7 +78,8 @@ def test_by_the_clock(tmp_path, monkeypatch):
 
 
 def test_save_now_outside_a_fit_does_nothing():
-    assert module.save_now() is None and module.active_checkpoint() is None
+    assert checkpoint_requests.request_checkpoint() is None
+    assert checkpoint_requests.active_checkpoint() is None
 
 
 @pytest.mark.parametrize(

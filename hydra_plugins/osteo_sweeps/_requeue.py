@@ -25,14 +25,13 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
-from osteolightning.callbacks import last_checkpoint
-from osteolightning.runs import lifecycle, rundir, sweep_resume
+from osteolightning.runs import checkpoint_requests, lifecycle, rundir, sweep_resume
 
 log = logging.getLogger(__name__)
 
 
 def _run_dir() -> Path | None:
-    ckpt = last_checkpoint.active_checkpoint()
+    ckpt = checkpoint_requests.active_checkpoint()
     if ckpt is not None:
         return rundir.run_of_checkpoint(ckpt)
     if HydraConfig.initialized():
@@ -50,7 +49,7 @@ def requeue_arguments(overrides: list[str], *rest: Any) -> tuple[Any, ...] | Non
             follow unchanged.
     """
     run_dir = _run_dir()
-    saved = last_checkpoint.save_now()
+    saved = checkpoint_requests.request_checkpoint()
     if run_dir is None or not (run_dir / rundir.LAST_CKPT).is_file():
         log.warning(
             f"Signalled before its time limit, but the run in {run_dir} has no "
