@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -56,11 +55,9 @@ def parity_images(ckpt_path: str | Path, given: Any, n: int) -> list[Path]:
         paths = [given] if isinstance(given, str) else list(given)
         return [image for _, image in find_inputs(paths).pairs][:n]
     run = rundir.run_of_checkpoint(ckpt_path)
-    for name in (rundir.PREDICTIONS, rundir.SPLITS):
-        if (run / name).is_file():
-            with open(run / name, newline="") as handle:
-                found = [Path(r["path"]) for r in csv.DictReader(handle) if r.get("path")]
-            found = [p for p in found if p.is_file()][:n]
+    for table in (run / rundir.PREDICTIONS, rundir.find_splits(run)):
+        if table is not None and table.is_file():
+            found = [p for p in rundir.read_image_paths(table) if p.is_file()][:n]
             if found:
                 return found
     raise ConfigError(

@@ -191,7 +191,7 @@ def test_a_signalled_job_releases_its_run_and_is_requeued_into_it(make_cfg):
     assert rest == ["hydra.sweep.dir", 3, "id", {}]
     marker = lifecycle.read_marker(run_dir)
     assert marker["pid"] is None and marker["heartbeat"] is None and marker["requeued"]
-    assert not lifecycle._alive_elsewhere(marker)  # the requeued job may take the run over at once
+    assert not lifecycle.alive_elsewhere(marker)  # the requeued job may take the run over at once
 
 
 def test_a_signalled_job_without_a_checkpoint_is_not_requeued(make_cfg):

@@ -199,14 +199,13 @@ class NestedCVSweeper(Sweeper):
         return arguments
 
     def sweep(self, arguments: list[str]) -> Any:
-        from osteolightning.runs import rundir
+        from osteolightning.runs import sweep_resume
         from osteolightning.selection.nested import choose, finished, markdown, report
 
         arguments = self._resume(list(arguments))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if not (sweep_dir / rundir.MULTIRUN).exists():
-            OmegaConf.save(self.config, sweep_dir / rundir.MULTIRUN)
+        sweep_resume.save_multirun(sweep_dir, self.config)
         plan = self.plan
         inner = self._launch(plan.inner_jobs(), arguments)
         chosen, scores = choose(plan, inner)

@@ -160,8 +160,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
     if not resuming and sweep_dir.exists():  # a new folder (the default) holds no job yet
         check_fresh_jobs(sweeper)  # before anything is written into the sweep's folder
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    if not (sweep_dir / rundir.MULTIRUN).exists():
-        OmegaConf.save(config, sweep_dir / rundir.MULTIRUN)
+    sweep_resume.save_multirun(sweep_dir, config)
     returns: list[Sequence[JobReturn]] = []
     plans: Counter[str] = Counter()
     first = 0

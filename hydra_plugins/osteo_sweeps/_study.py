@@ -107,7 +107,7 @@ def _worker_alive(trial: optuna.trial.FrozenTrial) -> bool:
         "pid": worker.get("pid"),
         "heartbeat": trial.user_attrs.get(BEAT),
     }
-    return lifecycle._alive_elsewhere(marker)
+    return lifecycle.alive_elsewhere(marker)
 
 
 def tell(
@@ -420,8 +420,7 @@ class OptunaStudySweeper:
         storage, where = open_storage(self.storage_cfg, folder)
         self.storage = storage
         study = self._study(storage, where, space)
-        if not (folder / rundir.MULTIRUN).exists():
-            OmegaConf.save(self.config, folder / rundir.MULTIRUN)
+        sweep_resume.save_multirun(folder, self.config)
         lock = JournalFileOpenLock(str(folder / rundir.STUDY_LOCK))
         parallel = self._parallel()
         with self._locked(lock):

@@ -170,7 +170,7 @@ def stop_heartbeat() -> None:
         _heartbeat = None
 
 
-def _alive_elsewhere(marker: dict[str, Any]) -> bool:
+def alive_elsewhere(marker: dict[str, Any]) -> bool:
     """Whether another process still runs the run of ``marker``: on this host, its pid is
     alive; on another host (a shared filesystem), its heartbeat is younger than ``STALE_S``."""
     pid = marker.get("pid")
@@ -208,7 +208,7 @@ def find_resumable(log_dir: str | Path, task_name: str, digest: str) -> Path | N
             continue
         if not ckpt.is_file():
             continue
-        if rank_zero_only.rank == 0 and _alive_elsewhere(marker):
+        if rank_zero_only.rank == 0 and alive_elsewhere(marker):
             log.info(f"Not resuming {path.parent}: its {_owner(marker)} is still running.")
             continue
         found.append((ckpt.stat().st_mtime, path.parent))
@@ -226,7 +226,7 @@ def check_resumable(run_dir: Path, flat: dict[str, Any]) -> None:
         )
     if marker.get("state") == "finished":
         raise ConfigError(f"Cannot resume '{run_dir}': that run has finished.")
-    if rank_zero_only.rank == 0 and _alive_elsewhere(marker):
+    if rank_zero_only.rank == 0 and alive_elsewhere(marker):
         raise ConfigError(
             f"Cannot resume '{run_dir}': its {_owner(marker)} is still running. Stop it "
             f"first; a run on another host counts as stopped {STALE_S:.0f} s after its last "

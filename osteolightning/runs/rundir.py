@@ -152,6 +152,13 @@ def find_splits(run_dir: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def read_image_paths(path: str | Path) -> list[Path]:
+    """The ``path`` column of a run's table of images (``predictions.csv``, ``splits.csv``), as
+    written; rows without a path are passed over."""
+    with open(path, newline="") as handle:
+        return [Path(row["path"]) for row in csv.DictReader(handle) if row.get("path")]
+
+
 def read_splits(splits: str | Path) -> tuple[Path, list[dict[str, str]]]:
     """Read a run's ``splits.csv`` (or the one in a run directory); paths made absolute.
 

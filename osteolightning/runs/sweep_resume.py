@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from osteolightning.runs import lifecycle, rundir
 from osteolightning.utils.files import atomic_write_json
@@ -71,6 +71,19 @@ def resume_override(run_dir: str | Path) -> str:
 
 
 # --------------------------------------------------------------------------- finding a sweep
+
+
+def save_multirun(sweep_dir: str | Path, config: DictConfig) -> Path:
+    """Write the sweep's ``multirun.yaml`` (the config with its ``hydra`` node, as Hydra's own
+    sweepers do) unless it is there: a continued sweep keeps the record of its start.
+
+    Returns:
+        The file.
+    """
+    path = Path(sweep_dir) / rundir.MULTIRUN
+    if not path.exists():
+        OmegaConf.save(config, path)
+    return path
 
 
 def multirun_overrides(multirun_yaml: str | Path) -> list[str] | None:
@@ -149,7 +162,7 @@ def plan_job(job_dir: str | Path, overrides: Sequence[str] | None = None) -> Job
     state = (marker or {}).get("state")
     if state == "finished":
         return JobPlan(SKIP, job_dir, "finished")
-    if state == "running" and lifecycle._alive_elsewhere(marker):  # the resume rule of lifecycle.py
+    if state == "running" and lifecycle.alive_elsewhere(marker):  # the resume rule of lifecycle.py
         return JobPlan(BUSY, job_dir, f"still running ({lifecycle._owner(marker)})")
     if state == "running" and (job_dir / rundir.LAST_CKPT).is_file():
         return JobPlan(CONTINUE, job_dir, f"killed; continues from {rundir.LAST_CKPT}")
