@@ -77,7 +77,7 @@ def test_by_the_clock(tmp_path, monkeypatch):
     assert steps == [2, 4, 6, 8]
 
 
-def test_save_now_outside_a_fit_does_nothing():
+def test_a_request_outside_a_fit_does_nothing():
     assert checkpoint_requests.request_checkpoint() is None
     assert checkpoint_requests.active_checkpoint() is None
 

@@ -422,7 +422,7 @@ class Session:
 def session(cfg: DictConfig, loggers: bool = True, model_card: bool = True) -> Iterator[Session]:
     """The life of one run, around an entry point's work::
 
-        with runs.session(cfg) as run:          # claims the directory, starts the loggers
+        with lifecycle.session(cfg) as run:     # claims the directory, starts the loggers
             trainer = instantiate(cfg.trainer, logger=run.loggers, ...)
             trainer.fit(...); trainer.test(...)
         # here the run is `finished`; on an exception it stays `running` (resumable)
