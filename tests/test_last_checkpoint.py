@@ -9,13 +9,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from lightning.pytorch.demos.boring_classes import BoringModel
 
 from osteolightning.callbacks import LastCheckpoint
 from osteolightning.callbacks import last_checkpoint as module
 from osteolightning.errors import ConfigError
 from osteolightning.runs import checkpoint_requests
 from osteolightning.utils.config import CONFIG_DIR
+from tests.helpers import fit_boring_model
 
 
 class Recorder(L.Callback):
@@ -40,19 +40,7 @@ def _fit(tmp_path: Path, **kwargs) -> tuple[list[int], dict]:
     """Fit a BoringModel for 2 epochs of 4 steps; the steps at which last.ckpt was written."""
     callback = LastCheckpoint(tmp_path / "checkpoints", **kwargs)
     recorder = Recorder(callback.path)  # after LastCheckpoint: sees each write
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        callbacks=[callback, recorder],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(BoringModel())
+    fit_boring_model(tmp_path, [callback, recorder], max_epochs=2)
     return recorder.steps, torch.load(callback.path, weights_only=True)
 
 
@@ -108,20 +96,7 @@ def test_the_default_config_writes_by_the_clock_and_at_epoch_ends():
 def _fit_epochs(tmp_path: Path, max_epochs: int, max_steps: int = -1, **kwargs) -> list[int]:
     callback = LastCheckpoint(tmp_path / "checkpoints", **kwargs)
     recorder = Recorder(callback.path)
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        max_steps=max_steps,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        callbacks=[callback, recorder],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(BoringModel())
+    trainer = fit_boring_model(tmp_path, [callback, recorder], max_epochs, max_steps=max_steps)
     recorder._check(trainer)  # a write at the very end (on_train_end)
     return recorder.steps
 
@@ -184,18 +159,10 @@ def test_a_finished_run_keeps_its_best_weights_and_drops_its_resumable_state(mak
 
 def test_release_removes_only_the_file_it_wrote_and_only_when_asked(tmp_path):
     callback = LastCheckpoint(tmp_path, every_minutes=None, on_epoch_end=True)
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(BoringModel())
+    trainer = fit_boring_model(
+        tmp_path, [callback], max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+        accelerator="auto",
+    )  # fmt: skip
     other = tmp_path / "epoch_000.ckpt"
     other.write_bytes(b"weights")
     size = callback.path.stat().st_size

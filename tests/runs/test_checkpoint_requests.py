@@ -6,10 +6,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.demos.boring_classes import BoringModel
 
 from osteolightning.callbacks import LastCheckpoint
 from osteolightning.runs import checkpoint_requests
+from tests.helpers import fit_boring_model
 
 
 class AskAtStep(L.Callback):
@@ -25,20 +25,7 @@ class AskAtStep(L.Callback):
 
 
 def _fit(tmp_path: Path, *callbacks: L.Callback) -> L.Trainer:
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        callbacks=list(callbacks),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(BoringModel())
-    return trainer
+    return fit_boring_model(tmp_path, list(callbacks), max_epochs=1)
 
 
 def test_the_fitting_run_writes_its_checkpoint_when_asked(tmp_path):
