@@ -4,11 +4,12 @@ Every error names the offending file, row or value and says what would be accept
 user can fix the input without reading the source. A message stays short: a list of offending
 files shows a few (:func:`shorten`) and the error carries the full list as ``details``, which
 the command writes to a file that its last line names (see
-:func:`osteolightning.utils.failures.user_errors`).
+:func:`osteolightning.runs.failures.user_errors`).
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 #: How many items of a list an error message shows before "and N more".
@@ -24,6 +25,12 @@ def shorten(items: Sequence[object], limit: int = SHOWN_ITEMS, quote: bool = Tru
     """
     shown = ", ".join(f"'{item}'" if quote else str(item) for item in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``known``, or ``""``."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 class OsteoError(Exception):

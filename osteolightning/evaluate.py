@@ -16,16 +16,15 @@ from omegaconf import DictConfig, open_dict
 
 from osteolightning.callbacks import RunArtifacts
 from osteolightning.callbacks.writers import build_saliency, build_writer
-from osteolightning.data.audit import read_splits_csv
 from osteolightning.ensemble.evaluate import evaluate_ensemble, is_ensemble
 from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_checkpoint
 from osteolightning.models.saliency import cam_layer_of
-from osteolightning.utils import rundir, runs
-from osteolightning.utils.checks import check_config
+from osteolightning.runs import lifecycle, rundir
+from osteolightning.runs.checks import check_config
+from osteolightning.runs.failures import user_errors
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container
 from osteolightning.utils.console import print_metrics_table
-from osteolightning.utils.failures import user_errors
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -83,11 +82,11 @@ def warn_if_seen(ckpt_path: Any, datamodule: Any) -> float | None:
         The share of evaluated images that were training images, or ``None`` when the run has
         no ``splits.csv``.
     """
-    splits = rundir.run_of_checkpoint(ckpt_path) / rundir.SPLITS
+    splits = rundir.find_splits(rundir.run_of_checkpoint(ckpt_path))
     plan = getattr(datamodule, "plan", None)  # the data plan the evaluation runs on
-    if not splits.is_file() or plan is None or not plan.digests:
+    if splits is None or plan is None or not plan.digests:
         return None
-    _, rows = read_splits_csv(splits)
+    _, rows = rundir.read_splits(splits)
     trained = {row.get("sha1") for row in rows if row.get("split") == "train"}
     seen = sum(d in trained for d in plan.digests)
     share = seen / len(plan.digests)
@@ -103,7 +102,7 @@ def warn_if_seen(ckpt_path: Any, datamodule: Any) -> float | None:
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test ``cfg.ckpt_path`` on ``cfg.data`` (every image in the test split)."""
     check_config(cfg)
-    with runs.session(cfg) as run:
+    with lifecycle.session(cfg) as run:
         model, run_cfg = load_checkpoint(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
         check_task(cfg.ckpt_path, model, cfg.data)
         prepare_like_checkpoint(cfg.data, model)

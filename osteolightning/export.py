@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,13 @@ from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_checkpoint
 from osteolightning.models.exporting import check_exporter, export_model, parity
 from osteolightning.models.portable import export_metadata
-from osteolightning.utils import rundir, runs
-from osteolightning.utils.checks import check_output_location
+from osteolightning.runs import lifecycle, rundir
+from osteolightning.runs.checks import check_output_location
+from osteolightning.runs.failures import user_errors
+from osteolightning.runs.model_card import export_section
 from osteolightning.utils.config import CONFIG_DIR
-from osteolightning.utils.failures import user_errors
 from osteolightning.utils.files import atomic_write_json, atomic_write_text, file_sha256
 from osteolightning.utils.logging import get_logger
-from osteolightning.utils.model_card import export_section
 
 log = get_logger(__name__)
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -56,11 +55,9 @@ def parity_images(ckpt_path: str | Path, given: Any, n: int) -> list[Path]:
         paths = [given] if isinstance(given, str) else list(given)
         return [image for _, image in find_inputs(paths).pairs][:n]
     run = rundir.run_of_checkpoint(ckpt_path)
-    for name in (rundir.PREDICTIONS, rundir.SPLITS):
-        if (run / name).is_file():
-            with open(run / name, newline="") as handle:
-                found = [Path(r["path"]) for r in csv.DictReader(handle) if r.get("path")]
-            found = [p for p in found if p.is_file()][:n]
+    for table in (run / rundir.PREDICTIONS, rundir.find_splits(run)):
+        if table is not None and table.is_file():
+            found = [p for p in rundir.read_image_paths(table) if p.is_file()][:n]
             if found:
                 return found
     raise ConfigError(
@@ -87,7 +84,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     check_output_location(cfg.paths.output_dir, "paths.output_dir")
     if cfg.out:
         check_output_location(cfg.out, "out", file=True)
-    with runs.session(cfg, loggers=False, model_card=False) as run:
+    with lifecycle.session(cfg, loggers=False, model_card=False) as run:
         model, run_cfg = load_checkpoint(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
         model = model.eval().cpu()
         out = Path(cfg.out or run.dir / f"model{SUFFIX[cfg.format]}")
@@ -135,7 +132,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point. A framework error ends it with its message and exit status 1
-    (:func:`~osteolightning.utils.failures.user_errors`)."""
+    (:func:`~osteolightning.runs.failures.user_errors`)."""
     with user_errors("osteo-export", cfg.paths.output_dir):
         export(cfg)
 

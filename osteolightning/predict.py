@@ -47,8 +47,8 @@ from osteolightning.errors import ConfigError, DataSourceError, ImageReadError
 from osteolightning.explain import add_explain_arguments, explain_rows
 from osteolightning.models.checkpointing import load_model
 from osteolightning.models.portable import load_predictor
-from osteolightning.utils.checks import check_output_location
-from osteolightning.utils.failures import user_errors
+from osteolightning.runs.checks import check_output_location
+from osteolightning.runs.failures import user_errors
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: the columns the mask manifest writes itself (an input manifest's others are carried over)

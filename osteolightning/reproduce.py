@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.console import print_table
 from osteolightning.utils.files import atomic_write_json, atomic_write_text
 from osteolightning.utils.logging import get_logger

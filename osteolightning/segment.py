@@ -17,8 +17,8 @@ import hydra
 from omegaconf import DictConfig
 
 from osteolightning import train as _train
+from osteolightning.runs.failures import user_errors
 from osteolightning.utils.config import CONFIG_DIR
-from osteolightning.utils.failures import user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="segment")

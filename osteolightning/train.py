@@ -27,13 +27,13 @@ from osteolightning.callbacks.writers import build_saliency, build_writer
 from osteolightning.models.checkpointing import check_checkpoint_file, explain_unpickling
 from osteolightning.models.saliency import cam_layer_of
 from osteolightning.reproduce import reproduce_run
-from osteolightning.utils import runs
-from osteolightning.utils.checks import check_config, check_monitors
+from osteolightning.runs import lifecycle
+from osteolightning.runs.checks import check_config, check_monitors
+from osteolightning.runs.failures import user_errors
+from osteolightning.runs.sweep import record_failed_job
 from osteolightning.utils.config import CONFIG_DIR, instantiate_list, to_container, warn_conflicts
 from osteolightning.utils.console import print_metrics_table
-from osteolightning.utils.failures import user_errors
 from osteolightning.utils.logging import get_logger
-from osteolightning.utils.sweep import record_failed_job
 
 log = get_logger(__name__)
 
@@ -75,12 +75,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     Raises:
         ConfigError: the output directory holds another run's results, or ``resume`` names a
-            run that cannot be continued (see :func:`osteolightning.utils.runs.start_run`).
+            run that cannot be continued (see :func:`osteolightning.runs.lifecycle.start_run`).
     """
     check_config(cfg)  # before the run claims a directory: a typo costs nothing
     if cfg.get("ckpt_path"):  # a checkpoint cut short is named now, not by Lightning's loader
         check_checkpoint_file(cfg.ckpt_path, cfg.get("allow_unsafe_pickle", False))
-    with runs.session(cfg) as run:  # may redirect paths.output_dir: before anything else
+    with lifecycle.session(cfg) as run:  # may redirect paths.output_dir: before anything else
         warn_conflicts(cfg)
         L.seed_everything(cfg.seed, workers=True)
         datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
@@ -147,7 +147,7 @@ def run_job(cfg: DictConfig) -> float | None:
 
     In a multirun (``-m``: a grid, Optuna, SLURM) a job that fails does not stop the others:
     its exception is logged with the traceback and saved as ``error.json`` in the job's
-    directory (:func:`osteolightning.utils.sweep.record_failed_job`), and the job returns
+    directory (:func:`osteolightning.runs.sweep.record_failed_job`), and the job returns
     ``None``, which the Optuna sweeper records as a failed trial (a NaN would make it raise).
     A single run raises as usual. Either way no W&B run stays open for the next job.
     """
@@ -160,13 +160,13 @@ def run_job(cfg: DictConfig) -> float | None:
         record_failed_job(err, cfg)
         return None
     finally:
-        runs.finish_wandb(exit_code=1)  # a no-op unless a failure left a W&B run open
+        lifecycle.finish_wandb(exit_code=1)  # a no-op unless a failure left a W&B run open
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers. A framework error ends it
-    with its message and exit status 1 (:func:`~osteolightning.utils.failures.user_errors`);
+    with its message and exit status 1 (:func:`~osteolightning.runs.failures.user_errors`);
     ``reproduce=<run>`` re-runs a finished run from its saved config and compares metrics."""
     with user_errors("osteo-train", cfg.paths.output_dir):
         if cfg.get("reproduce"):

@@ -7,23 +7,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from osteolightning.utils import runs
-from osteolightning.utils.config import CONFIG_DIR
+from osteolightning.runs import lifecycle
+from osteolightning.utils.config import compose_config
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 
 
 @pytest.fixture(autouse=True)
 def _no_heartbeat_outlives_its_test():
-    """A run started by a test (``runs.start_run``) beats in a thread until it finishes; a
+    """A run started by a test (``lifecycle.start_run``) beats in a thread until it finishes; a
     test that leaves it running must not have it write into the next test's files."""
     yield
-    runs.stop_heartbeat()
+    lifecycle.stop_heartbeat()
 
 
 @pytest.fixture(scope="session")
@@ -32,33 +30,12 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("osteo-cache")
 
 
-def compose_config(
-    config_name: str, run_dir: Path, cache_dir: Path, overrides: Sequence[str] = ()
-) -> DictConfig:
-    """Compose a real config as the entry point would, with outputs under ``run_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.runtime.cwd = str(run_dir.parent)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # an app's cfg has no hydra node; ${hydra:...} resolves via HydraConfig
-        cfg.paths.output_dir = str(run_dir)  # resolved now: HydraConfig is global
-        cfg.paths.cache_dir = str(cache_dir)
-        cfg.paths.log_dir = str(run_dir.parent / "logs")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
-
-
 @pytest.fixture
 def make_cfg(tmp_path: Path, cache_dir: Path):
     """``make_cfg("train", ["debug=tiny"], run="a")`` → a composed config for one run."""
 
     def _make(config_name: str, overrides: Sequence[str] = (), run: str = "run") -> DictConfig:
-        return compose_config(config_name, tmp_path / run, cache_dir, overrides)
+        return compose_config(config_name, overrides, tmp_path / run, cache_dir)
 
     yield _make
     GlobalHydra.instance().clear()
@@ -70,7 +47,7 @@ def knee_checkpoint(tmp_path_factory, cache_dir: Path) -> Path:
     from osteolightning.train import train
 
     run = tmp_path_factory.mktemp("knee_net") / "run"
-    cfg = compose_config("train", run, cache_dir, ["debug=tiny", "norm.mean=[0.4]"])
+    cfg = compose_config("train", ["debug=tiny", "norm.mean=[0.4]"], run, cache_dir)
     train(cfg)
     GlobalHydra.instance().clear()
     return next((run / "checkpoints").glob("epoch_*.ckpt"))
@@ -108,7 +85,7 @@ def _fit_once(
     # the tests read both checkpoints of the finished run: the best weights and the full,
     # resumable state (removed once a run finishes unless kept)
     overrides = [f"debug={debug}", "callbacks.last_checkpoint.keep_after_finish=true", *extra]
-    metrics, objects = train(compose_config(config, run_dir, cache_dir, overrides))
+    metrics, objects = train(compose_config(config, overrides, run_dir, cache_dir))
     GlobalHydra.instance().clear()
     return run_dir, metrics, objects
 

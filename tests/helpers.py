@@ -1,10 +1,11 @@
-"""Test helpers shared by several test modules (file writers)."""
+"""Test helpers shared by several test modules (file writers, a tiny Lightning fit)."""
 
 from __future__ import annotations
 
 import csv
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -136,3 +137,29 @@ def write_graded_tree(phantom_dir: Path, root: Path, leak: bool = False) -> Path
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(phantom_dir / row["image"], out)
     return root
+
+
+def fit_boring_model(root: Path, callbacks: list[Any], max_epochs: int = 2, **options: Any) -> Any:
+    """Fit Lightning's ``BoringModel`` on the CPU with ``callbacks``: ``max_epochs`` epochs of
+    4 training steps and 1 validation batch, no logger, checkpoints or progress bar of its own;
+    ``options`` (``max_steps``, ``limit_train_batches`` ...) go to the ``Trainer``.
+
+    Returns:
+        The trainer.
+    """
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    settings = {"limit_train_batches": 4, "limit_val_batches": 1, "accelerator": "cpu", **options}
+    trainer = L.Trainer(
+        default_root_dir=root,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **settings,
+    )
+    trainer.fit(BoringModel())
+    return trainer

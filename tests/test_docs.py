@@ -22,8 +22,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from osteolightning.utils.config import CONFIG_DIR
-from tests.conftest import compose_config
+from osteolightning.utils.config import CONFIG_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(CONFIG_DIR)
@@ -172,7 +171,7 @@ def test_documented_command_composes(key: tuple[str, tuple[str, ...]], tmp_path:
             pytest.skip(f"osteolightning/conf/experiment/{name}.yaml has not landed yet ({where})")
     first, options = first_values(list(overrides))
     try:
-        compose_config(config, tmp_path / "run", tmp_path / "cache", first)
+        compose_config(config, first, tmp_path / "run", tmp_path / "cache")
     except Exception as error:
         pytest.fail(f"`{UNIQUE[key][0].text}` ({where}) does not compose: {error}")
     finally:

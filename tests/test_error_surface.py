@@ -23,9 +23,9 @@ from osteolightning.data.seg_sources import SegmentationTreeSource
 from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.evaluate import evaluate
 from osteolightning.models.checkpointing import torch_load
+from osteolightning.runs import lifecycle
+from osteolightning.runs.checks import check_config
 from osteolightning.train import train
-from osteolightning.utils import runs
-from osteolightning.utils.checks import check_config
 from tests.helpers import run_osteo, write_manifest
 
 
@@ -123,7 +123,7 @@ def test_contradicting_or_senseless_options_are_refused_before_work(make_cfg, ov
         check_config(cfg)
     with pytest.raises(ConfigError, match=message):
         train(cfg)
-    assert runs.read_marker(cfg.paths.output_dir) is None  # nothing was claimed
+    assert lifecycle.read_marker(cfg.paths.output_dir) is None  # nothing was claimed
 
 
 def test_an_unbounded_max_epochs_with_max_steps_is_accepted(make_cfg):
@@ -225,7 +225,7 @@ def test_a_truncated_checkpoint_to_continue_from_is_named_before_the_run(
     cfg = make_cfg("train", ["debug=tiny", f"ckpt_path={cut}"])
     with pytest.raises(ConfigError, match=rf"Cannot read '{cut}' \(\d+ bytes\): it ends before"):
         train(cfg)
-    assert runs.read_marker(cfg.paths.output_dir) is None  # refused before the run started
+    assert lifecycle.read_marker(cfg.paths.output_dir) is None  # refused before the run started
 
 
 def test_damaged_files_are_told_from_files_that_need_unpickling(tmp_path):
@@ -266,7 +266,7 @@ def test_invalid_optimiser_values_are_refused_before_training(make_cfg, config, 
         check_config(cfg)
     with pytest.raises(ConfigError, match=message):
         train(cfg)
-    assert runs.read_marker(cfg.paths.output_dir) is None  # refused before the run started
+    assert lifecycle.read_marker(cfg.paths.output_dir) is None  # refused before the run started
 
 
 def test_a_negative_learning_rate_ends_osteo_train_cleanly(tmp_path, cache_dir):
@@ -413,12 +413,12 @@ def test_every_shortened_list_of_the_data_sources_carries_its_details(tmp_path):
 
 def test_a_resume_of_another_config_lists_every_differing_key(make_cfg):
     cfg = make_cfg("train", ["debug=tiny"], run="first")
-    runs.start_run(cfg)
-    runs.stop_heartbeat()
-    flat = runs.hashed_config(cfg)
+    lifecycle.start_run(cfg)
+    lifecycle.stop_heartbeat()
+    flat = lifecycle.hashed_config(cfg)
     changed = {**flat, **{f"extra.key{i}": i for i in range(12)}}
     with pytest.raises(ConfigError, match="and 2 more") as caught:
-        runs.check_resumable(Path(cfg.paths.output_dir), changed)
+        lifecycle.check_resumable(Path(cfg.paths.output_dir), changed)
     assert len(caught.value.details) == 12 and "extra.key0: '<absent>' -> 0" in caught.value.details
 
 
@@ -565,8 +565,8 @@ def test_a_debug_preset_says_that_it_turns_wandb_off(
     config = "segment" if "debug=seg_tiny" in overrides else "train"
     cfg = make_cfg(config, overrides)
     with (
-        caplog.at_level(logging.INFO, logger="osteolightning.utils.runs"),
-        runs.session(cfg, model_card=False) as run,
+        caplog.at_level(logging.INFO, logger="osteolightning.runs.lifecycle"),
+        lifecycle.session(cfg, model_card=False) as run,
     ):
         kinds = {type(logger).__name__ for logger in run.loggers}
     lines = [r.getMessage() for r in caplog.records if "W&B is off" in r.getMessage()]

@@ -21,8 +21,8 @@ from osteolightning.ensemble.members import align
 from osteolightning.errors import ConfigError
 from osteolightning.evaluate import evaluate
 from osteolightning.metrics.calibration import apply_temperature, probs_to_logits
-from osteolightning.utils.rundir import VAL_PREDICTIONS, read_predictions
-from tests.conftest import compose_config
+from osteolightning.runs.rundir import VAL_PREDICTIONS, read_predictions
+from osteolightning.utils.config import compose_config
 
 TINY_EVAL = ["common=tiny", "callbacks=tiny", "logger=tiny", "trainer=tiny"]
 
@@ -43,7 +43,7 @@ def second_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Pat
 
     run_dir = tmp_path_factory.mktemp("train-b") / "run"
     overrides = ["debug=tiny", "model/backbone=resnet18", "image_size=72"]
-    train(compose_config("train", run_dir, cache_dir, overrides))
+    train(compose_config("train", overrides, run_dir, cache_dir))
     GlobalHydra.instance().clear()
     return run_dir
 

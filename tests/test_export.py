@@ -16,7 +16,7 @@ from osteolightning.errors import ConfigError
 from osteolightning.export import export
 from osteolightning.models.portable import METADATA_KEY, load_portable
 from osteolightning.predict import main
-from tests.conftest import compose_config
+from osteolightning.utils.config import compose_config
 
 #: the stated tolerance: the largest absolute difference of probabilities (parity.atol)
 ATOL = 1e-4
@@ -35,8 +35,8 @@ def exports(tmp_path_factory, cache_dir, trained, segmented):
     def _get(task: str, fmt: str) -> dict:
         if (task, fmt) not in made:
             out = tmp_path_factory.mktemp(f"export-{task}-{fmt}") / "run"
-            cfg = compose_config("export", out, cache_dir, [f"ckpt_path={_ckpt(runs[task])}",
-                                 f"format={fmt}"])  # fmt: skip
+            cfg = compose_config("export", [f"ckpt_path={_ckpt(runs[task])}", f"format={fmt}"],
+                                 out, cache_dir)  # fmt: skip
             made[task, fmt] = export(cfg)
             GlobalHydra.instance().clear()
         return made[task, fmt]

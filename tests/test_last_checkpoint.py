@@ -9,12 +9,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from lightning.pytorch.demos.boring_classes import BoringModel
 
 from osteolightning.callbacks import LastCheckpoint
 from osteolightning.callbacks import last_checkpoint as module
 from osteolightning.errors import ConfigError
+from osteolightning.runs import checkpoint_requests
 from osteolightning.utils.config import CONFIG_DIR
+from tests.helpers import fit_boring_model
 
 
 class Recorder(L.Callback):
@@ -39,19 +40,7 @@ def _fit(tmp_path: Path, **kwargs) -> tuple[list[int], dict]:
     """Fit a BoringModel for 2 epochs of 4 steps; the steps at which last.ckpt was written."""
     callback = LastCheckpoint(tmp_path / "checkpoints", **kwargs)
     recorder = Recorder(callback.path)  # after LastCheckpoint: sees each write
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        callbacks=[callback, recorder],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(BoringModel())
+    fit_boring_model(tmp_path, [callback, recorder], max_epochs=2)
     return recorder.steps, torch.load(callback.path, weights_only=True)
 
 
@@ -76,8 +65,9 @@ def test_by_the_clock(tmp_path, monkeypatch):
     assert steps == [2, 4, 6, 8]
 
 
-def test_save_now_outside_a_fit_does_nothing():
-    assert module.save_now() is None and module.active_checkpoint() is None
+def test_a_request_outside_a_fit_does_nothing():
+    assert checkpoint_requests.request_checkpoint() is None
+    assert checkpoint_requests.active_checkpoint() is None
 
 
 @pytest.mark.parametrize(
@@ -106,20 +96,7 @@ def test_the_default_config_writes_by_the_clock_and_at_epoch_ends():
 def _fit_epochs(tmp_path: Path, max_epochs: int, max_steps: int = -1, **kwargs) -> list[int]:
     callback = LastCheckpoint(tmp_path / "checkpoints", **kwargs)
     recorder = Recorder(callback.path)
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=max_epochs,
-        max_steps=max_steps,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        callbacks=[callback, recorder],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(BoringModel())
+    trainer = fit_boring_model(tmp_path, [callback, recorder], max_epochs, max_steps=max_steps)
     recorder._check(trainer)  # a write at the very end (on_train_end)
     return recorder.steps
 
@@ -173,13 +150,13 @@ def test_the_default_config_writes_at_most_once_a_minute_at_epoch_ends():
 def test_a_finished_run_keeps_its_best_weights_and_drops_its_resumable_state(make_cfg):
     """By default, a finished run leaves its best checkpoint (weights only), predictions and
     metrics, and no last.ckpt; ``keep_after_finish=true`` keeps the full state."""
+    from osteolightning.runs import lifecycle
     from osteolightning.train import train
-    from osteolightning.utils import runs
 
     cfg = make_cfg("train", ["debug=tiny"], run="dropped")
     train(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    assert runs.read_marker(run_dir)["state"] == "finished"
+    assert lifecycle.read_marker(run_dir)["state"] == "finished"
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert len(kept) == 1 and kept[0].startswith("epoch_"), kept
     best = torch.load(run_dir / "checkpoints" / kept[0], weights_only=True)
@@ -196,18 +173,10 @@ def test_a_finished_run_keeps_its_best_weights_and_drops_its_resumable_state(mak
 
 def test_release_removes_only_the_file_it_wrote_and_only_when_asked(tmp_path):
     callback = LastCheckpoint(tmp_path, every_minutes=None, on_epoch_end=True)
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(BoringModel())
+    trainer = fit_boring_model(
+        tmp_path, [callback], max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+        accelerator="auto",
+    )  # fmt: skip
     other = tmp_path / "epoch_000.ckpt"
     other.write_bytes(b"weights")
     size = callback.path.stat().st_size
@@ -223,8 +192,8 @@ def test_release_removes_only_the_file_it_wrote_and_only_when_asked(tmp_path):
 def test_keep_best_weights_ranks_finished_jobs_and_leaves_the_rest_alone(tmp_path):
     import json
 
-    from osteolightning.utils import runs
-    from osteolightning.utils.sweep_disk import disk_use, keep_best_weights
+    from osteolightning.runs import lifecycle
+    from osteolightning.runs.sweep_disk import disk_use, keep_best_weights
 
     values = {"0": 0.5, "1": 0.9, "2": 0.7, "3": None, "4": 0.99}  # 4: killed, running
     for job, value in values.items():
@@ -233,7 +202,7 @@ def test_keep_best_weights_ranks_finished_jobs_and_leaves_the_rest_alone(tmp_pat
         (folder / "epoch_001.ckpt").write_bytes(b"w" * 100)
         metrics = {} if value is None else {"val/kappa_best": value}
         (tmp_path / job / "metrics.json").write_text(json.dumps(metrics))
-        runs.update_marker(tmp_path / job, state="running" if job == "4" else "finished")
+        lifecycle.update_marker(tmp_path / job, state="running" if job == "4" else "finished")
     (tmp_path / "4" / "checkpoints" / "last.ckpt").write_bytes(b"s" * 300)
     assert disk_use(tmp_path)["checkpoint_bytes"] == 5 * 100 + 300
     out = keep_best_weights(tmp_path, 2, "val/kappa_best", "max")

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from hydra_plugins.osteo_sweeps._launch import Slot, detect_gpus, plan_slots
 from hydra_plugins.osteo_sweeps._requeue import requeue_arguments
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir, runs
+from osteolightning.runs import lifecycle, rundir
 from osteolightning.utils.config import CONFIG_DIR
 
 # --------------------------------------------------------------------------- slots
@@ -176,7 +176,7 @@ def _claimed_run(make_cfg, checkpoint: bool) -> Path:
     """A job's run directory, claimed by this process (HydraConfig: that job's)."""
     cfg = make_cfg("train", ["debug=tiny"], run="job")
     run_dir = Path(cfg.paths.output_dir)
-    runs.update_marker(run_dir, state="running", pid=os.getpid(), heartbeat=time.time())
+    lifecycle.update_marker(run_dir, state="running", pid=os.getpid(), heartbeat=time.time())
     if checkpoint:
         (run_dir / rundir.LAST_CKPT).parent.mkdir()
         (run_dir / rundir.LAST_CKPT).write_bytes(b"state")
@@ -189,15 +189,15 @@ def test_a_signalled_job_releases_its_run_and_is_requeued_into_it(make_cfg):
     overrides, *rest = arguments
     assert overrides == ["seed=1", f"resume='{run_dir}'"]
     assert rest == ["hydra.sweep.dir", 3, "id", {}]
-    marker = runs.read_marker(run_dir)
+    marker = lifecycle.read_marker(run_dir)
     assert marker["pid"] is None and marker["heartbeat"] is None and marker["requeued"]
-    assert not runs._alive_elsewhere(marker)  # the requeued job may take the run over at once
+    assert not lifecycle.alive_elsewhere(marker)  # the requeued job may take the run over at once
 
 
 def test_a_signalled_job_without_a_checkpoint_is_not_requeued(make_cfg):
     run_dir = _claimed_run(make_cfg, checkpoint=False)
     assert requeue_arguments(["seed=1"], "hydra.sweep.dir", 0, "id", {}) is None
-    assert runs.read_marker(run_dir)["pid"] == os.getpid()  # untouched
+    assert lifecycle.read_marker(run_dir)["pid"] == os.getpid()  # untouched
 
 
 def _csv_epochs(run_dir: Path, key: str) -> list[int]:
@@ -227,7 +227,7 @@ def test_a_requeue_after_a_time_limit_signal_continues_the_same_run_directory(
         deadline, signalled = time.monotonic() + 300, None
         while time.monotonic() < deadline and sweep.poll() is None and signalled is None:
             jobs = list((tmp_path / "train" / "multiruns").glob("*/0"))
-            marker = runs.read_marker(jobs[0]) if jobs else None
+            marker = lifecycle.read_marker(jobs[0]) if jobs else None
             if marker and (jobs[0] / rundir.LAST_CKPT).is_file() and marker.get("pid"):
                 os.kill(int(marker["pid"]), signal.SIGUSR2)
                 signalled = int(marker["pid"])
@@ -239,7 +239,7 @@ def test_a_requeue_after_a_time_limit_signal_continues_the_same_run_directory(
             sweep.kill()
     (job,) = (tmp_path / "train" / "multiruns").glob("*/0")
     assert not list(job.parent.glob("1")) and not (job.parent / rundir.ATTEMPTS_DIR).exists()
-    marker = runs.read_marker(job)
+    marker = lifecycle.read_marker(job)
     assert marker["state"] == "finished" and marker["resumes"] == 1 and marker["requeued"]
     assert marker["pid"] != signalled  # a new process finished it
     assert json.loads((job / rundir.METRICS).read_text())["test/n"] > 0

@@ -18,12 +18,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from osteolightning.errors import DataSourceError
+from osteolightning.runs import lifecycle
+from osteolightning.runs.lifecycle import finish_wandb
+from osteolightning.runs.rundir import ERROR as ERROR_FILE
+from osteolightning.runs.sweep import failed_jobs
 from osteolightning.train import optimized_value, run_job
-from osteolightning.utils import runs
 from osteolightning.utils.config import CONFIG_DIR, sweep_group, sweep_job_name
-from osteolightning.utils.rundir import ERROR as ERROR_FILE
-from osteolightning.utils.runs import finish_wandb
-from osteolightning.utils.sweep import failed_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,11 +82,11 @@ def test_sweep_group_does_not_change_the_config_hash(tmp_path, cache_dir, clear_
     sweep = compose_job(tmp_path, cache_dir, ["debug=tiny", "logger=default"])
     sweep_group_name, sweep_hash = (
         sweep.logger.wandb.group,
-        runs.config_hash(runs.hashed_config(sweep)),
+        lifecycle.config_hash(lifecycle.hashed_config(sweep)),
     )
     single = compose_job(tmp_path, cache_dir, ["debug=tiny", "logger=default"], RunMode.RUN)
     assert single.logger.wandb.group == "train" != sweep_group_name
-    assert runs.config_hash(runs.hashed_config(single)) == sweep_hash
+    assert lifecycle.config_hash(lifecycle.hashed_config(single)) == sweep_hash
 
 
 def test_failed_multirun_job_writes_error_json_and_returns_none(tmp_path, cache_dir, clear_hydra):
@@ -101,7 +101,7 @@ def test_failed_multirun_job_writes_error_json_and_returns_none(tmp_path, cache_
     assert str(empty) in record["error"]
     assert record["overrides"] == overrides and record["job_num"] == 3
     assert "Traceback" in record["traceback"] and "DataSourceError" in record["traceback"]
-    marker = runs.read_marker(job_dir)
+    marker = lifecycle.read_marker(job_dir)
     # failed before its first checkpoint: nothing to continue, so not left `running` (issue 11)
     assert marker["state"] == "failed"
     assert "DataSourceError" in marker["last_error"]
@@ -235,7 +235,7 @@ def test_multirun_survives_a_failed_job_and_groups_wandb_runs(tmp_path, cache_di
     assert "Job 0 (" in output and "failed: FloatingPointError" in output
     assert (ok / "metrics.json").is_file() and not (ok / ERROR_FILE).exists()
     assert (ok / "val_predictions.csv").is_file()
-    assert runs.read_marker(ok)["state"] == "finished"
+    assert lifecycle.read_marker(ok)["state"] == "finished"
     first, second = _offline_run(failed), _offline_run(ok)
     assert first["id"] != second["id"]  # the second job's run is not the first's
     assert first["group"] == second["group"] == sweep_dir.name

@@ -25,7 +25,7 @@ from hydra_plugins.osteo_sweeps._space import grid_values, parse_search_space, s
 from hydra_plugins.osteo_sweeps._storage import make_study_folder, open_storage
 from hydra_plugins.osteo_sweeps._study import OptunaStudySweeper, tally
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir, runs
+from osteolightning.runs import lifecycle, rundir
 from osteolightning.utils.config import CONFIG_DIR
 
 
@@ -326,7 +326,7 @@ def test_a_killed_osteo_train_study_continues_its_trial_from_last_ckpt(
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and first.poll() is None:
-            finished = (runs.read_marker(study_dir / "0") or {}).get("state") == "finished"
+            finished = (lifecycle.read_marker(study_dir / "0") or {}).get("state") == "finished"
             if finished and (study_dir / "1" / rundir.LAST_CKPT).is_file():
                 break
             time.sleep(0.05)
@@ -343,7 +343,7 @@ def test_a_killed_osteo_train_study_continues_its_trial_from_last_ckpt(
     assert (count.complete, count.interrupted, count.running) == (2, 1, 0)
     complete = [t.user_attrs["osteo_job"] for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(complete) == [0, 1] and not (study_dir / "2").exists()
-    marker = runs.read_marker(study_dir / "1")
+    marker = lifecycle.read_marker(study_dir / "1")
     assert marker["state"] == "finished" and marker["resumes"] == 1  # continued, not restarted
     record = json.loads((study_dir / "1" / rundir.JOB_RECORD).read_text())
     (retry,) = [t for t in trials if t.user_attrs.get("osteo_retry_of") == 1]
@@ -394,7 +394,7 @@ def test_two_osteo_train_workers_share_one_study(tmp_path, cache_dir, phantom_di
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["osteo_worker"]["pid"] for t in trials}) == 2
     for job in range(4):
-        assert runs.read_marker(study_dir / str(job))["state"] == "finished"
+        assert lifecycle.read_marker(study_dir / str(job))["state"] == "finished"
 
 
 # Two learning rates, one of which AdamW refuses; the brute-force sampler tries both.

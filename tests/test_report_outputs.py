@@ -21,8 +21,8 @@ from osteolightning.evaluate import evaluate
 from osteolightning.metrics.calibration import apply_temperature, probs_to_logits
 from osteolightning.metrics.figures import write_figures
 from osteolightning.metrics.report import evaluation_report
+from osteolightning.runs.rundir import VAL_PREDICTIONS, read_predictions
 from osteolightning.train import train
-from osteolightning.utils.rundir import VAL_PREDICTIONS, read_predictions
 
 TINY_EVAL = ["common=tiny", "data=tiny", "callbacks=tiny", "logger=tiny", "trainer=tiny"]
 CLASSES = ["normal", "osteopenia", "osteoporosis"]

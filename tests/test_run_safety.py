@@ -11,8 +11,8 @@ import torch
 from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_model as load_classifier
 from osteolightning.models.components.backbone import create_backbone
+from osteolightning.runs import lifecycle
 from osteolightning.train import train
-from osteolightning.utils import runs
 
 
 class Custom:
@@ -34,13 +34,13 @@ def test_train_refuses_a_directory_holding_another_runs_results(make_cfg) -> Non
 
 def test_resume_refuses_a_finished_run_and_a_directory_without_marker(make_cfg) -> None:
     cfg = make_cfg("train", ["debug=tiny"], run="done")
-    runs.start_run(cfg)
-    runs.finish_run(cfg.paths.output_dir)
-    flat = runs.hashed_config(cfg)
+    lifecycle.start_run(cfg)
+    lifecycle.finish_run(cfg.paths.output_dir)
+    flat = lifecycle.hashed_config(cfg)
     with pytest.raises(ConfigError, match="finished"):
-        runs.check_resumable(Path(cfg.paths.output_dir), flat)
+        lifecycle.check_resumable(Path(cfg.paths.output_dir), flat)
     with pytest.raises(ConfigError, match="no .osteo_run.json"):
-        runs.check_resumable(Path(cfg.paths.output_dir).parent, flat)
+        lifecycle.check_resumable(Path(cfg.paths.output_dir).parent, flat)
 
 
 def test_pickled_module_weights_need_allow_unsafe_pickle(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """A grid multirun killed mid-way continues with ``resume=auto``: each job planned from its
-folder (utils/sweep_resume), the multirun found from its overrides (hydra_plugins/osteo_sweeps/
+folder (runs/sweep_resume), the multirun found from its overrides (hydra_plugins/osteo_sweeps/
 _grid), and end to end: killed, resumed, every job finished once, one leaderboard."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.osteo_sweeps._grid import previous_sweep
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir, runs, sweep_resume
-from osteolightning.utils.sweep_disk import DISK
+from osteolightning.runs import lifecycle, rundir, sweep_resume
+from osteolightning.runs.sweep_disk import DISK
 
 # --------------------------------------------------------------------------- overrides
 
@@ -78,7 +78,9 @@ def _job(root: Path, name: str, state: str | None, ckpt: bool = False, **marker)
     job = root / name
     (job / rundir.HYDRA_DIR).mkdir(parents=True)
     if state is not None:
-        runs.update_marker(job, state=state, host=marker.pop("host", os.uname().nodename), **marker)
+        lifecycle.update_marker(
+            job, state=state, host=marker.pop("host", os.uname().nodename), **marker
+        )
     if ckpt:
         (job / rundir.CHECKPOINTS).mkdir()
         (job / rundir.LAST_CKPT).write_bytes(b"state")
@@ -189,9 +191,14 @@ def test_a_killed_grid_resumes_with_every_job_finished_once(tmp_path, cache_dir,
     assert f"continuing the multirun in {sweep}" in second.stdout + second.stderr
     assert [p.name for p in (tmp_path / "train" / "multiruns").iterdir()] == [sweep.name]
     assert sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".")) == [
-        "0", "1", "2", DISK, rundir.LEADERBOARD, rundir.MULTIRUN,
+        "0",
+        "1",
+        "2",
+        DISK,
+        rundir.LEADERBOARD,
+        rundir.MULTIRUN,
     ]  # fmt: skip (disk.json: the sweep's disk use, written at its end)
-    markers = [runs.read_marker(sweep / str(n)) for n in range(3)]
+    markers = [lifecycle.read_marker(sweep / str(n)) for n in range(3)]
     assert [m["state"] for m in markers] == ["finished"] * 3
     assert [m.get("resumes", 0) for m in markers] == [0, 1, 0]
     assert (sweep / "0" / rundir.METRICS).stat().st_mtime_ns == finished_at  # not run again

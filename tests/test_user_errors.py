@@ -10,10 +10,10 @@ import pytest
 
 from osteolightning.errors import ConfigError, DataSourceError, shorten
 from osteolightning.evaluate import evaluate
+from osteolightning.runs import lifecycle
+from osteolightning.runs.checks import check_config
+from osteolightning.runs.failures import describe, user_error, user_errors
 from osteolightning.train import train
-from osteolightning.utils import runs
-from osteolightning.utils.checks import check_config
-from osteolightning.utils.failures import describe, user_error, user_errors
 from tests.helpers import run_osteo
 
 
@@ -37,7 +37,7 @@ def test_a_bad_data_folder_ends_with_its_message_alone(tmp_path, cache_dir, clas
     (log,) = tmp_path.glob("logs/train/runs/*/train.log")
     assert "Traceback" in log.read_text() and "osteopetrosis" in log.read_text()
     # a run that failed before its first checkpoint is not left `running`
-    assert runs.read_marker(log.parent)["state"] == "failed"
+    assert lifecycle.read_marker(log.parent)["state"] == "failed"
 
     shown = _run(args, tmp_path, cache_dir, HYDRA_FULL_ERROR="1")
     assert shown.returncode != 0 and "Traceback" in shown.stderr
@@ -73,7 +73,7 @@ def test_config_mistakes_are_caught_before_work(make_cfg, overrides, message):
         check_config(cfg)
     with pytest.raises(ConfigError, match=message):
         train(cfg)
-    assert runs.read_marker(cfg.paths.output_dir) is None  # nothing was claimed
+    assert lifecycle.read_marker(cfg.paths.output_dir) is None  # nothing was claimed
 
 
 @pytest.mark.parametrize(

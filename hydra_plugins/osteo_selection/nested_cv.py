@@ -18,7 +18,7 @@ It writes ``<sweep>/selection/{selection.json,selection.md,predictions.csv}``
 Killed? The same command with ``resume=auto`` continues the multirun of the same overrides
 (or the one ``hydra.sweep.dir=`` names), as the grid sweeper does: each job keeps its number and
 folder; finished jobs are skipped, killed ones continue from their ``last.ckpt``, the rest run
-(:func:`osteolightning.utils.sweep_resume.plan_job`). The jobs are planned in the same order, so
+(:func:`osteolightning.runs.sweep_resume.plan_job`). The jobs are planned in the same order, so
 job numbers match.
 """
 
@@ -147,7 +147,7 @@ class NestedCVSweeper(Sweeper):
         """Run ``jobs`` (base ``arguments`` first, the job's own overrides after) and return
         each job's run directory (a resumed sweep skips finished jobs: their folder is kept)."""
         from hydra_plugins.osteo_sweeps._grid import job_dir, launch
-        from osteolightning.utils import sweep_resume
+        from osteolightning.runs import sweep_resume
 
         dirs: dict[Any, Path] = {}
         planned = []
@@ -174,7 +174,7 @@ class NestedCVSweeper(Sweeper):
         """Strip ``resume=`` from ``arguments``; with ``resume=auto``, point the sweep at the
         multirun it continues (if any)."""
         from hydra_plugins.osteo_sweeps._grid import previous_sweep, redirect_sweep_dir
-        from osteolightning.utils import sweep_resume
+        from osteolightning.runs import sweep_resume
 
         arguments, resume = sweep_resume.strip_resume(arguments)
         if resume is None:
@@ -199,7 +199,7 @@ class NestedCVSweeper(Sweeper):
         return arguments
 
     def sweep(self, arguments: list[str]) -> Any:
-        from osteolightning.utils.failures import user_errors
+        from osteolightning.runs.failures import user_errors
 
         # a refused sweep (a resume that does not fit, job folders of another sweep) ends with
         # its message alone and exit status 1, as a refused run does
@@ -207,8 +207,8 @@ class NestedCVSweeper(Sweeper):
             return self._sweep(list(arguments))
 
     def _sweep(self, arguments: list[str]) -> Any:
+        from osteolightning.runs import sweep_resume
         from osteolightning.selection.nested import choose, finished, report
-        from osteolightning.utils import rundir
 
         arguments = self._resume(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -221,8 +221,7 @@ class NestedCVSweeper(Sweeper):
                 (job_dir(self, [*arguments, *j.overrides], n) for n, j in enumerate(jobs)),
             )
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if not (sweep_dir / rundir.MULTIRUN).exists():
-            OmegaConf.save(self.config, sweep_dir / rundir.MULTIRUN)
+        sweep_resume.save_multirun(sweep_dir, self.config)
         plan = self.plan
         inner = self._launch(plan.inner_jobs(), arguments)
         chosen, scores = choose(plan, inner)
@@ -293,7 +292,7 @@ class NestedCVSweeper(Sweeper):
     def _up_to_date(self, sweep_dir: Path, seed: int) -> dict[str, Any] | None:
         """The report of ``sweep_dir/selection`` when it was built from the same jobs' files
         and options as now (``inputs``), shown again; else ``None`` (it is to be built)."""
-        from osteolightning.utils import rundir
+        from osteolightning.runs import rundir
 
         folder = sweep_dir / "selection"
         result = rundir.read_json(folder / "selection.json")

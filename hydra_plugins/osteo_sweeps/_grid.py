@@ -3,7 +3,7 @@
 ``resume=auto`` on a multirun means *this sweep*: the newest multirun directory under
 ``hydra.sweep.dir``'s parent (``logs/<task>/multiruns/``) started with the same overrides
 (``resume`` aside, in any order), or the one ``hydra.sweep.dir=...`` names. Its jobs keep their
-numbers and folders; each is planned from its folder (:func:`osteolightning.utils.sweep_resume.plan_job`):
+numbers and folders; each is planned from its folder (:func:`osteolightning.runs.sweep_resume.plan_job`):
 finished jobs are skipped, jobs still running elsewhere are left alone, killed ones continue from
 their ``last.ckpt`` (``resume=<job folder>``), the rest run. The leaderboard callback then
 rebuilds ``<multirun>/leaderboard/`` over all of them. With no such multirun, the sweep starts
@@ -29,7 +29,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from osteolightning.errors import ConfigError, shorten
-from osteolightning.utils import rundir, sweep_resume
+from osteolightning.runs import rundir, sweep_resume
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,7 @@ def run_grid(sweeper: Any, arguments: list[str]) -> list[Sequence[JobReturn]]:
         # before anything is written into the sweep's folder
         check_fresh_jobs(sweep_dir, _grid_folders(sweeper))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    if not (sweep_dir / rundir.MULTIRUN).exists():
-        OmegaConf.save(config, sweep_dir / rundir.MULTIRUN)
+    sweep_resume.save_multirun(sweep_dir, config)
     returns: list[Sequence[JobReturn]] = []
     plans: Counter[str] = Counter()
     first = 0

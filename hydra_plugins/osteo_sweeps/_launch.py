@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 
 log = logging.getLogger(__name__)
 

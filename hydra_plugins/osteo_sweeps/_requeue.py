@@ -25,19 +25,18 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
-from osteolightning.callbacks import last_checkpoint
-from osteolightning.utils import rundir, runs, sweep_resume
+from osteolightning.runs import checkpoint_requests, lifecycle, rundir, sweep_resume
 
 log = logging.getLogger(__name__)
 
 
 def _run_dir() -> Path | None:
-    ckpt = last_checkpoint.active_checkpoint()
+    ckpt = checkpoint_requests.active_checkpoint()
     if ckpt is not None:
         return rundir.run_of_checkpoint(ckpt)
     if HydraConfig.initialized():
         job_dir = Path(str(HydraConfig.get().runtime.output_dir))
-        marker = runs.read_marker(job_dir) or {}
+        marker = lifecycle.read_marker(job_dir) or {}
         return Path(marker["resumed_in"]) if marker.get("resumed_in") else job_dir
     return None
 
@@ -50,15 +49,15 @@ def requeue_arguments(overrides: list[str], *rest: Any) -> tuple[Any, ...] | Non
             follow unchanged.
     """
     run_dir = _run_dir()
-    saved = last_checkpoint.save_now()
+    saved = checkpoint_requests.request_checkpoint()
     if run_dir is None or not (run_dir / rundir.LAST_CKPT).is_file():
         log.warning(
             f"Signalled before its time limit, but the run in {run_dir} has no "
             f"{rundir.LAST_CKPT} to continue from: not requeued."
         )
         return None
-    runs.stop_heartbeat()
-    runs.update_marker(
+    lifecycle.stop_heartbeat()
+    lifecycle.update_marker(
         run_dir, pid=None, heartbeat=None, requeued=time.strftime("%Y-%m-%dT%H:%M:%S%z")
     )
     log.warning(

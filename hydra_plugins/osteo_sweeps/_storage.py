@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 
 
 def _writable_folder(folder: Path, what: str) -> None:

@@ -57,7 +57,7 @@ from hydra_plugins.osteo_sweeps._space import (
 )
 from hydra_plugins.osteo_sweeps._storage import make_study_folder, open_storage
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir, runs, sweep_resume
+from osteolightning.runs import lifecycle, rundir, sweep_resume
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +100,14 @@ def tally(trials: list[optuna.trial.FrozenTrial]) -> Tally:
 
 
 def _worker_alive(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether the worker that runs ``trial`` still does (the run marker's rule, runs.py)."""
+    """Whether the worker that runs ``trial`` still does (the run marker's rule, lifecycle.py)."""
     worker = trial.user_attrs.get(WORKER) or {}
     marker = {
         "host": worker.get("host"),
         "pid": worker.get("pid"),
         "heartbeat": trial.user_attrs.get(BEAT),
     }
-    return runs._alive_elsewhere(marker)
+    return lifecycle.alive_elsewhere(marker)
 
 
 def tell(
@@ -126,7 +126,7 @@ def tell(
 
 
 class _Heartbeat:
-    """Rewrites ``osteo_heartbeat`` of this worker's running trials every ``runs.HEARTBEAT_S``."""
+    """Rewrites ``osteo_heartbeat`` of this worker's running trials every ``lifecycle.HEARTBEAT_S``."""
 
     def __init__(self, storage: Any) -> None:
         self.storage, self.trial_ids, self._stop = storage, set(), threading.Event()
@@ -137,7 +137,7 @@ class _Heartbeat:
         self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(runs.HEARTBEAT_S):
+        while not self._stop.wait(lifecycle.HEARTBEAT_S):
             with self._lock:
                 ids = list(self.trial_ids)
             for trial_id in ids:
@@ -421,8 +421,7 @@ class OptunaStudySweeper:
         storage, where = open_storage(self.storage_cfg, folder)
         self.storage = storage
         study = self._study(storage, where, space)
-        if not (folder / rundir.MULTIRUN).exists():
-            OmegaConf.save(self.config, folder / rundir.MULTIRUN)
+        sweep_resume.save_multirun(folder, self.config)
         lock = JournalFileOpenLock(str(folder / rundir.STUDY_LOCK))
         parallel = self._parallel()
         with self._locked(lock):

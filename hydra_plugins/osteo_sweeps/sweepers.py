@@ -42,7 +42,7 @@ class OsteoBasicSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from hydra_plugins.osteo_sweeps._grid import run_grid
-        from osteolightning.utils.failures import user_errors
+        from osteolightning.runs.failures import user_errors
 
         # a refused sweep (a resume that does not fit, job folders of another sweep) ends with
         # its message alone and exit status 1, as a refused run does

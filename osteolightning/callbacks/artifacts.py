@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.files import atomic_write_csv, atomic_write_json
 
 PACKAGES = (
@@ -87,11 +87,7 @@ class RunArtifacts(L.Callback):
     def _write(self, trainer: L.Trainer) -> None:
         datamodule = trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "split_rows"):
-            atomic_write_csv(
-                self.output_dir / rundir.SPLITS,
-                ["split", "path", "label", "patient_id", "group", "sha1"],
-                datamodule.split_rows(),
-            )
+            rundir.write_splits(self.output_dir, datamodule.split_rows())
             # What was left out, and why: never silent.
             atomic_write_csv(
                 self.output_dir / rundir.SKIPPED, ["path", "reason"], datamodule.skipped

@@ -31,7 +31,7 @@ from osteolightning.metrics.figures import write_figures
 from osteolightning.metrics.regression import WHO_CUTOFFS
 from osteolightning.metrics.report import ECE_BINS, evaluation_report
 from osteolightning.metrics.target_report import bootstrap_mean, target_report
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.files import atomic_write_csv, atomic_write_json
 from osteolightning.utils.logging import get_logger
 

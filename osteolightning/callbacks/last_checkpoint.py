@@ -25,13 +25,15 @@ goes). The best checkpoint (weights only) and every prediction file stay; a run 
 was killed keeps ``last.ckpt`` to be continued.
 
 A SLURM job that reaches its time limit or is pre-empted gets a signal first; the launcher then
-calls :func:`save_now` so the requeued job loses nothing (one process only: under DDP the save
-is collective and a signal handler cannot wait for the other ranks, so there the last periodic
-checkpoint is what the requeued job continues from).
+asks for the state now (:func:`osteolightning.runs.checkpoint_requests.request_checkpoint`,
+which this callback answers while it fits) so the requeued job loses nothing (one process only:
+under DDP the save is collective and a signal handler cannot wait for the other ranks, so there
+the last periodic checkpoint is what the requeued job continues from).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -40,13 +42,10 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir
+from osteolightning.runs import checkpoint_requests, rundir
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-#: the fitting trainer and its LastCheckpoint, for :func:`save_now` (one fit per process)
-_ACTIVE: dict[str, Any] = {}
 
 
 def _now() -> float:
@@ -129,7 +128,8 @@ class LastCheckpoint(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._clock = _now()
         self._saved_step = trainer.global_step  # a resumed run does not rewrite its checkpoint
-        _ACTIVE.update(trainer=trainer, callback=self)
+        save = functools.partial(self._save_on_request, trainer)
+        checkpoint_requests.register(checkpoint_requests.CheckpointWriter(self.path, save))
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if self._skip(trainer):
@@ -179,10 +179,10 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _ACTIVE.clear()
+        checkpoint_requests.unregister(self.path)
 
     def on_exception(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        _ACTIVE.clear()
+        checkpoint_requests.unregister(self.path)
 
     # ------------------------------------------------------------------ saving
 
@@ -209,6 +209,17 @@ class LastCheckpoint(L.Callback):
         self._saved_step, self._clock = trainer.global_step, _now()
         return self.path
 
+    def _save_on_request(self, trainer: L.Trainer) -> Path | None:
+        """Write ``last.ckpt`` now when the fit runs in one process (a requeue signal's handler
+        asks: see the module docstring); a failed save warns and returns ``None``."""
+        if trainer.world_size != 1:
+            return None
+        try:
+            return self.save(trainer, force=True)
+        except Exception as err:  # a failed save must not stop the requeue of the older state
+            log.warning(f"Could not save {self.path} before the requeue: {err}")
+            return None
+
     def release(self, trainer: L.Trainer) -> int:
         """The run has finished: remove ``last.ckpt`` (rank zero), unless ``keep_after_finish``.
 
@@ -234,27 +245,3 @@ def release_resume_state(trainer: L.Trainer) -> int:
         The bytes freed.
     """
     return sum(cb.release(trainer) for cb in trainer.callbacks if isinstance(cb, LastCheckpoint))
-
-
-def save_now() -> Path | None:
-    """Write ``last.ckpt`` of the run that is fitting in this process, if any and if it runs in
-    one process (a requeue signal's handler: see the module docstring).
-
-    Returns:
-        The checkpoint written, or ``None`` (no fit in progress, a save already under way, or
-        several processes).
-    """
-    trainer, callback = _ACTIVE.get("trainer"), _ACTIVE.get("callback")
-    if trainer is None or callback is None or trainer.world_size != 1:
-        return None
-    try:
-        return callback.save(trainer, force=True)
-    except Exception as err:  # a failed save must not stop the requeue of the older state
-        log.warning(f"Could not save {callback.path} before the requeue: {err}")
-        return None
-
-
-def active_checkpoint() -> Path | None:
-    """The ``last.ckpt`` path of the run fitting in this process (``None`` outside a fit)."""
-    callback = _ACTIVE.get("callback")
-    return None if callback is None else callback.path

@@ -36,7 +36,7 @@ from osteolightning.metrics.saliency import (
 )
 from osteolightning.metrics.saliency_figures import heat_overlay, write_saliency_grid
 from osteolightning.models.saliency import SaliencyExplainer, check_method
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.files import atomic_write_csv, atomic_write_json
 from osteolightning.utils.logging import get_logger
 

@@ -15,7 +15,7 @@ from PIL import Image
 from osteolightning.callbacks.evaluation import METRIC_COLUMNS, ReportWriter, metric_rows
 from osteolightning.metrics.seg_figures import write_overlay_grid
 from osteolightning.metrics.segmentation import segmentation_report
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.files import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from osteolightning.utils.logging import get_logger
 

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.regression import SplitConformal, who_category
 from osteolightning.metrics.regression_figures import write_regression_figures
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 

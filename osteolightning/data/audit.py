@@ -19,7 +19,6 @@ decodes each image once and a training run on the same data reuses the work (and
 
 from __future__ import annotations
 
-import csv
 import os
 import statistics
 from collections import Counter, defaultdict
@@ -47,12 +46,12 @@ from osteolightning.data.sample import Sample
 from osteolightning.data.specs import HygieneSpec, SplitSpec
 from osteolightning.data.splits import SPLIT_NAMES
 from osteolightning.errors import DataSourceError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 
 if TYPE_CHECKING:  # the cache module pulls in Lightning (slow to import); only its type is needed
     from osteolightning.data.cache import PreprocessedCache
 
-__all__ = ["AuditReport", "DuplicateGroup", "LeakageGroup", "audit", "read_splits_csv"]
+__all__ = ["AuditReport", "DuplicateGroup", "LeakageGroup", "audit"]
 
 MAX_FILES_SHOWN = 4  # files listed per row of the rendered table
 MAX_ROWS_SHOWN = 40  # rows of the rendered problems table
@@ -358,34 +357,6 @@ def _source_findings(
     return found, bad
 
 
-def read_splits_csv(splits: str | Path) -> tuple[Path, list[dict[str, str]]]:
-    """Read a run's ``splits.csv`` (or the one in a run directory); paths made absolute.
-
-    Raises:
-        DataSourceError: the file is missing or lacks the ``split`` / ``path`` columns.
-    """
-    path = Path(splits)
-    if path.is_dir():
-        path = path / rundir.SPLITS
-    if not path.is_file():
-        raise DataSourceError(
-            f"Expected `splits` to be a run directory holding splits.csv or a splits.csv file, "
-            f"but '{splits}' is neither."
-        )
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("split", "path") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataSourceError(
-                f"'{path}' lacks column(s) {', '.join(missing)}; expected the header "
-                f"split,path,label,patient_id,group,sha1 written by a run."
-            )
-        rows = list(reader)
-    for row in rows:
-        row["path"] = os.path.abspath(os.path.join(path.parent, row["path"]))
-    return path, rows
-
-
 def _leakage(
     groups: Sequence[DuplicateGroup], sha_of: dict[str, str], rows: list[dict[str, str]]
 ) -> tuple[list[LeakageGroup], int]:
@@ -476,7 +447,7 @@ def audit(
         True
     """
     near_duplicate_pairs([], max_distance, min_correlation=min_correlation)  # validates both
-    splits_rows = read_splits_csv(splits) if splits is not None else None
+    splits_rows = rundir.read_splits(splits) if splits is not None else None
     # the plan a run would make, keeping every copy and conflict (they are what is reported)
     plan = plan_data(
         source,

@@ -32,7 +32,7 @@ from osteolightning.data.near_duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MI
 from osteolightning.data.phantom import CLASS_NAMES
 from osteolightning.data.phantom_files import generate_phantom
 from osteolightning.errors import ConfigError, OsteoError
-from osteolightning.utils.failures import describe, traceback_wanted
+from osteolightning.runs.failures import describe, traceback_wanted
 from osteolightning.utils.files import atomic_write_json
 
 #: Exit status of a data error, and of bad arguments or configuration.

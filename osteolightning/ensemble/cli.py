@@ -24,12 +24,12 @@ from osteolightning.ensemble.leaderboard import leaderboard_json, run_leaderboar
 from osteolightning.ensemble.leaderboard.outputs import recorded_resamples
 from osteolightning.ensemble.members import fuse_runs, member_name, write_fused
 from osteolightning.errors import ConfigError, DataSourceError
-from osteolightning.utils import rundir, runs
+from osteolightning.runs import lifecycle, rundir
+from osteolightning.runs.failures import user_errors
+from osteolightning.runs.rundir import predictions_file, read_predictions
 from osteolightning.utils.config import CONFIG_DIR
 from osteolightning.utils.console import print_metrics_table
-from osteolightning.utils.failures import user_errors
 from osteolightning.utils.logging import get_logger
-from osteolightning.utils.rundir import predictions_file, read_predictions
 
 log = get_logger(__name__)
 
@@ -84,7 +84,7 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
         )
     if len(sources) == 1:
         log.warning("Only one run given: the ensemble reproduces it.")
-    with runs.session(cfg, loggers=False) as run:
+    with lifecycle.session(cfg, loggers=False) as run:
         members = [read_predictions(predictions_file(r)) for r in sources]
         fused = fuse_runs(
             members,
@@ -144,7 +144,7 @@ def leaderboard(cfg: DictConfig) -> dict[str, Any]:
             f"Rebuilding the leaderboard with evaluation.n_resamples={n_resamples}; it was built "
             f"with {recorded}, so its intervals change."
         )
-    with runs.session(cfg, loggers=False):
+    with lifecycle.session(cfg, loggers=False):
         board, files = run_leaderboard(
             sweep[0] if len(sweep) == 1 else sweep,
             out=cfg.get("out")

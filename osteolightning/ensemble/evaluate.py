@@ -28,10 +28,10 @@ from osteolightning.ensemble.fusion import check_method
 from osteolightning.ensemble.members import common_images, fuse_runs, member_name, write_fused
 from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import load_checkpoint
-from osteolightning.utils import rundir, runs
+from osteolightning.runs import lifecycle, rundir
+from osteolightning.runs.rundir import RunPredictions, read_predictions
 from osteolightning.utils.console import print_metrics_table
 from osteolightning.utils.logging import get_logger
-from osteolightning.utils.rundir import RunPredictions, read_predictions
 
 log = get_logger(__name__)
 
@@ -131,7 +131,7 @@ def evaluate_ensemble(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             predictions.
         DataSourceError: members that predicted no image in common.
     """
-    with runs.session(cfg) as run:
+    with lifecycle.session(cfg) as run:
         ckpts = checkpoint_paths(cfg.ckpt_path)
         settings = cfg.get("ensemble") or {}
         method = check_method(settings.get("method") or DEFAULT_METHOD)

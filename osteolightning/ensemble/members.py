@@ -1,7 +1,7 @@
 """Ensemble members: predictions matched image by image, and fused the same way everywhere.
 
 ``osteo-ensemble runs=[...]``, ``osteo-eval`` ensemble mode and the leaderboard's ensemble rows
-all read their members' predictions files (:func:`osteolightning.utils.rundir.read_predictions`)
+all read their members' predictions files (:func:`osteolightning.runs.rundir.read_predictions`)
 and call :func:`fuse_runs`; the first two write the result with :func:`write_fused`. So a fused
 prediction, ``members.json`` and the fused ``metrics.json`` mean the same whichever command
 made them, and the same members give byte-identical fused ``predictions.csv`` files.
@@ -20,10 +20,10 @@ import numpy as np
 from osteolightning.ensemble.fusion import check_method, fit_fusion_weights, fuse
 from osteolightning.errors import ConfigError, DataSourceError
 from osteolightning.metrics.report import evaluation_report
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
+from osteolightning.runs.rundir import RunPredictions
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
-from osteolightning.utils.rundir import RunPredictions
 
 log = get_logger(__name__)
 

@@ -33,8 +33,8 @@ from osteolightning.metrics.compare import (
     paired_bootstrap_scores,
 )
 from osteolightning.metrics.regression import empirical_coverage, regression_report
+from osteolightning.runs import rundir
 from osteolightning.selection.nested import Pool
-from osteolightning.utils import rundir
 
 #: the class metrics compared
 COMPARED = ("balanced_acc", "f1_macro", "auroc_macro")

@@ -26,7 +26,7 @@ import numpy as np
 
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.report import cluster_bootstrap_report, metric_table
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.files import atomic_write_json, atomic_write_text
 from osteolightning.utils.logging import get_logger
 

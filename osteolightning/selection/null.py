@@ -33,7 +33,7 @@ from osteolightning.errors import ConfigError
 from osteolightning.metrics.report import cluster_bootstrap_report, metric_table
 from osteolightning.models.checkpointing import load_checkpoint
 from osteolightning.models.fitted import FittedHeadClassifier
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -1,1 +1,1 @@
-"""Small shared helpers: atomic files, logging, config resolvers, run metadata."""
+"""Small shared helpers: atomic files, logging, console tables, progress, config glue."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,31 @@ def instantiate_list(group: DictConfig | None, kind: str) -> list[Any]:
             raise ConfigError(f"Expected `{kind}.{name}` to have a `_target_`, but got {conf!r}.")
         objects.append(hydra.utils.instantiate(conf))
     return objects
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as flat ``dotted.key: value`` pairs (lists are values, not descended).
+
+    An empty mapping below the top is a value of its own (``{"logger": {}}`` gives
+    ``{"logger": {}}``), so a config that empties a group differs from one that lacks it; the
+    run hash (:func:`osteolightning.runs.lifecycle.hashed_config`) depends on that. An empty
+    config gives ``{}``.
+
+    Args:
+        config: plain dicts (``OmegaConf.to_container``, ``yaml.safe_load``).
+        prefix: prepended to every key (``"data."``), ending in a dot.
+
+    Example:
+        >>> flatten_config({"data": {"batch_size": 8, "augment": {}}, "seed": 1})
+        {'data.batch_size': 8, 'data.augment': {}, 'seed': 1}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

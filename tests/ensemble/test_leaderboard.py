@@ -25,7 +25,7 @@ from osteolightning.ensemble.leaderboard import (
     write_leaderboard,
 )
 from osteolightning.errors import ConfigError, DataSourceError
-from osteolightning.utils.rundir import LEADERBOARD_MARKER as MARKER
+from osteolightning.runs.rundir import LEADERBOARD_MARKER as MARKER
 
 CLASSES = ["normal", "osteopenia", "osteoporosis"]
 N_IMAGES = 24  # 8 per class, 2 folds of 12

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from osteolightning.ensemble.cli import leaderboard as leaderboard_cli
 from osteolightning.ensemble.leaderboard import LeaderboardCallback
-from osteolightning.utils.rundir import LEADERBOARD_MARKER
+from osteolightning.runs.rundir import LEADERBOARD_MARKER
 from tests.ensemble.test_leaderboard import make_sweep
 
 

@@ -17,7 +17,7 @@ from osteolightning.ensemble.evaluate import evaluate_ensemble
 from osteolightning.ensemble.leaderboard import build_leaderboard, write_leaderboard
 from osteolightning.ensemble.members import fuse_runs, member_name
 from osteolightning.errors import ConfigError
-from osteolightning.utils.rundir import read_predictions, write_predictions
+from osteolightning.runs.rundir import read_predictions, write_predictions
 from tests.ensemble.test_ensemble_cli import complementary_runs
 
 CLASSES = ["normal", "osteopenia", "osteoporosis"]

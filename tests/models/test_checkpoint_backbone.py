@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from osteolightning.errors import ConfigError
+from osteolightning.runs.failures import user_error
 from osteolightning.train import train
-from osteolightning.utils.failures import user_error
 
 
 def _network(ckpt: Path) -> dict[str, torch.Tensor]:

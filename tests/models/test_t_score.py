@@ -35,10 +35,10 @@ def two_heads(tmp_path_factory, cache_dir):
     """One tiny fit + test with a T-score head and covariates."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from tests.conftest import compose_config
+    from osteolightning.utils.config import compose_config
 
     run_dir = tmp_path_factory.mktemp("t_score") / "run"
-    metrics, objects = train(compose_config("train", run_dir, cache_dir, TWO_HEADS))
+    metrics, objects = train(compose_config("train", TWO_HEADS, run_dir, cache_dir))
     GlobalHydra.instance().clear()
     return run_dir, metrics, objects
 

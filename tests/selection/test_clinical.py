@@ -17,9 +17,9 @@ from osteolightning.errors import ConfigError
 from osteolightning.metrics.compare import delong_ovr, paired_bootstrap
 from osteolightning.models.components.features import FeatureHead, NoImageEmbedder
 from osteolightning.models.fitted import FittedHeadClassifier
+from osteolightning.runs import rundir
 from osteolightning.selection.clinical import compare_with, target_report
 from osteolightning.selection.null import Fold, image_permutation_test
-from osteolightning.utils import rundir
 from tests.helpers import run_osteo
 
 CLASSES = ["a", "b", "c"]

@@ -27,9 +27,9 @@ from osteolightning.ensemble.leaderboard.stats import (
 )
 from osteolightning.ensemble.members import Fused, align, fuse_runs
 from osteolightning.errors import ConfigError, DataSourceError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
+from osteolightning.runs.rundir import has_probabilities, read_predictions
 from osteolightning.utils.logging import get_logger
-from osteolightning.utils.rundir import has_probabilities, read_predictions
 
 log = get_logger(__name__)
 

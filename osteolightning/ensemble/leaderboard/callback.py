@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.logging import get_logger
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from osteolightning.errors import DataSourceError
-from osteolightning.utils import rundir, runs
-from osteolightning.utils.sweep import describe_error
+from osteolightning.runs import lifecycle, rundir
+from osteolightning.runs.sweep import describe_error
 
 FINISHED, FAILED, INCOMPLETE = "finished", "failed", "incomplete"
 #: Override keys that tell the jobs of one configuration apart (never part of a configuration).
@@ -110,7 +110,7 @@ def _error_of(path: Path) -> str:
 
 
 def _incomplete_reason(path: Path) -> str:
-    marker = runs.read_marker(path)
+    marker = lifecycle.read_marker(path)
     state = marker.get("state") if isinstance(marker, dict) else None
     if state:
         return f"no {rundir.METRICS} (run state: {state})"

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from osteolightning.ensemble.leaderboard.board import SHOWN, Fusions, Leaderboard, row_value
 from osteolightning.ensemble.leaderboard.stats import lower_is_better
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.files import (
     atomic_write_bytes,
     atomic_write_csv,
@@ -405,7 +405,7 @@ def write_leaderboard(
 
 def write_fused_predictions(path: Path, fusions: Fusions) -> Path:
     """One ensemble's fused test predictions of every (seed, fold), in the predictions format
-    with leading ``seed`` and ``fold`` columns (:func:`~osteolightning.utils.rundir.write_predictions`)."""
+    with leading ``seed`` and ``fold`` columns (:func:`~osteolightning.runs.rundir.write_predictions`)."""
     units = [(unit, fused) for unit, fused in fusions]
     reps = [len(fused.paths) for _, fused in units]
     return rundir.write_predictions(

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from osteolightning.data.audit import read_splits_csv
 from osteolightning.ensemble.leaderboard.board import Leaderboard
 from osteolightning.ensemble.members import align
 from osteolightning.errors import DataSourceError
 from osteolightning.metrics.report import metric_table
-from osteolightning.utils import rundir
-from osteolightning.utils.rundir import has_probabilities, read_image_scores, read_predictions
+from osteolightning.runs import rundir
+from osteolightning.runs.rundir import has_probabilities, read_image_scores, read_predictions
 
 Unit = tuple[int | None, int | None]
 Key = tuple[int | None, int | None, str]
@@ -141,10 +140,10 @@ def unit_metric(
 
 def split_sizes(job: Path | None) -> tuple[int, int] | None:
     """``(n_train, n_test)`` from a job's ``splits.csv``; ``None`` without one."""
-    if job is None or not (job / rundir.SPLITS).is_file():
+    if job is None or rundir.find_splits(job) is None:
         return None
     try:
-        _, rows = read_splits_csv(job)
+        _, rows = rundir.read_splits(job)
     except DataSourceError:
         return None
     splits = [r["split"] for r in rows]

@@ -13,8 +13,8 @@ import numpy as np
 from osteolightning.ensemble.leaderboard.jobs import Job
 from osteolightning.ensemble.members import align
 from osteolightning.metrics.report import cluster_bootstrap_report, metric_table
-from osteolightning.utils import rundir
-from osteolightning.utils.rundir import RunPredictions
+from osteolightning.runs import rundir
+from osteolightning.runs.rundir import RunPredictions
 
 #: Scalar ``metrics.json`` keys that are counts, not metrics (left out of the mean ± std).
 COUNT_KEYS = ("n", "bootstrap_resamples", "n_clusters")

@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from osteolightning.data.audit import read_splits_csv
 from osteolightning.ensemble.leaderboard.board import Leaderboard
 from osteolightning.ensemble.leaderboard.jobs import FINISHED, Job, find_jobs
 from osteolightning.errors import DataSourceError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
+from osteolightning.utils.config import flatten_config
 
 #: Config keys that tell the jobs of one row apart or only say where files go.
 NOT_CONFIGURATION = ("seed", "data.fold", "paths.", "hydra.", "resume", "reproduce", "ckpt_path")
@@ -59,7 +59,7 @@ def audit_summary(jobs: Sequence[Job]) -> dict[str, Any]:
     tested: dict[tuple[tuple[str, ...], int | None], Counter] = {}
     for job in jobs:
         try:
-            _, split = read_splits_csv(job.path)
+            _, split = rundir.read_splits(job.path)
         except DataSourceError:
             missing.append(job.name)
             continue
@@ -98,21 +98,12 @@ def audit_summary(jobs: Sequence[Job]) -> dict[str, Any]:
     }
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def _config(job: Job) -> dict[str, Any]:
     try:
         raw = yaml.safe_load((job.path / rundir.CONFIG).read_text())
     except (OSError, yaml.YAMLError):
         return {}
-    flat = _flatten(raw) if isinstance(raw, dict) else {}
+    flat = flatten_config(raw) if isinstance(raw, dict) else {}
     return {
         k: v
         for k, v in flat.items()

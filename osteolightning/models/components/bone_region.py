@@ -106,12 +106,11 @@ def region_features(image: np.ndarray, bone: np.ndarray) -> np.ndarray:
 def segmenter_training_images(ckpt_path: str | Path) -> set[str]:
     """The content hashes (SHA-1) of the training images of a checkpoint's run (its
     ``splits.csv``; empty when it has none)."""
-    from osteolightning.data.audit import read_splits_csv
     from osteolightning.errors import DataSourceError
-    from osteolightning.utils import rundir
+    from osteolightning.runs import rundir
 
     try:
-        _, rows = read_splits_csv(rundir.run_of_checkpoint(ckpt_path))
+        _, rows = rundir.read_splits(rundir.run_of_checkpoint(ckpt_path))
     except DataSourceError:
         return set()
     return {row["sha1"] for row in rows if row.get("split") == "train" and row.get("sha1")}

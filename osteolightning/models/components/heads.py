@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from osteolightning.errors import ConfigError
-from osteolightning.utils.checks import did_you_mean
+from osteolightning.errors import ConfigError, did_you_mean
 
 #: the link functions of dlordinal's CLM
 LINKS = ("logit", "probit", "cloglog")

@@ -1,4 +1,5 @@
-"""The run directory's files: the one place that names them, writes and reads predictions.
+"""The run directory's files: the one place that names them, writes and reads predictions
+and ``splits.csv``.
 
 Every command writes into a run directory (``logs/<task>/runs/<stamp>/`` or a multirun job)
 and many read one back (``osteo-eval`` beside a checkpoint, the ensembles, the leaderboard,
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ CONFIG = f"{HYDRA_DIR}/config.yaml"
 OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
 #: Hydra's record of a multirun (in the multirun directory, beside the job folders)
 MULTIRUN = "multirun.yaml"
-#: the run's state for ``resume`` (:mod:`osteolightning.utils.runs`)
+#: the run's state for ``resume`` (:mod:`osteolightning.runs.lifecycle`)
 MARKER = ".osteo_run.json"
 CHECKPOINTS = "checkpoints"
 #: the full training state, written during training, for ``resume``
@@ -56,6 +58,8 @@ MEMBERS = "members.json"
 MEMBERS_DIR = "members"
 #: every image with its split (audit the split: ``osteo-data audit ROOT splits=<run>``)
 SPLITS = "splits.csv"
+#: its columns (:func:`write_splits`, :func:`read_splits`)
+SPLITS_COLUMNS = ("split", "path", "label", "patient_id", "group", "sha1")
 SKIPPED = "skipped.csv"
 LABEL_CONFLICTS = "label_conflicts.csv"
 VERSIONS = "versions.json"
@@ -126,6 +130,68 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         raise DataSourceError(f"'{path}' is not a JSON object of metrics.")
     return metrics
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def write_splits(run_dir: str | Path, rows: Iterable[Sequence[Any]]) -> Path:
+    """Write ``<run>/splits.csv``: one row per image, :data:`SPLITS_COLUMNS` (atomic).
+
+    Returns:
+        The file written.
+    """
+    path = Path(run_dir) / SPLITS
+    atomic_write_csv(path, list(SPLITS_COLUMNS), rows)
+    return path
+
+
+def find_splits(run_dir: str | Path) -> Path | None:
+    """``<run>/splits.csv``, or ``None`` when the run has none."""
+    path = Path(run_dir) / SPLITS
+    return path if path.is_file() else None
+
+
+def read_image_paths(path: str | Path) -> list[Path]:
+    """The ``path`` column of a run's table of images (``predictions.csv``, ``splits.csv``), as
+    written; rows without a path are passed over."""
+    with open(path, newline="") as handle:
+        return [Path(row["path"]) for row in csv.DictReader(handle) if row.get("path")]
+
+
+def read_splits(splits: str | Path) -> tuple[Path, list[dict[str, str]]]:
+    """Read a run's ``splits.csv`` (or the one in a run directory); paths made absolute.
+
+    Args:
+        splits: a run directory holding ``splits.csv``, or that file.
+
+    Returns:
+        The file read and its rows (``split``, ``path``, ``label``, ``patient_id``, ``group``,
+        ``sha1``), ``path`` absolute.
+
+    Raises:
+        DataSourceError: the file is missing or lacks the ``split`` / ``path`` columns.
+    """
+    path = Path(splits)
+    if path.is_dir():
+        path = path / SPLITS
+    if not path.is_file():
+        raise DataSourceError(
+            f"Expected `splits` to be a run directory holding splits.csv or a splits.csv file, "
+            f"but '{splits}' is neither."
+        )
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("split", "path") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataSourceError(
+                f"'{path}' lacks column(s) {', '.join(missing)}; expected the header "
+                f"{','.join(SPLITS_COLUMNS)} written by a run."
+            )
+        rows = list(reader)
+    for row in rows:
+        row["path"] = os.path.abspath(os.path.join(path.parent, row["path"]))
+    return path, rows
 
 
 # --------------------------------------------------------------------------- predictions

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from osteolightning.errors import SHOWN_ITEMS, OsteoError
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from osteolightning.utils.files import atomic_write_text
 
 log = logging.getLogger(__name__)

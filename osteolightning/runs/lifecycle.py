@@ -42,10 +42,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from osteolightning.errors import ConfigError, shorten
-from osteolightning.utils import rundir
-from osteolightning.utils.checks import check_output_location
-from osteolightning.utils.config import instantiate_list, to_container
-from osteolightning.utils.failures import user_errors
+from osteolightning.runs import rundir
+from osteolightning.runs.checks import check_output_location
+from osteolightning.runs.failures import user_errors
+from osteolightning.utils.config import flatten_config, instantiate_list, to_container
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -67,15 +67,6 @@ STALE_S = 300.0
 # --------------------------------------------------------------------------- config hash
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: obj}
-
-
 def hashed_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as flat ``dotted.key: value`` pairs, volatile keys left out."""
     cfg = copy.deepcopy(cfg)
@@ -91,8 +82,8 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
         if wandb is not None:
             for key in VOLATILE_WANDB_KEYS:
                 wandb.pop(key, None)
-    raw = _flatten(OmegaConf.to_container(cfg, resolve=False))
-    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    raw = flatten_config(OmegaConf.to_container(cfg, resolve=False))
+    flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
     return {k: v for k, v in flat.items() if "${now:" not in str(raw.get(k, ""))}
 
 
@@ -179,7 +170,7 @@ def stop_heartbeat() -> None:
         _heartbeat = None
 
 
-def _alive_elsewhere(marker: dict[str, Any]) -> bool:
+def alive_elsewhere(marker: dict[str, Any]) -> bool:
     """Whether another process still runs the run of ``marker``: on this host, its pid is
     alive; on another host (a shared filesystem), its heartbeat is younger than ``STALE_S``."""
     pid = marker.get("pid")
@@ -217,7 +208,7 @@ def find_resumable(log_dir: str | Path, task_name: str, digest: str) -> Path | N
             continue
         if not ckpt.is_file():
             continue
-        if rank_zero_only.rank == 0 and _alive_elsewhere(marker):
+        if rank_zero_only.rank == 0 and alive_elsewhere(marker):
             log.info(f"Not resuming {path.parent}: its {_owner(marker)} is still running.")
             continue
         found.append((ckpt.stat().st_mtime, path.parent))
@@ -235,7 +226,7 @@ def check_resumable(run_dir: Path, flat: dict[str, Any]) -> None:
         )
     if marker.get("state") == "finished":
         raise ConfigError(f"Cannot resume '{run_dir}': that run has finished.")
-    if rank_zero_only.rank == 0 and _alive_elsewhere(marker):
+    if rank_zero_only.rank == 0 and alive_elsewhere(marker):
         raise ConfigError(
             f"Cannot resume '{run_dir}': its {_owner(marker)} is still running. Stop it "
             f"first; a run on another host counts as stopped {STALE_S:.0f} s after its last "
@@ -431,7 +422,7 @@ class Session:
 def session(cfg: DictConfig, loggers: bool = True, model_card: bool = True) -> Iterator[Session]:
     """The life of one run, around an entry point's work::
 
-        with runs.session(cfg) as run:          # claims the directory, starts the loggers
+        with lifecycle.session(cfg) as run:     # claims the directory, starts the loggers
             trainer = instantiate(cfg.trainer, logger=run.loggers, ...)
             trainer.fit(...); trainer.test(...)
         # here the run is `finished`; on an exception it stays `running` (resumable)
@@ -440,7 +431,7 @@ def session(cfg: DictConfig, loggers: bool = True, model_card: bool = True) -> I
     before anything reads ``cfg.paths.output_dir``), the loggers of ``cfg.logger`` (with
     ``loggers``), a resumed CSV log's earlier rows, the hyper-parameters logged and the W&B id
     recorded. On leaving normally: ``MODEL_CARD.md`` built from the run's files (with
-    ``model_card``; :mod:`osteolightning.utils.model_card`), then :func:`finish_run`. On an exception: the heartbeat stops and
+    ``model_card``; :mod:`osteolightning.runs.model_card`), then :func:`finish_run`. On an exception: the heartbeat stops and
     the W&B run is finished as failed, then the exception propagates. Always: the loggers close.
 
     Raises:
@@ -494,7 +485,7 @@ def say_wandb_off(cfg: DictConfig) -> None:
 @rank_zero_only
 def _write_model_card(run_dir: Path, config: dict[str, Any]) -> None:
     """The run's model card; a failure to build it is logged, never fails the finished run."""
-    from osteolightning.utils.model_card import write_model_card
+    from osteolightning.runs.model_card import write_model_card
 
     try:
         path = write_model_card(run_dir, config)

@@ -24,8 +24,8 @@ from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from osteolightning.utils import rundir, runs
-from osteolightning.utils.failures import log_failure
+from osteolightning.runs import lifecycle, rundir
+from osteolightning.runs.failures import log_failure
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -47,7 +47,7 @@ def record_failed_job(error: BaseException, cfg: DictConfig | None = None) -> di
     Returns:
         The record written to ``error.json``.
     """
-    runs.stop_heartbeat()  # the failed run is over: resume may take it at once
+    lifecycle.stop_heartbeat()  # the failed run is over: resume may take it at once
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     job_dir = Path(hydra_cfg.runtime.output_dir)
@@ -75,8 +75,8 @@ def record_failed_job(error: BaseException, cfg: DictConfig | None = None) -> di
     atomic_write_json(job_dir / rundir.ERROR, record)
     if run_dir.resolve() != job_dir.resolve() and run_dir.is_dir():
         atomic_write_json(run_dir / rundir.ERROR, record)
-    if runs.read_marker(run_dir) is not None:
-        runs.update_marker(run_dir, last_error=f"{record['type']}: {record['error']}"[:500])
+    if lifecycle.read_marker(run_dir) is not None:
+        lifecycle.update_marker(run_dir, last_error=f"{record['type']}: {record['error']}"[:500])
     return record
 
 

@@ -1,7 +1,7 @@
 """Multiruns that continue where they were killed: plan each job from its folder's files.
 
 A multirun job is a folder of the multirun directory (``<sweep>/<n>/``) holding a run (its
-``.osteo_run.json`` marker, :mod:`osteolightning.utils.runs`). When a sweep is started again
+``.osteo_run.json`` marker, :mod:`osteolightning.runs.lifecycle`). When a sweep is started again
 (``osteo-train -m ... resume=auto``, a retried Optuna trial, a requeued SLURM job), each job is
 planned from that folder alone (:func:`plan_job`):
 
@@ -34,9 +34,9 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from osteolightning.utils import rundir, runs
+from osteolightning.runs import lifecycle, rundir
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -71,6 +71,19 @@ def resume_override(run_dir: str | Path) -> str:
 
 
 # --------------------------------------------------------------------------- finding a sweep
+
+
+def save_multirun(sweep_dir: str | Path, config: DictConfig) -> Path:
+    """Write the sweep's ``multirun.yaml`` (the config with its ``hydra`` node, as Hydra's own
+    sweepers do) unless it is there: a continued sweep keeps the record of its start.
+
+    Returns:
+        The file.
+    """
+    path = Path(sweep_dir) / rundir.MULTIRUN
+    if not path.exists():
+        OmegaConf.save(config, path)
+    return path
 
 
 def multirun_overrides(multirun_yaml: str | Path) -> list[str] | None:
@@ -145,12 +158,12 @@ def plan_job(job_dir: str | Path, overrides: Sequence[str] | None = None) -> Job
                 "that run is set aside",
                 set_aside=True,
             )
-    marker = runs.read_marker(job_dir)
+    marker = lifecycle.read_marker(job_dir)
     state = (marker or {}).get("state")
     if state == "finished":
         return JobPlan(SKIP, job_dir, "finished")
-    if state == "running" and runs._alive_elsewhere(marker):  # the resume rule of runs.py
-        return JobPlan(BUSY, job_dir, f"still running ({runs._owner(marker)})")
+    if state == "running" and lifecycle.alive_elsewhere(marker):  # the resume rule of lifecycle.py
+        return JobPlan(BUSY, job_dir, f"still running ({lifecycle._owner(marker)})")
     if state == "running" and (job_dir / rundir.LAST_CKPT).is_file():
         return JobPlan(CONTINUE, job_dir, f"killed; continues from {rundir.LAST_CKPT}")
     if not any(job_dir.iterdir()):
@@ -265,7 +278,7 @@ def record_crashed_job(
     job_dir: str | Path, error: BaseException, overrides: Sequence[str], job_num: int
 ) -> None:
     """``error.json`` for a job whose process died without writing its own (killed, out of
-    memory, a segfault): the same fields as :func:`osteolightning.utils.sweep.record_failed_job`
+    memory, a segfault): the same fields as :func:`osteolightning.runs.sweep.record_failed_job`
     writes, from the launcher's side."""
     job_dir = Path(job_dir)
     record = {

@@ -19,7 +19,6 @@ Every finding is a :class:`~osteolightning.errors.ConfigError` that names the ke
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from osteolightning.errors import ConfigError, shorten
+from osteolightning.errors import ConfigError, did_you_mean, shorten
 
 #: Keys of an instantiable node that Hydra reads itself.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
@@ -38,12 +37,6 @@ INSTANTIATED = ("trainer", "data", "model", "callbacks", "logger")
 NON_EMPTY = ("data.root",)
 #: Folders a run writes into (or creates): each must be a folder or creatable as one.
 OUTPUT_FOLDERS = ("paths.output_dir", "paths.log_dir", "paths.cache_dir")
-
-
-def did_you_mean(name: str, known: Sequence[str]) -> str:
-    """`` Did you mean 'x'?`` for the closest of ``known``, or ``""``."""
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from osteolightning.errors import ConfigError
-from osteolightning.utils import rundir, runs
+from osteolightning.runs import lifecycle, rundir
 from osteolightning.utils.files import atomic_write_json
 from osteolightning.utils.logging import get_logger
 
@@ -44,7 +44,7 @@ def finished_jobs(sweep_dir: str | Path) -> list[Path]:
     """The job folders of ``sweep_dir`` whose run has finished (marker ``finished``)."""
     jobs = []
     for path in sorted(Path(sweep_dir).iterdir()):
-        marker = runs.read_marker(path) if path.is_dir() else None
+        marker = lifecycle.read_marker(path) if path.is_dir() else None
         if marker and marker.get("state") == "finished":
             jobs.append(path)
     return jobs
@@ -95,7 +95,7 @@ def disk_use(sweep_dir: str | Path) -> dict[str, Any]:
         "checkpoint_bytes": sum(p.stat().st_size for p in ckpts),
         "checkpoints": len(ckpts),
         "resumable_checkpoints": len(last),
-        "jobs": sum(1 for p in sweep_dir.iterdir() if p.is_dir() and runs.read_marker(p)),
+        "jobs": sum(1 for p in sweep_dir.iterdir() if p.is_dir() and lifecycle.read_marker(p)),
     }
 
 
