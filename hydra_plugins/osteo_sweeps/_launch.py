@@ -153,7 +153,7 @@ def job_return(submitted: Submitted, config: Any) -> JobReturn:
     try:
         return submitted.job.results()[0]
     except Exception as err:  # submitit's UncompletedJobError / FailedJobError
-        from osteolightning.utils import sweep_resume  # (torch: not in a launcher's import)
+        from osteolightning.runs import sweep_resume  # (torch: not in a launcher's import)
 
         folder = job_folder(config, submitted.num)
         record = sweep_resume.read_job_record(folder) if folder else None

@@ -24,7 +24,7 @@ from osteolightning.data.specs import HygieneSpec, InputSpec, SplitSpec
 from osteolightning.data.splits import SPLIT_NAMES
 from osteolightning.errors import ConfigError
 from osteolightning.evaluate import warn_if_seen
-from osteolightning.utils import rundir
+from osteolightning.runs import rundir
 from tests.data.test_audit import make_tree
 
 SIZE = 128  # the audit's resolution; the DataModule's image_size where the two are compared
