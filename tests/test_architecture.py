@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "osteolightning"
 
 #: Floors, bottom to top: a module may import from its own floor and the ones below only.
 FLOORS: list[tuple[str, ...]] = [
-    ("osteolightning.errors", "osteolightning.utils"),
+    ("osteolightning.errors", "osteolightning.utils", "osteolightning.backbones"),
     ("osteolightning.data", "osteolightning.metrics"),
     ("osteolightning.models", "osteolightning.callbacks"),
     ("osteolightning.ensemble", "osteolightning.selection"),
