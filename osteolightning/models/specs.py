@@ -6,8 +6,8 @@ hyper-parameters. Each group of them is one frozen spec built by its ``of`` clas
 keyword parameters *are* the flat keys, with their defaults; :func:`build_specs` hands every
 builder the keys it names and refuses a key no builder takes ("did you mean"). The module's
 constructor takes the flat keys (Hydra's ``_target_``, a checkpoint's hyper-parameters) or
-one ready spec, and reads only the specs; :func:`flat_signature` shows the flat keys in its
-signature, so config checks and help list them. :class:`~osteolightning.models.targets.TargetSpec`
+one ready spec, and reads only the specs; :class:`FlatSignature` shows the flat keys in the
+class's signature, so the config checks and help list them. :class:`~osteolightning.models.targets.TargetSpec`
 (the regression head) and :class:`~osteolightning.models.checkpointing.Preprocessing` (the
 input facts) are two of the groups.
 """
@@ -20,9 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from osteolightning.data.columns import plain_coding
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.regression import WHO_CUTOFFS
 from osteolightning.models.checkpointing import Preprocessing
+from osteolightning.models.losses import MixupCutmix
 from osteolightning.models.targets import TargetSpec
 from osteolightning.utils.checks import did_you_mean
 
@@ -80,7 +82,7 @@ def flat_signature(leading: Sequence[str], builders: Builders) -> inspect.Signat
     rest = [
         inspect.Parameter(
             n, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=p.annotation
-        )  # fmt: skip
+        )
         for n, p in keys.items()
         if n not in leading
     ]
@@ -192,8 +194,6 @@ class ClassLoss:
         Raises:
             ConfigError: an unknown weighting, a smoothing outside [0, 1), bad mixup arguments.
         """
-        from osteolightning.models.losses import MixupCutmix
-
         if class_weighting not in ("balanced", "none"):
             raise ConfigError(
                 f"Expected argument `class_weighting` to be one of ['balanced', 'none'], "
@@ -209,8 +209,6 @@ class ClassLoss:
     @property
     def mixes(self) -> bool:
         """Whether training batches are mixed (mixup / cutmix on)."""
-        from osteolightning.models.losses import MixupCutmix
-
         return MixupCutmix(**self.mixup).enabled
 
 
@@ -258,8 +256,6 @@ class Covariates:
         covariate_coding: Mapping[str, Any] | None = None,
         covariates_train: Sequence[Sequence[float]] | None = None,
     ) -> Covariates:
-        from osteolightning.data.columns import plain_coding
-
         names = tuple(str(c) for c in covariates or ())
         return cls(names, plain_coding(covariate_coding), covariates_train)
 
