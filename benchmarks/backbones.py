@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from osteolightning.backbones import backbone_facts
 from osteolightning.models.components.backbone import create_backbone
 from osteolightning.utils.config import CONFIG_DIR
 
@@ -40,7 +41,7 @@ def input_size(name: str, size: str) -> int:
     """``composed``: the backbone's ``image_size`` or the common default; ``native``: its own."""
     own = OmegaConf.load(BACKBONE_DIR / f"{name}.yaml")
     if size == "native":
-        return int(own.backbone.input_size)
+        return backbone_facts(name).input_size
     if size == "composed":
         return int(own.get("image_size", OmegaConf.load(COMMON).image_size))
     return int(size)

@@ -20,8 +20,9 @@ SOURCES = (PACKAGE, PLUGINS)
 
 #: Floors, bottom to top: a module may import from its own floor and the ones below only.
 FLOORS: list[tuple[str, ...]] = [
-    # helpers: typed errors, atomic files, logging, console, progress, config glue
-    ("osteolightning.errors", "osteolightning.utils"),
+    # helpers: typed errors, atomic files, logging, console, progress, config glue; the registry
+    # of backbone facts (which the config resolvers read)
+    ("osteolightning.errors", "osteolightning.utils", "osteolightning.backbones"),
     # the run contract: run-directory files, lifecycle, sweeps, model card, failures, checks
     ("osteolightning.runs",),
     ("osteolightning.data", "osteolightning.metrics"),
@@ -91,9 +92,10 @@ OPENED_OUTSIDE_RUNS = {
     # osteo-export copies the run's card (and its files) beside the exported model
     ("osteolightning.export", "MODEL_CARD"),
 }
-#: Modules that may import nothing from osteolightning but these (true helpers).
+#: Modules that may import nothing from osteolightning but these (true helpers; the config
+#: resolvers read the registry of backbone facts, itself a leaf over errors).
 HELPERS = "osteolightning.utils"
-HELPERS_MAY_IMPORT = ("osteolightning.errors", "osteolightning.utils")
+HELPERS_MAY_IMPORT = ("osteolightning.errors", "osteolightning.utils", "osteolightning.backbones")
 
 
 def _module_name(path: Path) -> str:

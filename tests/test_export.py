@@ -57,6 +57,12 @@ def test_export_matches_the_checkpoint_and_carries_its_preprocessing(exports, ta
     for key in ("class_names", "image_size", "in_chans", "mean", "std", "letterbox"):
         assert meta[key] == report["metadata"][key]
     assert meta["input"]["shape"][0] == "batch"
+    # the backbone registry's facts of the network (a segmenter's U-Net has none)
+    backbone = meta["backbone"]
+    if task == "segmentation":
+        assert backbone is None
+    else:
+        assert backbone["name"] == "resnet10t" and backbone["cam_layer"] == "layer4"
     card = (path.parent / "MODEL_CARD.md").read_text()
     assert "## Test metrics" in card and "## Export" in card and report["sha256"] in card
     assert json.loads((path.parent / "export.json").read_text())["sha256"] == report["sha256"]

@@ -47,7 +47,7 @@ class KneeDataModule(L.LightningDataModule):
 
     Images of one patient and byte-identical copies of one image always land in the same split
     (see :mod:`osteolightning.data.splits`). The keyword arguments are the flat keys of the
-    ``data:`` config (``conf/data/_knee.yaml`` explains each); they are checked and grouped
+    ``data:`` config (``osteolightning/conf/data/_knee.yaml`` explains each); they are checked and grouped
     here into :attr:`split`, :attr:`hygiene`, :attr:`inputs`, :attr:`loader`, :attr:`device`
     (:mod:`osteolightning.data.specs`) and :attr:`column_spec`
     (:class:`~osteolightning.data.columns.ColumnSpec`).

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -13,28 +12,26 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanAbsoluteError
 
-from osteolightning.data.columns import coded_names, plain_coding
+from osteolightning.data.columns import coded_names
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.classification import (
     classification_metrics,
     epoch_metrics,
     logged_keys,
 )
-from osteolightning.metrics.regression import WHO_CUTOFFS, TargetScaler
+from osteolightning.metrics.regression import TargetScaler
 from osteolightning.metrics.running import RunningMean
 from osteolightning.models.acceleration import Accelerated
-from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
+from osteolightning.models.checkpointing import StoresRunConfig
 from osteolightning.models.components.covariates import CovariateEncoder, PooledFeatures
 from osteolightning.models.losses import MixupCutmix, cross_entropy, sample_weights
 from osteolightning.models.schedulers import configure_optimizers
+from osteolightning.models.specs import TTA_FLIPS, ClassifierSpec, FlatSignature, resolve_spec
 from osteolightning.models.step_logging import StepLosses, batch_files
 from osteolightning.models.targets import TargetSpec, who_index
 
 Batch = dict[str, torch.Tensor]
 Loss = Callable[..., torch.Tensor]
-
-#: test-time augmentations: name → the image dims it flips (``(B, C, H, W)``).
-TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (3,), "vflip": (2,)}
 
 
 def plain_partial(fn: Loss) -> Loss:
@@ -92,153 +89,77 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
     Args:
         net: backbone mapping ``(B, C, H, W)`` to logits ``(B, K)``.
         class_names: ``K`` class names in label-index order.
-        optimizer: partial optimiser taking the parameters (``_partial_: true`` in config).
-        scheduler: partial ``(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
-        class_weighting: ``"balanced"`` (inverse training frequency, normalised to mean 1) or
-            ``"none"``.
-        class_counts: images per class in the training split (label-index order), passed by
-            the entry point from the data; ``"balanced"`` weighting needs them (``None``: all
-            weights 1, e.g. a model rebuilt from a checkpoint, whose weights come with it).
-        label_smoothing: label smoothing in [0, 1), passed to the loss.
-        loss: ``loss(logits, targets, weight=, label_smoothing=) -> scalar`` (``_partial_: true``
-            in config; see :mod:`osteolightning.models.losses`); None: weighted cross-entropy.
-            The per-sample normaliser is :func:`~osteolightning.models.losses.sample_weights`.
-        mixup: :class:`~osteolightning.models.losses.MixupCutmix` arguments (``mixup_alpha``,
-            ``cutmix_alpha``, ``prob``, ``switch_prob``); None or both alphas 0: off.
-        tta: test-time augmentations, a subset of ``["hflip", "vflip"]``; ``[]``: off.
-        monitor: the validation metric the best checkpoint is chosen on (for ``*_best``).
-        image_size: input side the network was trained at (kept in the checkpoint).
-        in_chans: input channels (kept in the checkpoint).
-        mean: normalisation mean (kept in the checkpoint).
-        std: normalisation std (kept in the checkpoint).
-        target: the regression target column (``t_score``, ``bmd``, ...).
-        t_score_weight: weight of the regression loss; 0: no regression head.
-        class_weight: weight of the class loss; 0: regression only (the class output is the
-            WHO category of the predicted T-score).
-        bmd_reference: ``[mean, sd]`` turning a BMD target into a T-score, or None.
-        who_cutoffs: the WHO T-score cut-offs ``[osteoporosis, normal]``.
-        covariates: covariate columns fused with the image (``[age, sex, bmi]``); ``[]``: none.
-        target_train: the training split's target values (NaN unknown), passed by the entry
-            point from the data; the scaler is fitted on the known ones (``None``: restored
-            from a checkpoint).
-        covariates_train: the training split's ``(N, P')`` encoded covariates (NaN unknown),
-            likewise.
-        covariate_coding: how each covariate's cells become numbers (numbers, yes/no, sex,
-            category levels: :func:`~osteolightning.data.columns.infer_coding`), passed by the
-            entry point from the data; kept in the checkpoint so new data is encoded alike.
-        compile: ``torch.compile`` the network (true, or a mapping of its arguments); see
-            :mod:`osteolightning.models.acceleration`. Not kept in the checkpoint.
-        channels_last: the channels-last memory layout for weights and inputs.
+        spec: all the options at once (:class:`~osteolightning.models.specs.ClassifierSpec`),
+            instead of ``class_names`` and ``**options``.
+        **options: the flat options of ``model:`` in config (and of a checkpoint's
+            hyper-parameters), each read by one group of
+            :class:`~osteolightning.models.specs.ClassifierSpec`, where each is documented:
+            ``inputs`` (:class:`~osteolightning.models.checkpointing.Preprocessing`:
+            ``image_size``, ``in_chans``, ``mean``, ``std``, kept in the checkpoint);
+            ``optimization`` (``optimizer``, ``scheduler``); ``loss`` (``loss``,
+            ``class_weighting``, ``label_smoothing``, ``mixup``); ``target``
+            (:class:`~osteolightning.models.targets.TargetSpec`: ``target``,
+            ``t_score_weight``, ``class_weight``, ``bmd_reference``, ``who_cutoffs``);
+            ``covariates`` (``covariates``, ``covariate_coding``, ``covariates_train``);
+            ``data`` (``class_counts``, ``target_train``: filled in by the entry point from
+            the training split); ``evaluation`` (``monitor``, ``tta``); ``acceleration``
+            (``compile``, ``channels_last``; not kept in the checkpoint).
 
     Raises:
-        ConfigError: an unknown ``class_weighting`` or ``tta`` name, a smoothing outside
-            [0, 1), bad ``mixup`` arguments, a ``loss`` that rejects its arguments, bad target
+        ConfigError: an unknown option, an unknown ``class_weighting`` or ``tta`` name, a
+            smoothing outside [0, 1), bad ``mixup`` arguments, a ``loss`` that rejects its arguments, bad target
             settings (:meth:`TargetSpec.of`), a regression head without any known training
             target or with a constant one, mixup together with a target or covariates.
     """
 
+    #: the flat options in the signature: config checks and help list them (models/specs.py)
+    __signature__ = FlatSignature(("net", "class_names", "spec"), ClassifierSpec.BUILDERS)
+
     def __init__(
         self,
         net: nn.Module,
-        class_names: Sequence[str],
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
-        class_weighting: str = "balanced",
-        label_smoothing: float = 0.0,
-        monitor: str = "val/f1_macro",
-        image_size: int = 224,
-        in_chans: int = 1,
-        mean: Sequence[float] = (0.449,),
-        std: Sequence[float] = (0.226,),
-        loss: Loss | None = None,
-        mixup: Mapping[str, float] | None = None,
-        tta: Sequence[str] = (),
-        class_counts: Sequence[int] | None = None,
-        target: str = "t_score",
-        t_score_weight: float = 0.0,
-        class_weight: float = 1.0,
-        bmd_reference: Sequence[float] | None = None,
-        who_cutoffs: Sequence[float] = WHO_CUTOFFS,
-        covariates: Sequence[str] = (),
-        target_train: Sequence[float] | None = None,
-        covariates_train: Sequence[Sequence[float]] | None = None,
-        covariate_coding: Mapping[str, Any] | None = None,
-        compile: bool | Mapping[str, Any] | None = False,
-        channels_last: bool = False,
+        class_names: Sequence[str] | None = None,
+        spec: ClassifierSpec | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
-        if class_weighting not in ("balanced", "none"):
-            raise ConfigError(
-                f"Expected argument `class_weighting` to be one of ['balanced', 'none'], "
-                f"but got {class_weighting!r}."
-            )
-        if not 0 <= label_smoothing < 1:
-            raise ConfigError(
-                f"Expected argument `label_smoothing` in [0, 1), but got {label_smoothing}."
-            )
-        tta = [str(t) for t in tta]
-        for name in tta:
-            if name not in TTA_FLIPS:
-                close = difflib.get_close_matches(name, TTA_FLIPS, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(
-                    f"Expected argument `tta` to hold names from {list(TTA_FLIPS)}, "
-                    f"but got {name!r}.{hint}"
-                )
-        self.mixup = MixupCutmix(**(mixup or {}))
-        self.spec = TargetSpec.of(
-            target, t_score_weight, class_weight, bmd_reference, who_cutoffs, class_names
-        )
-        covariates = [str(c) for c in covariates or ()]
-        if self.mixup.enabled and (self.spec.enabled or covariates):
-            raise ConfigError(
-                "Mixup / cutmix mixes images and their labels, not their T-scores or "
-                "covariates: turn it off (model.mixup.mixup_alpha=0 model.mixup.cutmix_alpha=0) "
-                "for a model with a regression head or covariates."
-            )
+        spec = resolve_spec(type(self).__name__, ClassifierSpec, class_names, spec, options)
+        self.specs = spec
+        self.mixup = MixupCutmix(**spec.loss.mixup)
         # Plain Python types only, so checkpoints load with torch.load(weights_only=True).
-        preprocessing = Preprocessing.of(class_names, image_size, in_chans, mean, std)
-        self.save_hyperparameters(
-            {
-                **preprocessing.hparams(),
-                "class_weighting": class_weighting,
-                "label_smoothing": float(label_smoothing),
-                "monitor": str(monitor),
-                "tta": tta,
-                "target": self.spec.target,
-                "t_score_weight": self.spec.weight,
-                "class_weight": self.spec.class_weight,
-                "bmd_reference": list(self.spec.reference) if self.spec.reference else None,
-                "who_cutoffs": list(self.spec.cutoffs),
-                "covariates": covariates,
-                "covariate_coding": plain_coding(covariate_coding),
-            }
-        )
+        self.save_hyperparameters(spec.hparams())
         self.net = net
-        self._init_acceleration(compile, channels_last)
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        k = len(class_names)
-        self.register_buffer("class_weights", balanced_weights(class_counts, k, class_weighting))
-        self.loss_fn = loss if loss is not None else cross_entropy
+        self._init_acceleration(spec.acceleration.compile, spec.acceleration.channels_last)
+        self.optimizer_factory = spec.optimization.optimizer
+        self.scheduler_factory = spec.optimization.scheduler
+        names = spec.inputs.class_names
+        k = len(names)
+        weights = balanced_weights(spec.data.class_counts, k, spec.loss.class_weighting)
+        self.register_buffer("class_weights", weights)
+        self.loss_fn = spec.loss.loss if spec.loss.loss is not None else cross_entropy
         # A dry call, so a bad loss argument (e.g. gamma < 0) fails now, not at the first step.
         self.loss_fn(torch.zeros(1, k), torch.zeros(1, dtype=torch.long), weight=self.class_weights)
         self.loss_fn = plain_partial(self.loss_fn)  # checked once; no per-step policy check
-        self.train_metrics = classification_metrics(class_names, "train/")
-        self.val_metrics = classification_metrics(class_names, "val/")
-        self.test_metrics = classification_metrics(class_names, "test/")
+        self.train_metrics = classification_metrics(names, "train/")
+        self.val_metrics = classification_metrics(names, "val/")
+        self.test_metrics = classification_metrics(names, "test/")
         # per-step updates that never wait for the GPU (see metrics/running.py)
         self.train_loss, self.val_loss, self.test_loss = RunningMean(), RunningMean(), RunningMean()
         self.val_best = MaxMetric()
         self.step_losses = StepLosses("Check those images, or lower the learning rate.")
-        self._build_target(target_train)
+        self._build_target(spec.data.target_train)
+        covariates = spec.covariates
         self.covariate_encoder = (
-            CovariateEncoder(
-                coded_names(covariates, self.hparams.covariate_coding), covariates_train
-            )
-            if covariates
+            CovariateEncoder(coded_names(covariates.names, covariates.coding), covariates.train)
+            if covariates.names
             else None
         )
         self._build_heads(len(self.covariate_encoder.names) if self.covariate_encoder else 0)
+
+    @property
+    def spec(self) -> TargetSpec:
+        """The regression head's settings (read by the callbacks, predict and export)."""
+        return self.specs.target
 
     # -- the regression head and the covariates ----------------------------------------------
     def _build_target(self, target_train: Sequence[float] | None) -> None:
@@ -246,7 +167,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
         ``target_stats = [mean, std]``), its counts and the per-split MAE metrics."""
         #: ``(known, unknown)`` target values in the training split (None: not known here)
         self.target_counts: tuple[int, int] | None = None
-        if not self.spec.enabled:
+        if not self.specs.target.enabled:
             return  # no new state: a classifier's checkpoint keeps its keys
         self.register_buffer("target_stats", torch.tensor([0.0, 1.0]))
         if target_train is not None:
@@ -254,12 +175,12 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
             known = values[~np.isnan(values)]
             if not len(known):
                 raise ConfigError(
-                    f"The regression head (model.t_score_weight={self.spec.weight}) needs "
-                    f"values of target column `{self.spec.target}`, but none of the "
+                    f"The regression head (model.t_score_weight={self.specs.target.weight}) needs "
+                    f"values of target column `{self.specs.target.target}`, but none of the "
                     f"{len(values)} training images has one. Fill the column, or choose "
                     "another one (model.target=t_score|bmd)."
                 )
-            scaler = TargetScaler.fit(known, name=self.spec.target)
+            scaler = TargetScaler.fit(known, name=self.specs.target.target)
             self.target_stats.copy_(torch.tensor([scaler.mean, scaler.std]))
             self.target_counts = (len(known), len(values) - len(known))
         self.train_mae, self.val_mae, self.test_mae = (
@@ -272,13 +193,13 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
     def scaler(self) -> TargetScaler:
         """The target's standardisation (training-split mean and SD)."""
         mean, std = self.target_stats.tolist()
-        return TargetScaler(self.spec.target, mean, std)
+        return TargetScaler(self.specs.target.target, mean, std)
 
     def _build_heads(self, n_covariates: int) -> None:
         """The regression head on the pooled image features and the covariates' layer (hook:
         a fitted-head model fits its own)."""
         k = len(self.hparams.class_names)
-        r = int(self.spec.enabled)
+        r = int(self.specs.target.enabled)
         self.pooled = None
         self.target_head: nn.Module | None = None
         self.covariate_head: nn.Module | None = None
@@ -315,10 +236,12 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
     def class_probs(self, logits: torch.Tensor, value: torch.Tensor | None) -> torch.Tensor:
         """``(B, K)`` class probabilities: the softmax, or for a regression-only model the
         one-hot WHO category of the predicted T-score."""
-        if not self.spec.regression_only or value is None:
+        if not self.specs.target.regression_only or value is None:
             return logits.softmax(dim=1)
-        t = self.spec.t_scores(self.scaler.inverse(value.float()))
-        return nn.functional.one_hot(who_index(t, self.spec.cutoffs), logits.shape[1]).float()
+        t = self.specs.target.t_scores(self.scaler.inverse(value.float()))
+        return nn.functional.one_hot(
+            who_index(t, self.specs.target.cutoffs), logits.shape[1]
+        ).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images → ``(B, K)`` logits."""
@@ -328,7 +251,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
     def monitorable(self) -> list[str]:
         """The keys logged once per validation epoch, which callbacks and sweepers may monitor."""
         keys = [*logged_keys(self.hparams.class_names, "val/"), "val/loss"]
-        keys += [f"val/{self.spec.target}_mae"] if self.spec.enabled else []
+        keys += [f"val/{self.specs.target.target}_mae"] if self.specs.target.enabled else []
         return [*keys, f"{self.hparams.monitor}_best"]
 
     def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -346,8 +269,8 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
         """
         logits, value = self.batch_outputs(batch)
         loss = logits.sum() * 0.0  # a graph-connected zero (class_weight = 0)
-        if self.spec.class_weight > 0:
-            loss = loss + self.spec.class_weight * self.loss_fn(
+        if self.specs.target.class_weight > 0:
+            loss = loss + self.specs.target.class_weight * self.loss_fn(
                 logits,
                 batch.get("soft_label", batch["label"]),
                 weight=self.class_weights,
@@ -359,7 +282,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
             known = ~torch.isnan(truth)
             error = torch.where(known, value - truth, torch.zeros_like(value))
             mse = (error * error).sum() / known.sum().clamp(min=1)
-            loss = loss + self.spec.weight * mse
+            loss = loss + self.specs.target.weight * mse
             predicted = self.scaler.inverse(value.detach().float())
         return loss, self.class_probs(logits, value), predicted
 
@@ -415,7 +338,7 @@ class KneeClassifier(Accelerated, StoresRunConfig, L.LightningModule):
         metric = getattr(self, f"{split}_mae")
         self._track_target(metric, predicted, batch)
         # logged by every rank (DDP syncs it); NaN when no image of the epoch had a target
-        self.log(f"{split}/{self.spec.target}_mae", metric, on_step=False, on_epoch=True)
+        self.log(f"{split}/{self.specs.target.target}_mae", metric, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         self.step_losses.check()

@@ -118,14 +118,14 @@ class FittedHeadClassifier(KneeClassifier):
         covariates and the regression output."""
         self.pooled = self.target_head = self.covariate_head = None
         k = len(self.hparams.class_names)
-        if n_covariates or self.spec.enabled:
-            self.net.resize(2 * n_covariates, k + int(self.spec.enabled))
+        if n_covariates or self.specs.target.enabled:
+            self.net.resize(2 * n_covariates, k + int(self.specs.target.enabled))
 
     def batch_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(logits (B, K), standardised target prediction (B,) or None)``."""
         outputs = self.net.outputs(self.all_features(batch))
         k = len(self.hparams.class_names)
-        return outputs[:, :k], (outputs[:, k] if self.spec.enabled else None)
+        return outputs[:, :k], (outputs[:, k] if self.specs.target.enabled else None)
 
     def all_features(self, batch: Batch) -> torch.Tensor:
         """``(B, D + 2P)``: the image's features and the encoded covariates."""
@@ -262,7 +262,7 @@ class FittedHeadClassifier(KneeClassifier):
             if hp.alpha == "auto" or len(weights) == 1
             else ("auto", [hp.alpha])
         )
-        if self.spec.class_weight > 0:
+        if self.specs.target.class_weight > 0:
             best = None
             for w in weights:
                 zw = weight_block(z, d_image, w)
@@ -274,7 +274,7 @@ class FittedHeadClassifier(KneeClassifier):
             coef = weight_block(coef, d_image, w)  # back to the unweighted standardised features
             if len(weights) > 1 or weights[0] != 1.0:
                 info["image_weight"] = w
-        if self.spec.enabled:
+        if self.specs.target.enabled:
             y = self.scaler.transform(targets)
             known = ~np.isnan(y)
             best = None

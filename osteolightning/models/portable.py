@@ -12,8 +12,9 @@ for it, so it can be used outside this Python environment:
 The metadata is one JSON object (:func:`export_metadata`): ``format_version``, ``task``
 (``classification`` | ``segmentation``), the :class:`Preprocessing` facts (``class_names``,
 ``image_size``, ``in_chans``, ``mean``, ``std``), ``letterbox`` (how the square input is made),
-``input`` / ``output`` (names, shapes, what the values are), ``tta``, ``inference`` and where
-the model came from. A file without it, or with a ``format_version`` this version does not
+``input`` / ``output`` (names, shapes, what the values are), ``tta``, ``inference``, the
+network and, for a registered backbone, its registry facts (``backbone``: name, paper, native
+input size, saliency layer; :mod:`osteolightning.backbones`), and where the model came from. A file without it, or with a ``format_version`` this version does not
 know, is refused (:func:`read_metadata`).
 
 :func:`load_portable` runs such a file with the interface ``osteo-predict`` uses for a
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from osteolightning.backbones import facts_of
 from osteolightning.errors import ConfigError
 from osteolightning.models.checkpointing import Preprocessing, load_model
 
@@ -60,6 +62,15 @@ def format_of(path: str | Path) -> str | None:
     """``"onnx"`` or ``"torchscript"`` by the file's suffix, else ``None`` (a checkpoint)."""
     suffix = Path(path).suffix.lower()
     return next((fmt for fmt, ends in SUFFIXES.items() if suffix in ends), None)
+
+
+def _backbone(run_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The backbone registry's facts of the run's network (with the run's overrides)."""
+    facts = facts_of(run_config)
+    if facts is None:
+        return None
+    keys = ("name", "library_name", "paper", "input_size", "cam_layer")
+    return {k: getattr(facts, k) for k in keys}
 
 
 def export_metadata(
@@ -95,6 +106,7 @@ def export_metadata(
         "tta": [str(t) for t in model.hparams.get("tta", [])],
         "inference": str(model.hparams.get("inference", "resize")),
         "network": str(net.get("name") or net.get("_target_", "")),
+        "backbone": _backbone(run_config),
         "source": source or {},
     }
 

@@ -3,8 +3,9 @@
 The maps come from MONAI's ``monai.visualize``: Grad-CAM (Selvaraju et al. 2017) weights the
 target layer's activations by the spatial mean of their gradients; Grad-CAM++ (Chattopadhay et
 al. 2018) by a weighted sum of the positive gradients, which separates several instances of a
-class better. The target layer is part of each backbone's config (``backbone.cam_layer`` in
-``osteolightning/conf/model/backbone/<name>.yaml``), so every checkpoint's run config carries it.
+class better. The target layer is a fact of each backbone in the backbone registry
+(:mod:`osteolightning.backbones`); a run config may override it (``backbone.cam_layer``), and
+every checkpoint's run config carries the one it used.
 
 Two details MONAI leaves to the caller are handled here:
 
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from osteolightning.backbones import facts_of
 from osteolightning.errors import ConfigError
 
 #: saliency methods: config name → MONAI class name in ``monai.visualize``.
@@ -40,9 +42,14 @@ CAM_LAYER_KEY = "backbone.cam_layer"
 
 
 def cam_layer_of(run_config: Mapping[str, Any] | None) -> str | None:
-    """The target layer a run config names (``backbone.cam_layer``), or ``None``."""
+    """The target layer of the backbone a run config names: the registry's
+    (:func:`~osteolightning.backbones.facts_of`), or the config's ``backbone.cam_layer`` where
+    it sets one (it wins; for a network the registry does not know, it is all there is);
+    ``None`` when neither names one."""
+    facts = facts_of(run_config)
     backbone = (run_config or {}).get("backbone") or {}
-    layer = backbone.get("cam_layer") if isinstance(backbone, Mapping) else None
+    given = backbone.get("cam_layer") if isinstance(backbone, Mapping) else None
+    layer = facts.cam_layer if facts is not None else given
     return str(layer) if layer else None
 
 

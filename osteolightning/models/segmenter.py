@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -15,14 +15,12 @@ from osteolightning.errors import ConfigError
 from osteolightning.metrics.running import RunningMean
 from osteolightning.metrics.segmentation import dice_iou, overlap_counts, per_image_scores
 from osteolightning.models.acceleration import Accelerated
-from osteolightning.models.checkpointing import Preprocessing, StoresRunConfig
+from osteolightning.models.checkpointing import StoresRunConfig
 from osteolightning.models.schedulers import configure_optimizers
+from osteolightning.models.specs import FlatSignature, SegmenterSpec, resolve_spec
 from osteolightning.models.step_logging import StepLosses, batch_files
 
 Batch = dict[str, Any]
-
-#: inference modes: the whole (letterboxed) image at once, or overlapping tiles.
-INFERENCE_MODES = ("resize", "sliding_window")
 
 
 def side_output_weights(n_side: int, weights: Sequence[float] | None) -> list[float]:
@@ -57,104 +55,70 @@ class KneeSegmenter(Accelerated, StoresRunConfig, L.LightningModule):
     Args:
         net: ``(B, C, H, W)`` → logits ``(B, K, H, W)`` (a list in training with side outputs).
         class_names: ``K`` mask classes, background first.
-        optimizer: partial optimiser taking the parameters.
-        scheduler: partial ``(optimizer, total_steps) -> LRScheduler`` stepped per step, or None.
-        dice_weight: weight of the soft Dice term (MONAI ``DiceCELoss``'s ``lambda_dice``).
-        ce_weight: weight of the cross-entropy term.
-        include_background: whether the Dice term includes class 0.
-        deep_supervision_weights: loss weights of ``[main, side_1, ...]`` (None: 1, 1/2, 1/4...).
-        inference: ``"resize"`` (the letterboxed image in one pass) or ``"sliding_window"``
-            (MONAI's ``sliding_window_inference`` with ``roi_size`` tiles, Gaussian-weighted;
-            for inputs larger than the network was built for).
-        roi_size: tile side for sliding-window inference (None: ``image_size``).
-        sw_overlap: tile overlap in [0, 1).
-        sw_batch_size: tiles per forward pass.
-        hd95_on_test: compute HD95 at test time (a distance transform per image and class).
-        monitor: the validation metric of the best checkpoint.
-        image_size: network input side (kept in the checkpoint).
-        in_chans: input channels (kept in the checkpoint).
-        mean: normalisation mean (kept in the checkpoint).
-        std: normalisation std (kept in the checkpoint).
-        compile: ``torch.compile`` the network (true, or a mapping of its arguments); see
-            :mod:`osteolightning.models.acceleration`. Not kept in the checkpoint.
-        channels_last: the channels-last memory layout for weights and inputs.
+        spec: all the options at once (:class:`~osteolightning.models.specs.SegmenterSpec`),
+            instead of ``class_names`` and ``**options``.
+        **options: the flat options of ``model:`` in config (and of a checkpoint's
+            hyper-parameters), each read by one group of
+            :class:`~osteolightning.models.specs.SegmenterSpec`, where each is documented:
+            ``inputs`` (:class:`~osteolightning.models.checkpointing.Preprocessing`:
+            ``image_size``, ``in_chans``, ``mean``, ``std``, kept in the checkpoint);
+            ``optimization`` (``optimizer``, ``scheduler``); ``loss`` (``dice_weight``,
+            ``ce_weight``, ``include_background``, ``deep_supervision_weights``);
+            ``inference`` (``inference``, ``roi_size``, ``sw_overlap``, ``sw_batch_size``,
+            ``hd95_on_test``, ``monitor``); ``acceleration`` (``compile``, ``channels_last``;
+            not kept in the checkpoint).
 
     Raises:
-        ConfigError: fewer than two classes, an unknown inference mode, bad weights.
+        ConfigError: an unknown option, fewer than two classes, an unknown inference mode, bad
+            weights.
     """
+
+    #: the flat options in the signature: config checks and help list them (models/specs.py)
+    __signature__ = FlatSignature(("net", "class_names", "spec"), SegmenterSpec.BUILDERS)
 
     def __init__(
         self,
         net: nn.Module,
-        class_names: Sequence[str],
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
-        dice_weight: float = 1.0,
-        ce_weight: float = 1.0,
-        include_background: bool = False,
-        deep_supervision_weights: Sequence[float] | None = None,
-        inference: str = "resize",
-        roi_size: int | None = None,
-        sw_overlap: float = 0.25,
-        sw_batch_size: int = 4,
-        hd95_on_test: bool = True,
-        monitor: str = "val/dice",
-        image_size: int = 160,
-        in_chans: int = 1,
-        mean: Sequence[float] = (0.5,),
-        std: Sequence[float] = (0.5,),
-        compile: bool | Mapping[str, Any] | None = False,
-        channels_last: bool = False,
+        class_names: Sequence[str] | None = None,
+        spec: SegmenterSpec | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
         from monai.losses import DiceCELoss
 
-        if len(class_names) < 2:
-            raise ConfigError(
-                f"Expected at least two mask classes (background first), but got {list(class_names)}."
-            )
-        if inference not in INFERENCE_MODES:
-            raise ConfigError(
-                f"Expected argument `inference` to be one of {list(INFERENCE_MODES)}, "
-                f"but got {inference!r}."
-            )
-        if not 0 <= sw_overlap < 1:
-            raise ConfigError(f"Expected argument `sw_overlap` in [0, 1), but got {sw_overlap}.")
-        if min(dice_weight, ce_weight) < 0 or dice_weight + ce_weight <= 0:
-            raise ConfigError(
-                f"Expected non-negative `dice_weight` and `ce_weight` with a positive sum, but got "
-                f"{dice_weight} and {ce_weight}."
-            )
+        spec = resolve_spec(type(self).__name__, SegmenterSpec, class_names, spec, options)
+        self.specs = spec
         n_side = int(getattr(net, "deep_supervision", 0) or 0)
-        self.ds_weights = side_output_weights(n_side, deep_supervision_weights)
-        preprocessing = Preprocessing.of(class_names, image_size, in_chans, mean, std)
+        self.ds_weights = side_output_weights(n_side, spec.loss.deep_supervision_weights)
+        inference = spec.inference
         self.save_hyperparameters(
             {
-                **preprocessing.hparams(),
-                "dice_weight": float(dice_weight),
-                "ce_weight": float(ce_weight),
-                "include_background": bool(include_background),
+                **spec.inputs.hparams(),
+                "dice_weight": spec.loss.dice_weight,
+                "ce_weight": spec.loss.ce_weight,
+                "include_background": spec.loss.include_background,
                 "deep_supervision_weights": [float(w) for w in self.ds_weights],
-                "inference": str(inference),
-                "roi_size": int(roi_size or image_size),
-                "sw_overlap": float(sw_overlap),
-                "sw_batch_size": int(sw_batch_size),
-                "hd95_on_test": bool(hd95_on_test),
-                "monitor": str(monitor),
+                "inference": inference.inference,
+                "roi_size": inference.roi_size,
+                "sw_overlap": inference.sw_overlap,
+                "sw_batch_size": inference.sw_batch_size,
+                "hd95_on_test": inference.hd95_on_test,
+                "monitor": inference.monitor,
             }
         )
         self.net = net
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.optimizer_factory = spec.optimization.optimizer
+        self.scheduler_factory = spec.optimization.scheduler
         # Batch Dice (nnU-Net): the Dice term pools the batch, stable for small structures.
         self.loss_fn = DiceCELoss(
-            include_background=include_background,
+            include_background=spec.loss.include_background,
             to_onehot_y=True,
             softmax=True,
             batch=True,
-            lambda_dice=dice_weight,
-            lambda_ce=ce_weight,
+            lambda_dice=spec.loss.dice_weight,
+            lambda_ce=spec.loss.ce_weight,
         )
-        k = len(class_names)
+        k = len(spec.inputs.class_names)
         self.num_classes = k
         # per-class mean Dice / IoU over images, per split (NaN: a class absent from both masks)
         self.trackers = nn.ModuleDict(
@@ -168,7 +132,8 @@ class KneeSegmenter(Accelerated, StoresRunConfig, L.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = RunningMean(), RunningMean(), RunningMean()
         self.val_best = MaxMetric()
         self.step_losses = StepLosses("Check those images and masks, or lower the learning rate.")
-        self._init_acceleration(compile, channels_last)  # see models/acceleration.py
+        acceleration = spec.acceleration  # see models/acceleration.py
+        self._init_acceleration(acceleration.compile, acceleration.channels_last)
 
     # -- inference ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

@@ -157,7 +157,7 @@ class BoostedTreesClassifier(FittedHeadClassifier):
         super()._build_heads(n_covariates)  # the placeholder layer the one optimiser step holds
         _silence_image_head(self)
         k = len(self.hparams.class_names)
-        self.forest = TreeForest(k + int(self.spec.enabled))
+        self.forest = TreeForest(k + int(self.specs.target.enabled))
 
     def all_features(self, batch: Batch) -> torch.Tensor:
         """``(B, P)`` float64 raw covariates, NaN where unknown (the trees' input)."""
@@ -167,7 +167,7 @@ class BoostedTreesClassifier(FittedHeadClassifier):
         """``(logits (B, K), standardised target prediction (B,) or None)`` from the trees."""
         outputs = self.forest(self.all_features(batch)).float()
         k = len(self.hparams.class_names)
-        return outputs[:, :k], (outputs[:, k] if self.spec.enabled else None)
+        return outputs[:, :k], (outputs[:, k] if self.specs.target.enabled else None)
 
     def _tree_args(self) -> dict[str, Any]:
         hp = self.hparams
@@ -210,9 +210,9 @@ class BoostedTreesClassifier(FittedHeadClassifier):
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         k = len(self.hparams.class_names)
-        baseline = np.zeros(k + int(self.spec.enabled))
+        baseline = np.zeros(k + int(self.specs.target.enabled))
         models: list[tuple[Any, list[int]]] = []
-        if self.spec.class_weight > 0:
+        if self.specs.target.class_weight > 0:
             present = np.unique(labels)
             if len(present) < 2:
                 raise ConfigError(
@@ -227,7 +227,7 @@ class BoostedTreesClassifier(FittedHeadClassifier):
             baseline[classes] = 0.0
             # binary: scikit-learn grows one tree per iteration, the logit of the second class
             models.append((trees, classes[1:] if len(classes) == 2 else classes))
-        if self.spec.enabled:
+        if self.specs.target.enabled:
             y = self.scaler.transform(np.asarray(targets, dtype=np.float64))
             known = ~np.isnan(y)
             if known.sum() < 2:

@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from osteolightning.backbones import facts_of
 from osteolightning.runs import rundir
 from osteolightning.utils.config import flatten_config
 from osteolightning.utils.files import atomic_write_text
@@ -169,11 +170,12 @@ def _architecture(cfg: dict[str, Any]) -> list[str]:
                 f"training are described in its own run's card: `{card}`.", ""]  # fmt: skip
     name = cfg.get("model.net.name") or cfg.get("model.net._target_", "n/a")
     lines = ["## Architecture", "", f"- Network: `{name}` (`{cfg.get('model._target_', 'n/a')}`)"]
-    if cfg.get("backbone.paper"):
-        lines.append(f"- Reference: {cfg['backbone.paper']}")
+    facts = facts_of(cfg)  # the backbone registry's, with the run's overrides
+    if facts is not None and facts.paper:
+        lines.append(f"- Reference: {facts.paper}")
     pretrained = cfg.get("model.net.pretrained")
     if pretrained is not None:
-        source = cfg.get("backbone.pretrained_source", "")
+        source = facts.pretrained_source if facts is not None else ""
         lines.append(f"- Pretrained: `{pretrained}`" + (f" ({source})" if source else ""))
     lines.append(
         f"- Input: {cfg.get('image_size')} x {cfg.get('image_size')} px, {cfg.get('in_chans')} "

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
+from osteolightning.backbones import config_fact, facts_of
 from osteolightning.errors import ConfigError
 
 #: The configs ship inside the package, ``osteolightning/conf/``, so an installed wheel finds them
@@ -98,7 +99,7 @@ def _checkpoint_facts(path: str) -> dict[str, Any]:
         "in_chans": int(hp["in_chans"]),
         "mean": [float(v) for v in hp["mean"]],
         "std": [float(v) for v in hp["std"]],
-        "cam_layer": ((run.get("backbone") or {}).get("cam_layer")),
+        "cam_layer": getattr(facts_of(run), "cam_layer", None),
     }
 
 
@@ -109,15 +110,23 @@ def checkpoint_fact(path: str, key: str) -> Any:
     return _checkpoint_facts(str(path))[key]
 
 
+def backbone_fact(key: str, *, _root_: DictConfig) -> Any:
+    """``${backbone:<fact>}``: a fact of the backbone ``model.net.name`` names, from the
+    backbone registry (:mod:`osteolightning.backbones`); a value set in config overrides it."""
+    return config_fact(str(key), _root_)
+
+
 def register_resolvers() -> None:
     """``${len:${class_names}}``, ``${launch_dir:}``, ``${sweep_group:...}``,
-    ``${sweep_job_name:...}``, ``${checkpoint:<ckpt>,<key>}``; safe to call repeatedly."""
+    ``${sweep_job_name:...}``, ``${checkpoint:<ckpt>,<key>}``, ``${backbone:<fact>}``; safe to
+    call repeatedly."""
     resolvers = {
         "len": lambda seq: len(seq),
         "launch_dir": launch_dir,
         "sweep_group": sweep_group,
         "sweep_job_name": sweep_job_name,
         "checkpoint": checkpoint_fact,
+        "backbone": backbone_fact,
     }
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):

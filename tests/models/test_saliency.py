@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from osteolightning.errors import ConfigError
 from osteolightning.models.components.backbone import create_backbone
-from osteolightning.models.saliency import METHODS, SaliencyExplainer
+from osteolightning.models.saliency import METHODS, SaliencyExplainer, cam_layer_of
 from osteolightning.utils.config import CONFIG_DIR
 
 BACKBONES = sorted(
@@ -28,8 +28,8 @@ LIGHT = {"resnet10t", "resnet18", "tf_efficientnet_lite0", "alexnet", "vit_tiny_
 )
 def test_every_backbone_has_a_target_layer_and_finite_maps_of_the_input_size(config):
     cfg = OmegaConf.load(config)
-    layer = cfg.backbone.get("cam_layer")
-    assert layer, f"{config.name} sets no backbone.cam_layer"
+    layer = cam_layer_of(cfg)  # the backbone registry's, or the file's override
+    assert layer, f"{config.name} names a backbone without a cam_layer"
     torch.manual_seed(0)
     net = create_backbone(cfg.model.net.name, num_classes=3, in_chans=1).eval()
     size = int(cfg.get("image_size") or 64)  # fixed by the architecture: ViT 224, Inception 299

