@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from osteolightning.utils.failures import user_error
+from osteolightning.runs.failures import user_error
 
 from osteolightning.backbones import (
     BackboneFacts,
@@ -20,7 +20,7 @@ from osteolightning.errors import ConfigError
 from osteolightning.models.components.backbone import PACKAGE_WEIGHTS, create_backbone
 from osteolightning.models.saliency import cam_layer_of
 from osteolightning.utils.config import CONFIG_DIR
-from osteolightning.utils.model_card import build_model_card
+from osteolightning.runs.model_card import build_model_card
 
 BACKBONE_DIR = Path(CONFIG_DIR) / "model" / "backbone"
 #: every architecture's config (`checkpoint` takes its facts from a trained run's checkpoint)
