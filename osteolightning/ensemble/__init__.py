@@ -4,8 +4,6 @@
 ``predictions.csv`` of finished runs.
 """
 
-from typing import TYPE_CHECKING
-
 from osteolightning.utils.imports import lazy_exports
 
 #: the public names, imported from their submodule on first use (importing the package, as
@@ -28,18 +26,3 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:  # for type checkers and IDEs
-    from osteolightning.ensemble.fusion import (  # noqa: F401
-        FUSIONS,
-        PENALTY,
-        check_method,
-        fit_fusion_weights,
-        fuse,
-        fuzzy_rank_fusion,
-        fuzzy_scores_to_probs,
-        majority_vote_fusion,
-        mean_probability_fusion,
-        rank_score,
-        weighted_mean_fusion,
-    )

@@ -48,8 +48,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from osteolightning.utils.imports import lazy_exports
 
 #: the public names, imported from their submodule on first use: Hydra imports
@@ -79,42 +77,3 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:  # for type checkers and IDEs
-    from osteolightning.ensemble.leaderboard.board import (  # noqa: F401
-        EnsembleMismatchError,
-        Leaderboard,
-        build_leaderboard,
-    )
-    from osteolightning.ensemble.leaderboard.callback import (  # noqa: F401
-        LeaderboardCallback,
-        run_leaderboard,
-    )
-    from osteolightning.ensemble.leaderboard.comparison_outputs import (  # noqa: F401
-        write_comparisons,
-    )
-    from osteolightning.ensemble.leaderboard.comparisons import (  # noqa: F401
-        Comparisons,
-        compare_leaderboard,
-    )
-    from osteolightning.ensemble.leaderboard.jobs import (  # noqa: F401
-        Configuration,
-        Job,
-        configuration_key,
-        find_jobs,
-        group_configurations,
-        read_job,
-    )
-    from osteolightning.ensemble.leaderboard.outputs import (  # noqa: F401
-        leaderboard_json,
-        leaderboard_markdown,
-        log_leaderboard_to_wandb,
-        plot_leaderboard,
-        write_leaderboard,
-    )
-    from osteolightning.ensemble.leaderboard.report import (  # noqa: F401
-        write_report,
-    )
-    from osteolightning.ensemble.leaderboard.stats import (  # noqa: F401
-        mean_std,
-    )
