@@ -34,7 +34,7 @@ elif [ -n "$MODE" ]; then
 else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: use --dry-run')"
   nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1 || true
-  OVERHEAD=(--device gpu --repeats 3 --threads 4)
+  OVERHEAD=(--device gpu --regimes slow,fast --repeats 3 --threads 4)
   THROUGHPUT=(--fit-test --budget-s 200)
 fi
 
