@@ -40,6 +40,8 @@ from typing import Any
 
 import lightning as L
 
+from osteolightning.utils.files import atomic_write_json
+
 BENCHMARKS = Path(__file__).resolve().parent
 #: the environment variable that carries the command's start (``time.time()``) to the probe
 T0 = "OSTEO_STARTUP_T0"
@@ -215,8 +217,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = measure(args)
     print_table(result)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        atomic_write_json(args.out, result)
     return result
 
 

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from osteolightning.utils.files import atomic_write_json
+
 #: name -> (the sweep's overrides, the rerun's extra overrides)
 SWEEPS: dict[str, tuple[list[str], list[str]]] = {
     "grid": (["experiment=kumar2023_tiny"], ["resume=auto"]),
@@ -144,8 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {"rows": rows, "load_average": list(os.getloadavg()), "cpu_count": os.cpu_count()}
     print_table(rows)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        atomic_write_json(args.out, result)
     return result
 
 
