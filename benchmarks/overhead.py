@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import functools
+import itertools
 import math
 import os
 import pstats
@@ -74,7 +75,7 @@ REGIMES: dict[str, dict[str, Any]] = {
 }
 #: the regime whose framework fits also record where their CPU time went
 ATTRIBUTED = "short"
-SHORT = {"n": 120, "epochs": 1}
+SHORT = {"n": 120, "epochs": 2}  # two epochs: the second is a steady state
 
 
 def compose_train(run_dir: Path, cache_dir: Path, overrides: Sequence[str]) -> DictConfig:
@@ -118,6 +119,44 @@ class Clock:
             self.wall, self.cpu = time.perf_counter() - wall, time.process_time() - cpu
 
 
+class EpochMarks:
+    """Wall-clock and CPU times at the start of each epoch and at the end of the last: an
+    epoch is its training steps, its validation pass and whatever runs at its end (metrics,
+    logging, checkpoints). The epochs after the first are the **steady state**: no sanity
+    check, set-up, first-call costs or end-of-fit work; their time per step is the per-step
+    cost, apart from a fit's fixed costs."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def epochs(self) -> dict[str, list[float]]:
+        """Each epoch's seconds on both clocks: ``epoch_wall_s``, ``epoch_cpu_s``."""
+        return {
+            f"epoch_{name}_s": [b - a for a, b in itertools.pairwise(marks)]
+            for name, marks in (("wall", self.wall), ("cpu", self.cpu))
+        }
+
+    def watch(self, trainer: L.Trainer) -> None:
+        """Mark the start of each of ``trainer``'s training epochs and the end of the last."""
+        loop = trainer.fit_loop
+        for name in ("on_advance_start", "on_run_end"):
+            method = getattr(loop, name)
+
+            def marked(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+                self.mark()
+                return _method(*args, **kwargs)
+
+            setattr(loop, name, marked)
+
+
 def plain_loop(
     cfg: DictConfig, datamodule: Any, device: torch.device, max_batches: int | None = None
 ) -> dict[str, float]:
@@ -129,9 +168,11 @@ def plain_loop(
     epochs = int(cfg.trainer.max_epochs)
     scheduler = hydra.utils.instantiate(cfg.model.scheduler)(optimizer, epochs * len(train_loader))
     clock = Clock(device.type == "cuda")
+    marks = EpochMarks(clock.cuda)
     correct = seen = 0
     with clock():
         for epoch in range(epochs):
+            marks.mark()
             net.train()
             train_loader.sampler.set_epoch(epoch)
             for step, batch in enumerate(train_loader):
@@ -150,7 +191,13 @@ def plain_loop(
                     logits = net(batch["image"].to(device, non_blocking=True))
                     correct += int((logits.argmax(1).cpu() == batch["label"]).sum())
                     seen += len(batch["label"])
-    return {"wall_s": clock.wall, "cpu_s": clock.cpu, "val_acc": correct / max(seen, 1)}
+        marks.mark()
+    return {
+        "wall_s": clock.wall,
+        "cpu_s": clock.cpu,
+        **marks.epochs(),
+        "val_acc": correct / max(seen, 1),
+    }
 
 
 #: the hooks of a LightningModule whose time is its own (epoch ends compute metrics, write)
@@ -207,6 +254,8 @@ class Attribution:
         the module's epoch hooks of ``trainer``'s coming fit."""
         self.wrap(trainer, "_run_sanity_check", "sanity check")
         self.wrap(trainer, "save_checkpoint", "checkpoint writes")
+        # files written without Trainer.save_checkpoint's dump (BestCheckpoint's held weights)
+        self.wrap(trainer.strategy, "save_checkpoint", "checkpoint writes")
         hooks = [n for n in vars(L.Callback) if n.startswith(("on_", "setup", "teardown"))]
         for callback in trainer.callbacks:
             for hook in hooks:  # only the hooks the callback's class implements
@@ -235,6 +284,8 @@ def timed_fit(
     def fit(self: L.Trainer, *args: Any, **kwargs: Any) -> Any:
         clock, profiler = Clock(cuda), cProfile.Profile() if profile else None
         attribution = Attribution() if attribute else None
+        marks = EpochMarks(cuda)
+        marks.watch(self)
         if attribution is not None:
             module = kwargs.get("model", args[0] if args else None)
             attribution.instrument(self, module)
@@ -249,7 +300,7 @@ def timed_fit(
                         profiler.disable()
                         profiler.dump_stats(profile)
         finally:
-            record.append({"wall_s": clock.wall, "cpu_s": clock.cpu})
+            record.append({"wall_s": clock.wall, "cpu_s": clock.cpu, **marks.epochs()})
             if attribution is not None:
                 by = dict(attribution.totals)
                 by["training loop (the rest)"] = clock.cpu - sum(by.values())
@@ -373,6 +424,18 @@ def measure_regime(name: str, args: argparse.Namespace, work: Path, cache: Path)
         row[f"plain_ms_per_step_{clock[:-2]}"] = 1000 * plain / steps
         # what the framework adds, per training step (fixed costs spread over the steps)
         row[f"overhead_ms_per_step_{clock[:-2]}"] = 1000 * (fit - plain) / steps
+        # per step, apart from the fit's fixed costs: the epochs after the first
+        steady = {kind: [sum(r[f"epoch_{clock}"][1:]) for r in runs[kind]] for kind in runs}
+        if all(s > 0 for kind in runs for s in steady[kind]):
+            paired = paired_ratio(steady["plain"], steady["osteo-train"])
+            row[f"steady_ratio_{clock[:-2]}"] = paired["ratio"]
+            row[f"steady_ratio_{clock[:-2]}_ci95"] = [paired["low"], paired["high"]]
+            steady_steps = train_batches * (int(regime["epochs"]) - 1)
+            row[f"steady_overhead_ms_per_step_{clock[:-2]}"] = (
+                1000
+                * (statistics.median(steady["osteo-train"]) - statistics.median(steady["plain"]))
+                / steady_steps
+            )
     attributed = [r["by"] for r in runs["osteo-train"] if "by" in r]
     if attributed:  # CPU seconds per fit by who spent them (medians over the fits)
         labels = sorted({label for by in attributed for label in by})
@@ -388,16 +451,26 @@ def measure_regime(name: str, args: argparse.Namespace, work: Path, cache: Path)
     return row
 
 
-def _interval(r: dict[str, Any], clock: str) -> str:
-    low, high = r[f"ratio_{clock}_ci95"]
+def _interval(r: dict[str, Any], key: str) -> str:
+    low, high = r.get(f"{key}_ci95", (None, None))
     return "" if low is None else f" [{low:.3f}, {high:.3f}]"
+
+
+def _steady(r: dict[str, Any]) -> str:
+    """The steady-state (epochs after the first) CPU ratio and its interval, or ``-``."""
+    if "steady_ratio_cpu" not in r:
+        return "-"
+    return f"{r['steady_ratio_cpu']:.3f}{_interval(r, 'steady_ratio_cpu')}"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="osteo-train's fit against a plain PyTorch loop (x: paired, 95 % CI)")
+    table = Table(
+        title="osteo-train's fit against a plain PyTorch loop (x: paired, 95 % CI; per step:"
+        " the epochs after the first)"
+    )
     columns = (
         "regime",
         "net",
@@ -411,6 +484,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "fit CPU s",
         "x CPU",
         "+CPU ms/step",
+        "per step x CPU",
     )
     for col in columns:
         table.add_column(col, justify="left" if col in ("regime", "net") else "right")
@@ -423,11 +497,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['plain_ms_per_step_cpu']:.0f}",
             f"{r['plain_wall_s']:.1f}",
             f"{r['fit_wall_s']:.1f}",
-            f"{r['ratio_wall']:.3f}{_interval(r, 'wall')}",
+            f"{r['ratio_wall']:.3f}{_interval(r, 'ratio_wall')}",
             f"{r['plain_cpu_s']:.1f}",
             f"{r['fit_cpu_s']:.1f}",
-            f"{r['ratio_cpu']:.3f}{_interval(r, 'cpu')}",
+            f"{r['ratio_cpu']:.3f}{_interval(r, 'ratio_cpu')}",
             f"{r['overhead_ms_per_step_cpu']:.1f}",
+            _steady(r),
         )
     console = Console(stderr=True, width=160)
     console.print(table)

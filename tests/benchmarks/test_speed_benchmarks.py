@@ -41,6 +41,15 @@ def test_overhead_short_mode_times_both_loops_and_breaks_a_short_fit_down(tmp_pa
         assert len(row["runs"]["plain"]) == len(row["runs"]["osteo-train"]) == 1
         assert row["ratio_cpu"] > 0 and row["ratio_wall"] > 0
         assert row["ratio_cpu_ci95"] == [None, None]  # one pair: no interval
+        # each run's epochs (2 in the short mode), timed apart: the second is the steady state
+        for run in (*row["runs"]["plain"], *row["runs"]["osteo-train"]):
+            assert len(run["epoch_cpu_s"]) == len(run["epoch_wall_s"]) == row["epochs"] == 2
+            assert all(s > 0 for s in run["epoch_cpu_s"])
+            assert sum(run["epoch_wall_s"]) <= run["wall_s"] + 1e-6
+        plain, fit = row["runs"]["plain"][0], row["runs"]["osteo-train"][0]
+        steady = fit["epoch_cpu_s"][1] / plain["epoch_cpu_s"][1]
+        assert row["steady_ratio_cpu"] == pytest.approx(steady)
+        assert row["steady_ratio_cpu_ci95"] == [None, None]
     assert "breakdown_cpu_s" not in fast
     parts = short["breakdown_cpu_s"]
     assert {"sanity check", "checkpoint writes", "training loop (the rest)"} <= set(parts)
