@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from osteolightning.callbacks import RunArtifacts
+from osteolightning.callbacks.best_checkpoint import best_checkpoint_of
 from osteolightning.callbacks.last_checkpoint import release_resume_state
 from osteolightning.callbacks.writers import build_saliency, build_writer
 from osteolightning.models.checkpointing import check_checkpoint_file, explain_unpickling
@@ -107,7 +108,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             )
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
-            checkpoint = trainer.checkpoint_callback
+            checkpoint = best_checkpoint_of(trainer)
             best = checkpoint.best_model_path if checkpoint else ""
             if not best:
                 log.warning("No best checkpoint was saved; testing the weights of the last step.")

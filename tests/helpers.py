@@ -148,6 +148,7 @@ def fit_boring_model(root: Path, callbacks: list[Any], max_epochs: int = 2, **op
         The trainer.
     """
     import lightning as L
+    from lightning.pytorch.callbacks import Checkpoint
     from lightning.pytorch.demos.boring_classes import BoringModel
 
     settings = {"limit_train_batches": 4, "limit_val_batches": 1, "accelerator": "cpu", **options}
@@ -156,7 +157,8 @@ def fit_boring_model(root: Path, callbacks: list[Any], max_epochs: int = 2, **op
         max_epochs=max_epochs,
         callbacks=callbacks,
         logger=False,
-        enable_checkpointing=False,
+        # only the checkpoint callbacks given (Lightning adds none of its own when one is)
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         enable_progress_bar=False,
         enable_model_summary=False,
         **settings,

@@ -105,31 +105,36 @@ def test_the_best_waits_in_memory_and_is_written_at_the_end_as_modelcheckpoint_w
 
 
 def test_every_resumable_checkpoint_finds_the_best_it_names_on_disk(tmp_path):
-    """last.ckpt at every epoch end: the held best is written first and the file it
-    replaces removed, so a kill at any moment leaves a consistent pair to resume from. (The
-    epoch's own improvement is decided after last.ckpt is written: Lightning runs the
-    checkpoint callbacks last.)"""
+    """last.ckpt at every epoch end, after the epoch's best-checkpoint decision (Lightning runs
+    the checkpoint callbacks last, in their order): the held best is written before it and the
+    file it replaces removed, so a kill at any moment leaves a consistent pair to resume from."""
 
     class Pair(L.Callback):
         def __init__(self) -> None:
             self.names: list[tuple[str, list[str]]] = []
 
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
+        def _look(self) -> None:  # what the epochs so far left on disk
             last = torch.load(tmp_path / "last.ckpt", weights_only=False)
             (state,) = [v for k, v in last["callbacks"].items() if "BestCheckpoint" in k]
             on_disk = sorted(p.name for p in tmp_path.glob("epoch_*.ckpt"))
             self.names.append((Path(state["best_model_path"]).name, on_disk))
 
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch > 0:
+                self._look()
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self._look()
+
     pair = Pair()
     last = LastCheckpoint(tmp_path, every_minutes=None, epoch_end_minutes=0)
     _fit(tmp_path, _best(tmp_path), last, pair, scores=(0.1, 0.5, 0.2, 0.7))
     assert pair.names == [
-        ("", []),
         ("epoch_000.ckpt", ["epoch_000.ckpt"]),
         ("epoch_001.ckpt", ["epoch_001.ckpt"]),
         ("epoch_001.ckpt", ["epoch_001.ckpt"]),
+        ("epoch_003.ckpt", ["epoch_003.ckpt"]),
     ]
-    assert sorted(p.name for p in tmp_path.glob("epoch_*.ckpt")) == ["epoch_003.ckpt"]
 
 
 def test_a_failed_fit_keeps_its_best_weights(tmp_path):
@@ -172,3 +177,46 @@ def test_the_configs_use_it_and_its_keys_are_checked(tmp_path):
         node.save_topk = 1
     with pytest.raises(ConfigError, match="Did you mean 'save_top_k'"):
         check_arguments(node, "callbacks.model_checkpoint")
+
+
+def test_a_run_resumed_from_an_epoch_end_keeps_that_epochs_improvement(tmp_path):
+    """last.ckpt written at an epoch end carries that epoch's checkpoint decision: a run
+    stopped just after it and resumed ends with the best weights an uninterrupted run has."""
+
+    class Stop(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 2:
+                raise RuntimeError("killed")  # nothing after last.ckpt of epoch 1
+
+    scores = (0.1, 0.5, 0.2, 0.3)
+    whole = tmp_path / "whole"
+    trainer, _ = _fit(
+        whole, _best(whole), LastCheckpoint(whole, None, epoch_end_minutes=0), scores=scores
+    )
+    want = (
+        Path(trainer.checkpoint_callback.best_model_path).name,
+        float(trainer.checkpoint_callback.best_model_score),
+    )
+    assert want == ("epoch_001.ckpt", 0.5)
+
+    cut = tmp_path / "cut"
+    last = LastCheckpoint(cut, None, epoch_end_minutes=0)
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit(cut, _best(cut), last, Stop(), scores=scores)
+    assert torch.load(last.path, weights_only=True)["epoch"] == 1
+    L.seed_everything(0, verbose=False)
+    best = _best(cut)
+    resumed = L.Trainer(
+        default_root_dir=cut,
+        max_epochs=len(scores),
+        callbacks=[best, LastCheckpoint(cut, None, epoch_end_minutes=0)],
+        logger=False,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    resumed.fit(Scored(list(scores)), ckpt_path=last.path, weights_only=False)
+    assert (Path(best.best_model_path).name, float(best.best_model_score)) == want
+    assert sorted(p.name for p in cut.glob("epoch_*.ckpt")) == ["epoch_001.ckpt"]

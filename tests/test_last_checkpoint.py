@@ -19,7 +19,8 @@ from tests.helpers import fit_boring_model
 
 
 class Recorder(L.Callback):
-    """The global step of every write of ``path`` (seen after each batch and epoch)."""
+    """The global step of every write of ``path`` (seen after each batch and epoch, and at the
+    end of training)."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.steps, self._mtime = path, [], None
@@ -35,11 +36,15 @@ class Recorder(L.Callback):
     def on_train_epoch_end(self, trainer, *args, **kwargs) -> None:
         self._check(trainer)
 
+    def on_train_end(self, trainer, *args, **kwargs) -> None:
+        self._check(trainer)  # the last epoch end's write (checkpoint callbacks run last)
+
 
 def _fit(tmp_path: Path, **kwargs) -> tuple[list[int], dict]:
     """Fit a BoringModel for 2 epochs of 4 steps; the steps at which last.ckpt was written."""
     callback = LastCheckpoint(tmp_path / "checkpoints", **kwargs)
-    recorder = Recorder(callback.path)  # after LastCheckpoint: sees each write
+    # reads each write after it: at the next batch or epoch end, or the end of training
+    recorder = Recorder(callback.path)
     fit_boring_model(tmp_path, [callback, recorder], max_epochs=2)
     return recorder.steps, torch.load(callback.path, weights_only=True)
 

@@ -49,6 +49,13 @@ def _now() -> float:
     return time.monotonic()
 
 
+def best_checkpoint_of(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The trainer's first ``ModelCheckpoint`` (the best weights), or ``None``. Not
+    ``trainer.checkpoint_callback``: that is the first ``Checkpoint``, which may be
+    :class:`~osteolightning.callbacks.LastCheckpoint`."""
+    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+
+
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A copy of ``tensor`` in host memory that later training steps cannot change."""
     return tensor.detach().to("cpu", copy=True)

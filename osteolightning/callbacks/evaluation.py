@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from osteolightning.callbacks import target_outputs as targets
+from osteolightning.callbacks.best_checkpoint import best_checkpoint_of
 from osteolightning.errors import ConfigError
 from osteolightning.metrics.calibration import (
     T_MAX,
@@ -74,7 +75,7 @@ class ReportWriter(L.Callback):
         facts: dict[str, Any] = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k == "test/loss"
         }
-        best = trainer.checkpoint_callback
+        best = best_checkpoint_of(trainer)
         if best is not None and best.monitor and best.best_model_score is not None:
             facts[f"{best.monitor}_best"] = float(best.best_model_score)  # the tested one's
         ckpt = getattr(trainer, "ckpt_path", None)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from osteolightning.errors import ConfigError
@@ -53,8 +54,13 @@ def _now() -> float:
     return time.monotonic()
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     """Write ``<dirpath>/last.ckpt`` by the clock, at every epoch end and optionally every N steps.
+
+    A Lightning ``Checkpoint``: the trainer runs it with the checkpoint callbacks, last and in
+    the order given (the configs put the best checkpoint first), after early stopping, so the
+    state written at an epoch end holds that epoch's best-checkpoint and early-stopping
+    decisions (written before them, a run resumed from it lost the epoch's improvement).
 
     Args:
         dirpath: the run's checkpoint folder (``${paths.output_dir}/checkpoints``).
