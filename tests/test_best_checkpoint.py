@@ -44,8 +44,14 @@ class Files(L.Callback):
 
 
 def _fit(
-    tmp_path: Path, checkpoint: ModelCheckpoint, *callbacks, scores=(0.1, 0.5, 0.2, 0.3), **kw
+    tmp_path: Path,
+    checkpoint: ModelCheckpoint,
+    *callbacks,
+    scores=(0.1, 0.5, 0.2, 0.3),
+    ckpt_path: Path | None = None,
+    **kw,
 ):
+    """Fit a :class:`Scored` model for ``len(scores)`` epochs of 3 steps (from ``ckpt_path``)."""
     L.seed_everything(0, verbose=False)
     model = Scored(list(scores), **kw)
     trainer = L.Trainer(
@@ -59,7 +65,7 @@ def _fit(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(model)
+    trainer.fit(model, ckpt_path=ckpt_path, weights_only=False)
     return trainer, model
 
 
@@ -204,19 +210,8 @@ def test_a_run_resumed_from_an_epoch_end_keeps_that_epochs_improvement(tmp_path)
     with pytest.raises(RuntimeError, match="killed"):
         _fit(cut, _best(cut), last, Stop(), scores=scores)
     assert torch.load(last.path, weights_only=True)["epoch"] == 1
-    L.seed_everything(0, verbose=False)
     best = _best(cut)
-    resumed = L.Trainer(
-        default_root_dir=cut,
-        max_epochs=len(scores),
-        callbacks=[best, LastCheckpoint(cut, None, epoch_end_minutes=0)],
-        logger=False,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        accelerator="cpu",
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    resumed.fit(Scored(list(scores)), ckpt_path=last.path, weights_only=False)
+    last = LastCheckpoint(cut, None, epoch_end_minutes=0)
+    _fit(cut, best, last, scores=scores, ckpt_path=last.path)
     assert (Path(best.best_model_path).name, float(best.best_model_score)) == want
     assert sorted(p.name for p in cut.glob("epoch_*.ckpt")) == ["epoch_001.ckpt"]
