@@ -100,6 +100,13 @@ def regime_overrides(regime: dict[str, Any], args: argparse.Namespace) -> list[s
     ]
 
 
+def read_clocks(cuda: bool) -> tuple[float, float]:
+    """The wall clock and the process's CPU time, now (after the GPU's queued work)."""
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter(), time.process_time()
+
+
 class Clock:
     """Wall-clock and process CPU seconds of a block (CUDA synchronised at both ends)."""
 
@@ -108,15 +115,12 @@ class Clock:
 
     @contextmanager
     def __call__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = read_clocks(self.cuda)
         try:
             yield self
         finally:
-            if self.cuda:
-                torch.cuda.synchronize()
-            self.wall, self.cpu = time.perf_counter() - wall, time.process_time() - cpu
+            end_wall, end_cpu = read_clocks(self.cuda)
+            self.wall, self.cpu = end_wall - wall, end_cpu - cpu
 
 
 class EpochMarks:
@@ -132,10 +136,9 @@ class EpochMarks:
         self.cpu: list[float] = []
 
     def mark(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.wall.append(time.perf_counter())
-        self.cpu.append(time.process_time())
+        wall, cpu = read_clocks(self.cuda)
+        self.wall.append(wall)
+        self.cpu.append(cpu)
 
     def epochs(self) -> dict[str, list[float]]:
         """Each epoch's seconds on both clocks: ``epoch_wall_s``, ``epoch_cpu_s``."""
