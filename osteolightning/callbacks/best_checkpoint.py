@@ -103,8 +103,8 @@ class BestCheckpoint(ModelCheckpoint):
         self._trainer = trainer
         self._last_write = _now()
 
-    def _holds(self, trainer: L.Trainer, filepath: str) -> bool:
-        """Whether a save of ``filepath`` may wait in memory."""
+    def _holds(self, trainer: L.Trainer) -> bool:
+        """Whether this callback's saves may wait in memory."""
         return (
             self.write_every_s > 0
             and self.save_weights_only
@@ -114,7 +114,7 @@ class BestCheckpoint(ModelCheckpoint):
         )
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        if not self._holds(trainer, filepath):
+        if not self._holds(trainer):
             super()._save_checkpoint(trainer, filepath)
             return
         # what Trainer.save_checkpoint(filepath, weights_only=True) writes, copied now
